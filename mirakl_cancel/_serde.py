@@ -1,0 +1,318 @@
+"""The one converter: models to wire JSON and back.
+
+Requests are written exactly (Decimal amounts become JSON numbers with the same digits:
+`Decimal("19.99")` is sent as `19.99`, never as a binary float). Responses are read
+tolerantly: unknown fields are ignored, unknown enum values kept raw, odd timestamps
+left as None rather than failing a whole poll.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import cattrs
+from cattrs.gen import make_dict_unstructure_fn, override
+
+from .errors import ErrorItem, ValidationError, ValidationIssue
+from .models import (
+    ActionAccepted,
+    ActionError,
+    ActionState,
+    ActionStatus,
+    Cancelation,
+    CancelReason,
+    CancelRequest,
+    ErrorBody,
+    Money,
+    Tax,
+    prefix_issues,
+    scalar_issues,
+)
+
+__all__ = [
+    "converter",
+    "dumps",
+    "loads",
+    "parse_action_accepted",
+    "parse_action_status",
+    "parse_datetime",
+    "parse_error_body",
+    "request_body",
+    "structure_cancelation",
+    "structure_request",
+]
+
+T = TypeVar("T")
+
+converter = cattrs.Converter()
+converter.register_unstructure_hook(Decimal, lambda d: d)
+converter.register_unstructure_hook(CancelReason, lambda r: r.value)
+converter.register_unstructure_hook(
+    Money, make_dict_unstructure_fn(Money, converter))
+converter.register_unstructure_hook(
+    Tax, make_dict_unstructure_fn(Tax, converter))
+# Optional fields are left out of the JSON when unset, as the spec's examples do.
+converter.register_unstructure_hook(
+    Cancelation, make_dict_unstructure_fn(Cancelation, converter, _cattrs_omit_if_default=True))
+converter.register_unstructure_hook(
+    CancelRequest,
+    make_dict_unstructure_fn(CancelRequest, converter, order_id=override(omit=True)))
+
+
+def request_body(request: CancelRequest) -> bytes:
+    """The exact POST body for a request (the order id travels in the path)."""
+    return dumps(converter.unstructure(request)).encode()
+
+
+# --- JSON with exact decimals ---------------------------------------------------------
+
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def _encode(value: object, parts: list[str]) -> None:
+    if isinstance(value, str):
+        parts.append(_encode_str(value))
+    elif isinstance(value, Mapping):
+        parts.append("{")
+        first = True
+        for key, item in value.items():
+            if not first:
+                parts.append(",")
+            first = False
+            parts.append(_encode_str(str(key)))
+            parts.append(":")
+            _encode(item, parts)
+        parts.append("}")
+    elif isinstance(value, (list, tuple)):
+        parts.append("[")
+        for i, item in enumerate(value):
+            if i:
+                parts.append(",")
+            _encode(item, parts)
+        parts.append("]")
+    elif isinstance(value, Decimal):
+        # Fixed-point text keeps every digit the user gave and is a valid JSON number.
+        parts.append(format(value, "f"))
+    elif isinstance(value, float):
+        raise TypeError("refusing to encode a float amount: use Decimal")
+    else:
+        parts.append(json.dumps(value))
+
+
+def dumps(value: object) -> str:
+    """JSON text for `value`, writing Decimal as an exact JSON number."""
+    parts: list[str] = []
+    _encode(value, parts)
+    return "".join(parts)
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse JSON, reading non-integer numbers as Decimal so money stays exact."""
+    return json.loads(text, parse_float=Decimal)
+
+
+# --- responses ------------------------------------------------------------------------
+
+_FRACTION = re.compile(r"\.(\d+)")
+
+
+def parse_datetime(value: object) -> datetime | None:
+    """An aware datetime from RFC 3339 text, or None when it is absent or unreadable.
+
+    Python 3.10's `fromisoformat` knows neither `Z` nor fractions of other than 3 or
+    6 digits (the API sends `.32Z`), so the text is normalised first.
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip()
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    text = _FRACTION.sub(lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def parse_action_accepted(data: object, order_id: str) -> ActionAccepted:
+    """Read a 202 body; `action_id` is the identifier, `tracking_id` its deprecated twin."""
+    if not isinstance(data, Mapping):
+        raise ValueError("202 body is not a JSON object")
+    action_id = data.get("action_id") or data.get("tracking_id")
+    if not isinstance(action_id, str) or not action_id:
+        raise ValueError("202 body has no action_id")
+    return ActionAccepted(action_id=action_id, order_id=order_id,
+                          tracking_id=_str_or_none(data.get("tracking_id")))
+
+
+def parse_action_status(data: object) -> ActionStatus:
+    """Read a `v2-getActionStatus` body, tolerating new statuses and error codes."""
+    if not isinstance(data, Mapping):
+        raise ValueError("action status body is not a JSON object")
+    action_id = data.get("id")
+    raw_status = data.get("status")
+    if not isinstance(action_id, str) or not isinstance(raw_status, str):
+        raise ValueError("action status body lacks id or status")
+    errors = tuple(
+        ActionError(code=str(item.get("code", "")), message=str(item.get("message", "")))
+        for item in data.get("errors") or () if isinstance(item, Mapping)
+    )
+    return ActionStatus(
+        id=action_id,
+        state=ActionState.parse(raw_status),
+        created_at=parse_datetime(data.get("created_at")),
+        updated_at=parse_datetime(data.get("updated_at")),
+        errors=errors,
+        raw_status=raw_status,
+    )
+
+
+def parse_error_body(data: object) -> ErrorBody | None:
+    """The API's Error body, or None when the answer is not one (HTML page, empty)."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("message", data.get("code")), str):
+        return None
+    items = tuple(
+        ErrorItem(message=str(item.get("message", "")), field=_str_or_none(item.get("field")),
+                  extensions=dict(item.get("extensions") or {}))
+        for item in data.get("errors") or () if isinstance(item, Mapping)
+    )
+    extensions = data.get("extensions")
+    return ErrorBody(
+        code=_str_or_none(data.get("code")),
+        message=str(data.get("message", "")),
+        errors=items,
+        extensions=dict(extensions) if isinstance(extensions, Mapping) else {},
+    )
+
+
+# --- requests from plain data (files, dicts) ------------------------------------------
+
+def _construct(factory: Callable[..., T], path: str, issues: list[ValidationIssue],
+               **kwargs: Any) -> T | None:
+    try:
+        return factory(**kwargs)
+    except ValidationError as exc:
+        issues.extend(prefix_issues(path, exc.issues))
+    except TypeError as exc:  # wrong or missing keyword from the data
+        issues.append(ValidationIssue(path, str(exc)))
+    return None
+
+
+def _object(data: object, path: str, required: tuple[str, ...],
+            issues: list[ValidationIssue]) -> Mapping[str, Any] | None:
+    if not isinstance(data, Mapping):
+        issues.append(ValidationIssue(path, "must be an object"))
+        return None
+    missing = [name for name in required if data.get(name) is None]
+    for name in missing:
+        issues.append(ValidationIssue(f"{path}.{name}", "is required"))
+    return None if missing else data
+
+
+def _money(data: object, path: str, issues: list[ValidationIssue]) -> Money | None:
+    fields = _object(data, path, ("amount", "currency"), issues)
+    if fields is None:
+        return None
+    return _construct(Money, path, issues, amount=fields["amount"], currency=fields["currency"])
+
+
+def _taxes(data: object, path: str, issues: list[ValidationIssue]) -> list[Tax] | None:
+    if data is None:
+        return []
+    if not isinstance(data, (list, tuple)):
+        issues.append(ValidationIssue(path, "must be an array"))
+        return None
+    taxes: list[Tax] = []
+    ok = True
+    for i, item in enumerate(data):
+        item_path = f"{path}[{i}]"
+        fields = _object(item, item_path, ("code", "amount"), issues)
+        amount = _money(fields["amount"], f"{item_path}.amount", issues) if fields else None
+        tax = _construct(Tax, item_path, issues, code=fields["code"], amount=amount) \
+            if fields and amount else None
+        if tax is None:
+            ok = False
+        else:
+            taxes.append(tax)
+    return taxes if ok else None
+
+
+def structure_cancelation(data: object, path: str = "",
+                          issues: list[ValidationIssue] | None = None) -> Cancelation | None:
+    """A Cancelation from a JSON-like mapping, collecting every problem under `path`.
+
+    With no `issues` list given, problems raise ValidationError at once.
+    """
+    collected: list[ValidationIssue] = [] if issues is None else issues
+    start = len(collected)
+    fields = _object(data, path or "$", ("quantity", "reason", "price", "shipping_price"),
+                     collected)
+    result: Cancelation | None = None
+    if isinstance(data, Mapping):
+        child = (path + ".") if path else ""
+        price = _money(data.get("price"), f"{child}price", collected) \
+            if data.get("price") is not None else None
+        shipping = _money(data.get("shipping_price"), f"{child}shipping_price", collected) \
+            if data.get("shipping_price") is not None else None
+        taxes = _taxes(data.get("taxes"), f"{child}taxes", collected)
+        shipping_taxes = _taxes(data.get("shipping_taxes"), f"{child}shipping_taxes", collected)
+        if fields is not None and len(collected) == start:
+            result = _construct(
+                Cancelation, path, collected,
+                quantity=fields["quantity"], reason=fields["reason"], price=price,
+                shipping_price=shipping, order_line_id=fields.get("order_line_id"),
+                product_id=fields.get("product_id"), taxes=taxes, shipping_taxes=shipping_taxes)
+        else:
+            # The amounts failed; still report the line's own fields in the same error.
+            present = {k: data[k] for k in ("quantity", "reason") if data.get(k) is not None}
+            own = scalar_issues(present.get("quantity", 0), present.get("reason", "RETURN"),
+                                data.get("order_line_id"), data.get("product_id"))
+            collected.extend(prefix_issues(path, own))
+    if issues is None and collected:
+        raise ValidationError(collected)
+    return result
+
+
+def structure_request(order_id: object, cancelations: object) -> CancelRequest:
+    """A CancelRequest from plain data, naming every offending field by its full path."""
+    issues: list[ValidationIssue] = []
+    items: list[Cancelation] = []
+    if not isinstance(cancelations, (list, tuple)):
+        issues.append(ValidationIssue("cancelations", "must be an array"))
+    else:
+        for i, item in enumerate(cancelations):
+            if isinstance(item, Cancelation):
+                items.append(item)
+                continue
+            built = structure_cancelation(item, f"cancelations[{i}]", issues)
+            if built is not None:
+                items.append(built)
+    if not issues:
+        built_request = _construct(CancelRequest, "", issues, order_id=order_id,
+                                   cancelations=items)
+        if built_request is not None:
+            return built_request
+    else:
+        # Report request-level problems alongside the per-line ones.
+        if not isinstance(order_id, str) or not order_id.strip():
+            issues.insert(0, ValidationIssue("order_id", "must be a non-empty string"))
+    raise ValidationError(issues)
+
+
+def _structure_request_hook(data: Mapping[str, Any], _: type) -> CancelRequest:
+    return structure_request(data.get("order_id"), data.get("cancelations"))
+
+
+converter.register_structure_hook(CancelRequest, _structure_request_hook)
+converter.register_structure_hook(
+    Cancelation, lambda data, _: structure_cancelation(data))

@@ -1,0 +1,412 @@
+"""One HTTP exchange, done right: the only place that talks to aiohttp.
+
+It owns the session, the timeouts, the concurrency limit, the client-side rate limit,
+the shared pause after a 429, the retries, and the mapping of low-level failures to the
+public errors. Its one safety rule: a request that is not idempotent (a cancel) is
+retried only when the server certainly did not process it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import attrs
+import backoff
+from yarl import URL
+
+from ._serde import loads, parse_error_body
+from ._version import __version__
+from .auth import Auth
+from .errors import (
+    ApiError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+    UncertainDeliveryError,
+    api_error_class,
+)
+
+__all__ = ["Response", "RetryPolicy", "Timeout", "Transport", "TransportStats"]
+
+logger = logging.getLogger("mirakl_cancel")
+
+USER_AGENT = (f"mirakl-cancel/{__version__} aiohttp/{aiohttp.__version__} "
+              f"python/{sys.version_info.major}.{sys.version_info.minor}")
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How hard to try: exponential backoff with full jitter, bounded twice.
+
+    `retry_uncertain_posts` is for callers who reconcile duplicates themselves: it lets
+    a cancel whose answer was lost be sent again. Left off, such a cancel raises
+    `UncertainDeliveryError` instead, because the API has no idempotency key and a
+    repeated partial cancel cancels more units.
+    """
+
+    max_attempts: int = 5
+    max_time: float = 120.0
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    #: A Retry-After longer than this surfaces as RateLimitError rather than a silent sleep.
+    max_retry_after: float = 300.0
+    retry_uncertain_posts: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if min(self.max_time, self.base_delay, self.max_delay, self.max_retry_after) < 0:
+            raise ValueError("RetryPolicy durations must not be negative")
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+@attrs.frozen
+class Timeout:
+    """Connect and read timeouts, in seconds.
+
+    There is deliberately no total timeout: a request waiting for a free slot under the
+    concurrency limit or the rate limit has not been sent, so it must not time out.
+    """
+
+    connect: float = 10.0
+    read: float = 30.0
+
+
+@attrs.define
+class TransportStats:
+    """Counters a caller can read at any time (e.g. for a job summary)."""
+
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    uncertain: int = 0
+    token_refreshes: int = 0
+
+
+@attrs.frozen
+class Response:
+    """A successful answer: its status and parsed JSON body."""
+
+    status: int
+    data: Any
+
+
+class _Retry(Exception):
+    """Internal: this attempt failed in a way that is safe to try again."""
+
+    def __init__(self, error: Exception, retry_after: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP-date.
+
+    Fractional seconds are accepted too (the simulator uses them for scaled time).
+    """
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+def encode_segment(value: str) -> str:
+    """Percent-encode one path segment so that no id can reach another route.
+
+    Everything but unreserved characters is encoded, and a segment made only of dots
+    is encoded too, since `.` and `..` would otherwise be resolved as path steps.
+    """
+    encoded = quote(value, safe="")
+    if encoded and set(encoded) == {"."}:
+        encoded = encoded.replace(".", "%2E")
+    return encoded
+
+
+def check_base_url(base_url: str) -> URL:
+    """Refuse plain http except on loopback, where the simulator lives."""
+    url = URL(base_url.rstrip("/"))
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
+    if url.scheme == "http" and url.host not in _LOOPBACK and not url.host.startswith("127."):
+        raise ValueError("plain http is only allowed for loopback hosts: tokens would travel "
+                         f"in clear text to {url.host}")
+    return url
+
+
+class Transport:
+    """Performs exchanges with Mirakl Connect under the client's limits and rules."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        auth: Auth,
+        max_concurrency: int,
+        rate_limit: float | None,
+        retry: RetryPolicy,
+        timeout: Timeout,
+        session: aiohttp.ClientSession | None,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        if rate_limit is not None and rate_limit <= 0:
+            raise ValueError("rate_limit must be positive (requests per second) or None")
+        self._base = check_base_url(base_url)
+        self._base_path = self._base.raw_path.rstrip("/")
+        self.auth = auth
+        self.retry = retry
+        self.timeout = timeout
+        self.max_concurrency = max_concurrency
+        self.rate_limit = rate_limit
+        self.stats = TransportStats()
+        self._session = session
+        self._owns_session = session is None
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._client_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeout.connect, sock_read=timeout.read)
+        self._paused_until = 0.0
+        self._next_slot = 0.0
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session, created on first use (inside the running loop)."""
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self.max_concurrency, limit_per_host=0)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers={"User-Agent": USER_AGENT})
+            self._owns_session = True
+        return self._session
+
+    async def close(self) -> None:
+        """Close the session if this transport created it."""
+        if self._owns_session and self._session is not None and not self._session.closed:
+            await self._session.close()
+
+    def url(self, *segments: str) -> URL:
+        """The URL of a route, each segment encoded as exactly one path segment."""
+        path = "/".join(encode_segment(segment) for segment in segments)
+        return self._base.with_path(f"{self._base_path}/{path}", encoded=True)
+
+    # --- pacing -----------------------------------------------------------------------
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request of this client for `seconds` (after a 429)."""
+        until = time.monotonic() + seconds
+        if until > self._paused_until:
+            self._paused_until = until
+
+    async def _pace(self) -> None:
+        """Wait out a shared 429 pause, then take the next rate-limit slot.
+
+        The rate limit hands out evenly spaced slots (a virtual schedule, GCRA-style),
+        so a large job flows at the quota instead of bursting into it.
+        """
+        while True:
+            now = time.monotonic()
+            if now < self._paused_until:
+                await asyncio.sleep(self._paused_until - now)
+                continue
+            if self.rate_limit is None:
+                return
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + 1.0 / self.rate_limit
+            if slot > now:
+                await asyncio.sleep(slot - now)
+            if time.monotonic() >= self._paused_until:
+                return
+
+    # --- the exchange -----------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        url: URL,
+        *,
+        body: bytes | None = None,
+        params: Sequence[tuple[str, str]] | None = None,
+        idempotent: bool,
+        expected: Sequence[int] = (200,),
+    ) -> Response:
+        """Perform one logical request, retrying what is safe to retry."""
+        policy = self.retry
+        delays = backoff.expo(base=2, factor=policy.base_delay, max_value=policy.max_delay)
+        next(delays)  # backoff's generators yield a priming 0 first
+        started = time.monotonic()
+        attempt = 0
+        refreshed = False
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt(method, url, body, params, idempotent, expected)
+            except _AuthExpired as expired:
+                if refreshed or not self.auth.invalidate(expired.token):
+                    raise expired.error from None
+                refreshed = True
+                self.stats.token_refreshes += 1
+                logger.info("401 from %s %s: renewing the token once", method, url.path)
+                attempt -= 1  # a token refresh is not a retry of the request
+                continue
+            except _Retry as retry:
+                error = retry.error
+                jittered = backoff.full_jitter(next(delays))
+                delay = jittered if retry.retry_after is None else max(retry.retry_after, jittered)
+                if retry.retry_after is not None and retry.retry_after > policy.max_retry_after:
+                    raise error from None
+                elapsed = time.monotonic() - started
+                if attempt >= policy.max_attempts or elapsed + delay > policy.max_time:
+                    raise error from None
+                self.stats.retries += 1
+                logger.info("retrying %s %s in %.2fs after %s (attempt %d of %d)",
+                            method, url.path, delay, _describe(error), attempt + 1,
+                            policy.max_attempts)
+                if isinstance(error, RateLimitError):
+                    self.pause(delay)
+                else:
+                    await asyncio.sleep(delay)
+
+    async def _attempt(
+        self,
+        method: str,
+        url: URL,
+        body: bytes | None,
+        params: Sequence[tuple[str, str]] | None,
+        idempotent: bool,
+        expected: Sequence[int],
+    ) -> Response:
+        session = self.session
+        async with self._semaphore:
+            await self._pace()
+            try:
+                token = await self.auth.token(session)
+            except (TransportError, ServerError) as exc:
+                # Nothing of ours was sent yet: always safe to try again.
+                raise _Retry(exc) from None
+            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+            if body is not None:
+                headers["Content-Type"] = "application/json"
+            self.stats.requests += 1
+            try:
+                async with session.request(
+                    method, url, data=body, params=params, headers=headers,
+                    timeout=self._client_timeout, allow_redirects=False,
+                ) as response:
+                    status = response.status
+                    raw = await response.read()
+                    retry_after_header = response.headers.get("Retry-After")
+                    content_type = response.content_type
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise self._map_failure(exc, method, url, idempotent) from None
+        if status in expected:
+            try:
+                return Response(status, loads(raw) if raw else None)
+            except ValueError:
+                raise ServerError(status, None, "answer is not valid JSON",
+                                  body=_snippet(raw)) from None
+        error = _api_error(status, raw, content_type, retry_after_header)
+        if status == 401:
+            raise _AuthExpired(token, error)
+        if status == 429:
+            self.stats.rate_limited += 1
+            logger.warning("429 from %s %s (Retry-After: %s): pausing all requests",
+                           method, url.path, retry_after_header or "none")
+            raise _Retry(error, error.retry_after)
+        if status == 503:
+            raise _Retry(error, error.retry_after)
+        if status >= 500:
+            if idempotent:
+                raise _Retry(error, error.retry_after)
+            raise self._uncertain(error, method, url)
+        raise error
+
+    def _uncertain(self, error: Exception, method: str, url: URL) -> Exception:
+        """A non-idempotent request may have been processed: surface it, or retry if opted in."""
+        if self.retry.retry_uncertain_posts:
+            return _Retry(error)
+        self.stats.uncertain += 1
+        logger.warning("%s %s may have been processed, but its answer was lost (%s): "
+                       "it will not be sent again", method, url.path, _describe(error))
+        uncertain = UncertainDeliveryError(
+            f"{method} {url.path} may have been processed: {_describe(error)}")
+        uncertain.__cause__ = error
+        return uncertain
+
+    def _map_failure(self, exc: BaseException, method: str, url: URL,
+                     idempotent: bool) -> Exception:
+        """The one mapping from aiohttp/asyncio failures to retry-or-raise decisions."""
+        if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+            # The connection was never established: the request was certainly not sent.
+            return _Retry(TransportError(f"cannot connect to {url.host}: {_describe(exc)}"))
+        if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError)):
+            error = TransportError(f"{method} {url.path} failed: {_describe(exc)}")
+            return _Retry(error) if idempotent else self._uncertain(error, method, url)
+        return TransportError(f"{method} {url.path} failed: {_describe(exc)}")
+
+
+class _AuthExpired(Exception):
+    """Internal: a 401, to be retried once with a fresh token."""
+
+    def __init__(self, token: str, error: ApiError) -> None:
+        super().__init__(str(error))
+        self.token = token
+        self.error = error
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ApiError):
+        return f"HTTP {exc.status}"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timeout"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _snippet(raw: bytes, limit: int = 2000) -> str:
+    return raw[:limit].decode("utf-8", "replace")
+
+
+def _api_error(status: int, raw: bytes, content_type: str,
+               retry_after_header: str | None) -> ApiError:
+    """The public error for an error answer, useful even when its body is not JSON."""
+    data: Any = None
+    if raw:
+        try:
+            data = loads(raw)
+        except ValueError:
+            data = None
+    parsed = parse_error_body(data)
+    retry_after = parse_retry_after(retry_after_header)
+    cls = api_error_class(status)
+    if parsed is None:
+        kind = content_type or "empty body"
+        message = f"unexpected answer ({kind})" if raw else "empty answer"
+        return cls(status, None, message, body=_snippet(raw), retry_after=retry_after)
+    return cls(status, parsed.code, parsed.message, parsed.errors, parsed.extensions,
+               retry_after=retry_after)

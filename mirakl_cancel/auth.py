@@ -1,0 +1,158 @@
+"""Bearer tokens: a fixed one, or OAuth2 client credentials fetched and cached.
+
+Secrets never leave these objects except in the one place they must: the token
+request's form body and the `Authorization` header. Their reprs hide them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Protocol, runtime_checkable
+
+import aiohttp
+
+from ._serde import loads
+from .errors import AuthenticationError, ServerError, TransportError, api_error_class
+
+__all__ = ["Auth", "ClientCredentials", "StaticToken"]
+
+logger = logging.getLogger("mirakl_cancel")
+
+DEFAULT_TOKEN_URL = "https://auth.mirakl.net/oauth/token"
+
+
+@runtime_checkable
+class Auth(Protocol):
+    """What the transport needs from an authentication scheme."""
+
+    async def token(self, session: aiohttp.ClientSession) -> str:
+        """A bearer token that is valid now (fetching one if needed)."""
+        ...
+
+    def invalidate(self, token: str) -> bool:
+        """Forget `token` after a 401; True when a fresh token can be obtained."""
+        ...
+
+
+class StaticToken:
+    """A token you already have (e.g. from your own secret store); it is never refreshed."""
+
+    __slots__ = ("_token",)
+
+    def __init__(self, token: str) -> None:
+        if not isinstance(token, str) or not token.strip():
+            raise ValueError("StaticToken needs a non-empty token")
+        self._token = token
+
+    async def token(self, session: aiohttp.ClientSession) -> str:
+        """The token given at construction."""
+        return self._token
+
+    def invalidate(self, token: str) -> bool:
+        """A static token cannot be renewed: a 401 is final."""
+        return False
+
+    def __repr__(self) -> str:
+        return "StaticToken(token='***')"
+
+    __str__ = __repr__
+
+
+class ClientCredentials:
+    """OAuth2 client-credentials grant, cached until shortly before the token expires.
+
+    Many coroutines asking at once share one token request (a lock around the fetch),
+    so a burst of cancels at start-up costs one call to the token endpoint, not one each.
+    """
+
+    __slots__ = ("_client_id", "_client_secret", "_expires_at", "_lock", "_token",
+                 "refresh_margin", "timeout", "token_url")
+
+    def __init__(self, client_id: str, client_secret: str, token_url: str = DEFAULT_TOKEN_URL,
+                 *, refresh_margin: float = 60.0, timeout: float = 30.0) -> None:
+        if not client_id or not client_secret:
+            raise ValueError("ClientCredentials needs a client_id and a client_secret")
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self.token_url = token_url
+        #: Seconds before expiry at which the token is renewed; capped to a tenth of its life.
+        self.refresh_margin = refresh_margin
+        self.timeout = timeout
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self._lock = asyncio.Lock()
+
+    @property
+    def client_id(self) -> str:
+        """The client id (not a secret, shown in reprs so you can tell clients apart)."""
+        return self._client_id
+
+    def __repr__(self) -> str:
+        return (f"ClientCredentials(client_id={self._client_id!r}, client_secret='***', "
+                f"token_url={self.token_url!r})")
+
+    __str__ = __repr__
+
+    def _valid(self) -> str | None:
+        if self._token is not None and time.monotonic() < self._expires_at:
+            return self._token
+        return None
+
+    async def token(self, session: aiohttp.ClientSession) -> str:
+        """The cached token, or a new one when it is missing or about to expire."""
+        cached = self._valid()
+        if cached is not None:
+            return cached
+        async with self._lock:
+            cached = self._valid()  # another coroutine may have fetched it meanwhile
+            if cached is not None:
+                return cached
+            token, lifetime = await self._fetch(session)
+            margin = min(self.refresh_margin, lifetime / 10)
+            self._token = token
+            self._expires_at = time.monotonic() + max(lifetime - margin, 0.0)
+            return token
+
+    def invalidate(self, token: str) -> bool:
+        """Drop `token` (if still cached) so that the next call fetches a new one."""
+        if self._token == token:
+            self._token = None
+            self._expires_at = 0.0
+        return True
+
+    async def _fetch(self, session: aiohttp.ClientSession) -> tuple[str, float]:
+        form = {"grant_type": "client_credentials", "client_id": self._client_id,
+                "client_secret": self._client_secret}
+        logger.debug("requesting an access token from %s", self.token_url)
+        try:
+            async with session.post(
+                self.token_url, data=form, headers={"Accept": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as response:
+                status = response.status
+                text = await response.text()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise TransportError(
+                f"token request to {self.token_url} failed: {type(exc).__name__}") from None
+        try:
+            data = loads(text) if text else None
+        except ValueError:
+            data = None
+        if status != 200:
+            message = "token request refused"
+            code = None
+            if isinstance(data, dict):
+                code = data.get("error") if isinstance(data.get("error"), str) else None
+                message = str(data.get("error_description") or data.get("message") or message)
+            cls = AuthenticationError if status in (400, 401, 403) else api_error_class(status)
+            raise cls(status, code, message)
+        if not isinstance(data, dict) or not isinstance(data.get("access_token"), str):
+            raise ServerError(status, None, "token endpoint answered without an access_token")
+        expires_in = data.get("expires_in", 3600)
+        try:
+            lifetime = float(expires_in)
+        except (TypeError, ValueError):
+            lifetime = 3600.0
+        return data["access_token"], lifetime

@@ -1,0 +1,145 @@
+"""`MiraklConnectClient`: the two endpoints, typed, behind one transport."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from ._serde import parse_action_accepted, parse_action_status, request_body, structure_request
+from ._transport import RetryPolicy, Timeout, Transport, TransportStats
+from .auth import Auth
+from .errors import ServerError, UncertainDeliveryError, ValidationError, ValidationIssue
+from .models import ActionAccepted, ActionStatus, Cancelation, CancelRequest
+
+if TYPE_CHECKING:
+    from .batching import CancelOutcome
+
+__all__ = ["DEFAULT_BASE_URL", "MiraklConnectClient"]
+
+DEFAULT_BASE_URL = "https://miraklconnect.com/api"
+
+
+class MiraklConnectClient:
+    """An async client for Mirakl Connect's order cancellation endpoints.
+
+    Use it as an async context manager so that its HTTP session is closed. One client
+    shares one concurrency limit, one rate limit and one 429 pause between everything
+    sent through it, which is why a whole job should go through a single client.
+    """
+
+    def __init__(
+        self,
+        *,
+        auth: Auth,
+        base_url: str = DEFAULT_BASE_URL,
+        max_concurrency: int = 16,
+        rate_limit: float | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: Timeout | float | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        if not isinstance(auth, Auth):
+            raise TypeError("auth must be StaticToken(...) or ClientCredentials(...)")
+        if isinstance(timeout, (int, float)):
+            timeout = Timeout(connect=min(float(timeout), 10.0), read=float(timeout))
+        self._transport = Transport(
+            base_url=base_url,
+            auth=auth,
+            max_concurrency=max_concurrency,
+            rate_limit=rate_limit,
+            retry=retry or RetryPolicy(),
+            timeout=timeout or Timeout(),
+            session=session,
+        )
+        self.base_url = base_url.rstrip("/")
+
+    def __repr__(self) -> str:
+        return (f"MiraklConnectClient(base_url={self.base_url!r}, auth={self._transport.auth!r}, "
+                f"max_concurrency={self.max_concurrency})")
+
+    async def __aenter__(self) -> MiraklConnectClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session, unless it was given to us."""
+        await self._transport.close()
+
+    @property
+    def stats(self) -> TransportStats:
+        """Live counters: requests, retries, 429s, uncertain cancels, token refreshes."""
+        return self._transport.stats
+
+    @property
+    def max_concurrency(self) -> int:
+        """How many requests this client has in flight at most."""
+        return self._transport.max_concurrency
+
+    @property
+    def transport(self) -> Transport:
+        """The transport (for extensions that add endpoints, e.g. reconciliation)."""
+        return self._transport
+
+    async def cancel_order_lines(
+        self, order_id: str, cancelations: Iterable[Cancelation | Mapping[str, Any]]
+    ) -> ActionAccepted:
+        """Ask Mirakl Connect to cancel lines of one order; the work happens later.
+
+        Raises ValidationError (nothing sent) for a bad request, an ApiError subclass
+        for a refusal, and UncertainDeliveryError when the cancel may have been
+        processed but its answer was lost: never resend that one blindly.
+        """
+        try:
+            items = list(cancelations)
+        except TypeError:
+            raise ValidationError(
+                [ValidationIssue("cancelations", "must be an iterable of Cancelation")]) from None
+        return await self.cancel(structure_request(order_id, items))
+
+    async def cancel(self, request: CancelRequest) -> ActionAccepted:
+        """Send one CancelRequest (see `cancel_order_lines`)."""
+        if not isinstance(request, CancelRequest):
+            raise TypeError("cancel() takes a CancelRequest")
+        url = self._transport.url("v2", "orders", request.order_id, "cancel")
+        try:
+            response = await self._transport.request(
+                "POST", url, body=request_body(request), idempotent=False, expected=(202, 200))
+        except UncertainDeliveryError as exc:
+            exc.order_id = request.order_id
+            raise
+        try:
+            return parse_action_accepted(response.data, request.order_id)
+        except ValueError as exc:
+            # Accepted, but we cannot tell which action: as uncertain as a lost answer.
+            raise UncertainDeliveryError(
+                f"cancel of order {request.order_id} answered {response.status} without a "
+                f"readable action_id: {exc}", order_id=request.order_id) from None
+
+    async def get_action_status(self, action_id: str) -> ActionStatus:
+        """Read an action's status. Mind the API's ceiling: once a minute per action."""
+        if not isinstance(action_id, str) or not action_id:
+            raise ValidationError([ValidationIssue("action_id", "must be a non-empty string")])
+        url = self._transport.url("v2", "orders", "actions", action_id)
+        response = await self._transport.request("GET", url, idempotent=True)
+        try:
+            return parse_action_status(response.data)
+        except ValueError as exc:
+            raise ServerError(response.status, None, f"unreadable action status: {exc}") from None
+
+    def cancel_many(
+        self, requests: Iterable[CancelRequest] | AsyncIterable[CancelRequest]
+    ) -> AsyncIterator[CancelOutcome]:
+        """Send many cancels concurrently; yield one CancelOutcome per request as each ends.
+
+        A refused or failed request is an outcome too, never an exception that would
+        lose the others.
+        """
+        from .batching import cancel_many
+
+        return cancel_many(self, requests)

@@ -1,0 +1,283 @@
+"""Value types for the two endpoints, as the spec defines them.
+
+Every request model checks itself when it is built, and reports *all* of its problems
+at once, so a bad cancel is refused before anything is sent. Conversion to and from
+JSON lives in `mirakl_cancel._serde`, not here.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import attrs
+
+from .errors import ErrorItem, ValidationError, ValidationIssue
+
+__all__ = [
+    "ActionAccepted",
+    "ActionError",
+    "ActionState",
+    "ActionStatus",
+    "CancelReason",
+    "CancelRequest",
+    "Cancelation",
+    "ErrorBody",
+    "Money",
+    "Tax",
+]
+
+_CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+class CancelReason(str, enum.Enum):
+    """Why a line is cancelled: the seven values the API accepts."""
+
+    CUSTOMER_CANCELATION = "CUSTOMER_CANCELATION"
+    OUT_OF_STOCK = "OUT_OF_STOCK"
+    RETURN = "RETURN"
+    ITEM_NOT_RECEIVED = "ITEM_NOT_RECEIVED"
+    AGREEMENT = "AGREEMENT"
+    DEFECT = "DEFECT"
+    UNABLE_TO_DELIVER = "UNABLE_TO_DELIVER"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_REASONS = frozenset(r.value for r in CancelReason)
+
+
+class ActionState(str, enum.Enum):
+    """An action's status; UNKNOWN stands for any value the API adds later."""
+
+    PENDING = "PENDING"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    UNKNOWN = "UNKNOWN"
+
+    @classmethod
+    def parse(cls, raw: str) -> ActionState:
+        """Map the wire value, tolerating values this version does not know."""
+        try:
+            state = cls(raw)
+        except ValueError:
+            return cls.UNKNOWN
+        return cls.UNKNOWN if state is cls.UNKNOWN else state
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _issues_or_none(issues: list[ValidationIssue]) -> None:
+    if issues:
+        raise ValidationError(issues)
+
+
+def coerce_amount(value: object) -> Decimal | str:
+    """An exact Decimal from `value`, or the reason it cannot be one.
+
+    Floats are refused rather than converted: `0.1` is not exactly one tenth, and a
+    cancel must refund exactly what the user meant.
+    """
+    if isinstance(value, bool):
+        return "must be a Decimal, int or str, not bool"
+    if isinstance(value, Decimal):
+        amount = value
+    elif isinstance(value, int):
+        amount = Decimal(value)
+    elif isinstance(value, str):
+        try:
+            amount = Decimal(value.strip())
+        except InvalidOperation:
+            return f"{value!r} is not a decimal number"
+    elif isinstance(value, float):
+        return "must be a Decimal, int or str, not float (floats are inexact; use Decimal('...'))"
+    else:
+        return f"must be a Decimal, int or str, not {type(value).__name__}"
+    if not amount.is_finite():
+        return "must be a finite number"
+    if amount < 0:
+        return "must be greater than or equal to 0"
+    return amount
+
+
+@attrs.frozen
+class Money:
+    """An exact amount in one currency (ISO-4217, e.g. EUR)."""
+
+    amount: Decimal
+    currency: str
+
+    def __attrs_post_init__(self) -> None:
+        issues: list[ValidationIssue] = []
+        amount = coerce_amount(self.amount)
+        if isinstance(amount, str):
+            issues.append(ValidationIssue("amount", amount))
+        else:
+            object.__setattr__(self, "amount", amount)
+        if not isinstance(self.currency, str) or not _CURRENCY.fullmatch(self.currency):
+            issues.append(ValidationIssue(
+                "currency",
+                f"must be an ISO-4217 code of three upper-case letters, not {self.currency!r}"))
+        _issues_or_none(issues)
+
+
+@attrs.frozen
+class Tax:
+    """A tax amount to cancel, under the sales channel's tax code."""
+
+    code: str
+    amount: Money
+
+    def __attrs_post_init__(self) -> None:
+        issues: list[ValidationIssue] = []
+        if not isinstance(self.code, str) or not self.code:
+            issues.append(ValidationIssue("code", "must be a non-empty string"))
+        if not isinstance(self.amount, Money):
+            issues.append(ValidationIssue("amount", "must be a Money"))
+        _issues_or_none(issues)
+
+
+def _as_tuple(value: Iterable[Tax] | None) -> tuple[Tax, ...]:
+    return () if value is None else tuple(value)
+
+
+def scalar_issues(quantity: object, reason: object, order_line_id: object,
+                  product_id: object) -> list[ValidationIssue]:
+    """Problems with a cancelation's own fields (not its amounts), with relative paths."""
+    issues: list[ValidationIssue] = []
+    if isinstance(quantity, bool) or not isinstance(quantity, int):
+        issues.append(ValidationIssue("quantity", f"must be an integer, not {quantity!r}"))
+    elif quantity < 0:
+        issues.append(ValidationIssue("quantity", "must be greater than or equal to 0"))
+    if not isinstance(reason, str) or reason not in _REASONS:
+        allowed = ", ".join(_REASONS)
+        issues.append(ValidationIssue("reason", f"{reason!r} is not one of {allowed}"))
+    for name, value in (("order_line_id", order_line_id), ("product_id", product_id)):
+        if value is not None and (not isinstance(value, str) or not value):
+            issues.append(ValidationIssue(name, "must be a non-empty string when given"))
+    return issues
+
+
+def _cancelation_issues(c: Cancelation) -> list[ValidationIssue]:
+    issues = scalar_issues(c.quantity, c.reason, c.order_line_id, c.product_id)
+    if not any(issue.path == "reason" for issue in issues):
+        object.__setattr__(c, "reason", CancelReason(c.reason))
+    monies: list[tuple[str, object]] = [("price", c.price), ("shipping_price", c.shipping_price)]
+    for group in ("taxes", "shipping_taxes"):
+        for i, tax in enumerate(getattr(c, group)):
+            if not isinstance(tax, Tax):
+                issues.append(ValidationIssue(f"{group}[{i}]", "must be a Tax"))
+            else:
+                monies.append((f"{group}[{i}].amount", tax.amount))
+    currency = c.price.currency if isinstance(c.price, Money) else None
+    for path, money in monies:
+        if not isinstance(money, Money):
+            issues.append(ValidationIssue(path, "must be a Money"))
+        elif currency is not None and money.currency != currency:
+            issues.append(ValidationIssue(
+                f"{path}.currency",
+                f"must match the price currency {currency}, not {money.currency}"))
+    return issues
+
+
+@attrs.frozen
+class Cancelation:
+    """One line (or part of one) to cancel, with the amounts to refund."""
+
+    quantity: int
+    reason: CancelReason
+    price: Money
+    shipping_price: Money
+    order_line_id: str | None = None
+    product_id: str | None = None
+    taxes: tuple[Tax, ...] = attrs.field(default=(), converter=_as_tuple)
+    shipping_taxes: tuple[Tax, ...] = attrs.field(default=(), converter=_as_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        _issues_or_none(_cancelation_issues(self))
+
+
+def _cancelations_tuple(value: Iterable[Cancelation]) -> tuple[Cancelation, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class CancelRequest:
+    """One POST's worth: the lines of one order to cancel together."""
+
+    order_id: str
+    cancelations: tuple[Cancelation, ...] = attrs.field(converter=_cancelations_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        issues: list[ValidationIssue] = []
+        if not isinstance(self.order_id, str) or not self.order_id.strip():
+            issues.append(ValidationIssue("order_id", "must be a non-empty string"))
+        if not self.cancelations:
+            issues.append(ValidationIssue("cancelations", "must contain at least one cancelation"))
+        for i, c in enumerate(self.cancelations):
+            if not isinstance(c, Cancelation):
+                issues.append(ValidationIssue(f"cancelations[{i}]", "must be a Cancelation"))
+        _issues_or_none(issues)
+
+    @property
+    def total_quantity(self) -> int:
+        """Units this request cancels, all lines together."""
+        return sum(c.quantity for c in self.cancelations)
+
+
+@attrs.frozen
+class ActionAccepted:
+    """The API accepted a cancel (202); its outcome is known later through `action_id`."""
+
+    action_id: str
+    order_id: str
+    #: Deprecated by the API, equal to action_id when present; kept only for completeness.
+    tracking_id: str | None = None
+
+
+@attrs.frozen
+class ActionError:
+    """Why an action failed; `code` is kept raw so that new codes never break parsing."""
+
+    code: str
+    message: str = ""
+
+
+@attrs.frozen
+class ActionStatus:
+    """An action as `v2-getActionStatus` reports it."""
+
+    id: str
+    state: ActionState
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    errors: tuple[ActionError, ...] = ()
+    #: The status exactly as the API sent it (meaningful when state is UNKNOWN).
+    raw_status: str = ""
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether polling this action again can change nothing."""
+        return self.state in (ActionState.SUCCESS, ActionState.FAILED)
+
+
+@attrs.frozen
+class ErrorBody:
+    """The API's `Error` body, as parsed (tolerantly) from a 4xx/5xx answer."""
+
+    code: str | None
+    message: str
+    errors: tuple[ErrorItem, ...] = ()
+    extensions: dict[str, Any] = attrs.field(factory=dict)
+
+
+def prefix_issues(prefix: str, issues: Sequence[ValidationIssue]) -> list[ValidationIssue]:
+    """Re-root issues under `prefix` (e.g. `cancelations[2]`)."""
+    return [ValidationIssue(f"{prefix}.{issue.path}" if prefix else issue.path, issue.message)
+            for issue in issues]

@@ -1,0 +1,48 @@
+"""Opaque bearer tokens with a (scaled) lifetime."""
+
+from __future__ import annotations
+
+import secrets
+
+from ._clock import Clock
+
+__all__ = ["TokenStore"]
+
+
+class TokenStore:
+    """Issues and checks tokens.
+
+    Tokens are random opaque strings rather than JWTs: a client must treat
+    them as opaque anyway, and one that tries to decode them should fail here
+    before it fails in production.
+    """
+
+    def __init__(self, clock: Clock, ttl: float) -> None:
+        self._clock = clock
+        self.ttl = ttl
+        self._expiry: dict[str, float] = {}
+
+    def issue(self, ttl: float | None = None) -> tuple[str, float]:
+        """Return ``(token, real_lifetime_seconds)``; ``ttl`` in API seconds."""
+        lifetime = self._clock.scaled(self.ttl if ttl is None else ttl)
+        token = secrets.token_urlsafe(32)
+        self._expiry[token] = self._clock.now() + lifetime
+        return token, lifetime
+
+    def check(self, header: str | None) -> str | None:
+        """Return why ``Authorization`` is refused, or None when the token is valid."""
+        if not header:
+            return "Missing bearer token"
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return "Authorization header must be 'Bearer <token>'"
+        expiry = self._expiry.get(token.strip())
+        if expiry is None:
+            return "Unknown bearer token"
+        if self._clock.now() >= expiry:
+            return "Bearer token expired"
+        return None
+
+    def revoke_all(self) -> None:
+        """Invalidate every token, e.g. to test a client's refresh-on-401."""
+        self._expiry.clear()
