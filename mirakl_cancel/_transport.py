@@ -23,6 +23,7 @@ import attrs
 import backoff
 from yarl import URL
 
+from ._pollguard import PollGuard
 from ._serde import loads, parse_error_body
 from ._version import __version__
 from .auth import Auth
@@ -172,6 +173,7 @@ class Transport:
         retry: RetryPolicy,
         timeout: Timeout,
         session: aiohttp.ClientSession | None,
+        min_poll_interval: float = 60.0,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -192,6 +194,8 @@ class Transport:
             total=None, sock_connect=timeout.connect, sock_read=timeout.read)
         self._paused_until = 0.0
         self._next_slot = 0.0
+        #: Spacing of reads of one action (the API's once-a-minute ceiling).
+        self.poll_guard = PollGuard(min_poll_interval)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -252,9 +256,15 @@ class Transport:
         params: Sequence[tuple[str, str]] | None = None,
         idempotent: bool,
         expected: Sequence[int] = (200,),
+        retry: RetryPolicy | None = None,
+        poll_key: str | None = None,
     ) -> Response:
-        """Perform one logical request, retrying what is safe to retry."""
-        policy = self.retry
+        """Perform one logical request, retrying what is safe to retry.
+
+        `poll_key` names an action whose reads are rate-limited per action: every
+        attempt for it, retries included, waits for the poll guard and is recorded.
+        """
+        policy = retry or self.retry
         delays = backoff.expo(base=2, factor=policy.base_delay, max_value=policy.max_delay)
         next(delays)  # backoff's generators yield a priming 0 first
         started = time.monotonic()
@@ -263,7 +273,13 @@ class Transport:
         while True:
             attempt += 1
             try:
-                return await self._attempt(method, url, body, params, idempotent, expected)
+                if poll_key is None:
+                    return await self._attempt(method, url, body, params, idempotent, expected)
+                await self.poll_guard.wait(poll_key)
+                try:
+                    return await self._attempt(method, url, body, params, idempotent, expected)
+                finally:
+                    self.poll_guard.record(poll_key)
             except _AuthExpired as expired:
                 if refreshed or not self.auth.invalidate(expired.token):
                     raise expired.error from None
@@ -276,6 +292,9 @@ class Transport:
                 error = retry.error
                 jittered = backoff.full_jitter(next(delays))
                 delay = jittered if retry.retry_after is None else max(retry.retry_after, jittered)
+                if isinstance(error, RateLimitError):
+                    # Whoever got the 429, the whole client holds back (even if we give up).
+                    self.pause(delay)
                 if retry.retry_after is not None and retry.retry_after > policy.max_retry_after:
                     raise error from None
                 elapsed = time.monotonic() - started
@@ -285,9 +304,7 @@ class Transport:
                 logger.info("retrying %s %s in %.2fs after %s (attempt %d of %d)",
                             method, url.path, delay, _describe(error), attempt + 1,
                             policy.max_attempts)
-                if isinstance(error, RateLimitError):
-                    self.pause(delay)
-                else:
+                if not isinstance(error, RateLimitError):  # a 429 waits in _pace instead
                     await asyncio.sleep(delay)
 
     async def _attempt(

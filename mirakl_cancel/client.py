@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from ._serde import parse_action_accepted, parse_action_status, request_body, structure_request
-from ._transport import RetryPolicy, Timeout, Transport, TransportStats
+from ._transport import NO_RETRY, RetryPolicy, Timeout, Transport, TransportStats
 from .auth import Auth
 from .errors import ServerError, UncertainDeliveryError, ValidationError, ValidationIssue
 from .models import ActionAccepted, ActionStatus, Cancelation, CancelRequest
@@ -40,6 +40,7 @@ class MiraklConnectClient:
         retry: RetryPolicy | None = None,
         timeout: Timeout | float | None = None,
         session: aiohttp.ClientSession | None = None,
+        min_poll_interval: float = 60.0,
     ) -> None:
         if not isinstance(auth, Auth):
             raise TypeError("auth must be StaticToken(...) or ClientCredentials(...)")
@@ -53,6 +54,7 @@ class MiraklConnectClient:
             retry=retry or RetryPolicy(),
             timeout=timeout or Timeout(),
             session=session,
+            min_poll_interval=min_poll_interval,
         )
         self.base_url = base_url.rstrip("/")
 
@@ -80,6 +82,11 @@ class MiraklConnectClient:
     def max_concurrency(self) -> int:
         """How many requests this client has in flight at most."""
         return self._transport.max_concurrency
+
+    @property
+    def min_poll_interval(self) -> float:
+        """Seconds this client keeps between two reads of one action."""
+        return self._transport.poll_guard.min_interval
 
     @property
     def transport(self) -> Transport:
@@ -121,12 +128,20 @@ class MiraklConnectClient:
                 f"cancel of order {request.order_id} answered {response.status} without a "
                 f"readable action_id: {exc}", order_id=request.order_id) from None
 
-    async def get_action_status(self, action_id: str) -> ActionStatus:
-        """Read an action's status. Mind the API's ceiling: once a minute per action."""
+    async def get_action_status(self, action_id: str, *, retry: bool = True) -> ActionStatus:
+        """Read an action's status.
+
+        The API allows one read per minute per action, so this call waits, if needed,
+        until `min_poll_interval` has passed since the previous read of the same action
+        through this client, retries included. `retry=False` makes a single attempt,
+        for schedulers (like ActionTracker) that reschedule failures themselves.
+        """
         if not isinstance(action_id, str) or not action_id:
             raise ValidationError([ValidationIssue("action_id", "must be a non-empty string")])
         url = self._transport.url("v2", "orders", "actions", action_id)
-        response = await self._transport.request("GET", url, idempotent=True)
+        response = await self._transport.request(
+            "GET", url, idempotent=True, poll_key=action_id,
+            retry=None if retry else NO_RETRY)
         try:
             return parse_action_status(response.data)
         except ValueError as exc:
