@@ -24,11 +24,15 @@ from .models import (
     ActionError,
     ActionState,
     ActionStatus,
+    Adjustment,
+    AdjustmentType,
     Cancelation,
     CancelReason,
     CancelRequest,
     ErrorBody,
     Money,
+    Order,
+    OrderLine,
     Tax,
     prefix_issues,
     scalar_issues,
@@ -42,6 +46,7 @@ __all__ = [
     "parse_action_status",
     "parse_datetime",
     "parse_error_body",
+    "parse_orders_page",
     "request_body",
     "structure_cancelation",
     "structure_request",
@@ -316,3 +321,73 @@ def _structure_request_hook(data: Mapping[str, Any], _: type) -> CancelRequest:
 converter.register_structure_hook(CancelRequest, _structure_request_hook)
 converter.register_structure_hook(
     Cancelation, lambda data, _: structure_cancelation(data))
+
+
+# --- orders (v2-listOrders) -----------------------------------------------------------
+
+def _money_or_none(data: object) -> Money | None:
+    if not isinstance(data, Mapping):
+        return None
+    try:
+        return Money(data.get("amount"), data.get("currency"))  # type: ignore[arg-type]
+    except ValidationError:
+        return None
+
+
+def _int_or_none(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():  # the spec's example is "10"
+        return int(value)
+    return None
+
+
+def _adjustment(data: Mapping[str, Any]) -> Adjustment:
+    raw_type = str(data.get("type", ""))
+    try:
+        kind = AdjustmentType(raw_type)
+    except ValueError:
+        kind = AdjustmentType.UNKNOWN
+    return Adjustment(
+        id=str(data.get("adjustment_id") or data.get("id") or ""),
+        type=kind,
+        raw_type=raw_type,
+        created_at=parse_datetime(data.get("created_at")),
+        quantity=_int_or_none(data.get("quantity")),
+        reason=_str_or_none(data.get("reason")),
+        price=_money_or_none(data.get("price")),
+        shipping_price=_money_or_none(data.get("shipping_price")),
+    )
+
+
+def _order_line(data: Mapping[str, Any]) -> OrderLine:
+    product = data.get("product")
+    adjustments = data.get("adjustments") or ()
+    return OrderLine(
+        id=str(data.get("id", "")),
+        product_id=_str_or_none(product.get("id")) if isinstance(product, Mapping) else None,
+        quantity=_int_or_none(data.get("quantity")),
+        status=_str_or_none(data.get("status")),
+        adjustments=tuple(_adjustment(a) for a in adjustments if isinstance(a, Mapping)),
+        raw=dict(data),
+    )
+
+
+def parse_orders_page(data: object) -> tuple[list[Order], str | None]:
+    """Orders of one `v2-listOrders` page and the next page's token (None on the last)."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("data"), list):
+        raise ValueError("orders page has no data array")
+    orders = [
+        Order(
+            id=str(item.get("id", "")),
+            status=_str_or_none(item.get("status")),
+            lines=tuple(_order_line(line) for line in item.get("order_lines") or ()
+                        if isinstance(line, Mapping)),
+            raw=dict(item),
+        )
+        for item in data["data"] if isinstance(item, Mapping)
+    ]
+    token = data.get("next_page_token")
+    return orders, token if isinstance(token, str) and token else None

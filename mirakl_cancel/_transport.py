@@ -258,13 +258,16 @@ class Transport:
         expected: Sequence[int] = (200,),
         retry: RetryPolicy | None = None,
         poll_key: str | None = None,
+        guard: PollGuard | None = None,
     ) -> Response:
         """Perform one logical request, retrying what is safe to retry.
 
-        `poll_key` names an action whose reads are rate-limited per action: every
-        attempt for it, retries included, waits for the poll guard and is recorded.
+        `poll_key` names a resource whose reads the API limits in frequency (an action,
+        or the order listing): every attempt for it, retries included, waits for
+        `guard` (the action poll guard by default) and is recorded there.
         """
         policy = retry or self.retry
+        guard = guard or self.poll_guard
         delays = backoff.expo(base=2, factor=policy.base_delay, max_value=policy.max_delay)
         next(delays)  # backoff's generators yield a priming 0 first
         started = time.monotonic()
@@ -275,11 +278,11 @@ class Transport:
             try:
                 if poll_key is None:
                     return await self._attempt(method, url, body, params, idempotent, expected)
-                await self.poll_guard.wait(poll_key)
+                await guard.wait(poll_key)
                 try:
                     return await self._attempt(method, url, body, params, idempotent, expected)
                 finally:
-                    self.poll_guard.record(poll_key)
+                    guard.record(poll_key)
             except _AuthExpired as expired:
                 if refreshed or not self.auth.invalidate(expired.token):
                     raise expired.error from None

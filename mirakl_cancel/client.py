@@ -8,11 +8,18 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from ._serde import parse_action_accepted, parse_action_status, request_body, structure_request
+from ._pollguard import PollGuard
+from ._serde import (
+    parse_action_accepted,
+    parse_action_status,
+    parse_orders_page,
+    request_body,
+    structure_request,
+)
 from ._transport import NO_RETRY, RetryPolicy, Timeout, Transport, TransportStats
 from .auth import Auth
 from .errors import ServerError, UncertainDeliveryError, ValidationError, ValidationIssue
-from .models import ActionAccepted, ActionStatus, Cancelation, CancelRequest
+from .models import ActionAccepted, ActionStatus, Cancelation, CancelRequest, Order
 
 if TYPE_CHECKING:
     from .batching import CancelOutcome
@@ -20,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_BASE_URL", "MiraklConnectClient"]
 
 DEFAULT_BASE_URL = "https://miraklconnect.com/api"
+#: The most ids (and orders per page) v2-listOrders takes in one call.
+LIST_ORDERS_MAX_IDS = 100
 
 
 class MiraklConnectClient:
@@ -41,6 +50,7 @@ class MiraklConnectClient:
         timeout: Timeout | float | None = None,
         session: aiohttp.ClientSession | None = None,
         min_poll_interval: float = 60.0,
+        min_list_interval: float = 60.0,
     ) -> None:
         if not isinstance(auth, Auth):
             raise TypeError("auth must be StaticToken(...) or ClientCredentials(...)")
@@ -57,6 +67,8 @@ class MiraklConnectClient:
             min_poll_interval=min_poll_interval,
         )
         self.base_url = base_url.rstrip("/")
+        # v2-listOrders allows one call per minute: its own guard, shared by all pages.
+        self._list_guard = PollGuard(min_list_interval)
 
     def __repr__(self) -> str:
         return (f"MiraklConnectClient(base_url={self.base_url!r}, auth={self._transport.auth!r}, "
@@ -146,6 +158,37 @@ class MiraklConnectClient:
             return parse_action_status(response.data)
         except ValueError as exc:
             raise ServerError(response.status, None, f"unreadable action status: {exc}") from None
+
+    async def list_orders(self, order_ids: Iterable[str]) -> list[Order]:
+        """Read orders by id with `v2-listOrders`, every page, 100 ids per call.
+
+        The API allows one listing call per minute, so calls are spaced by
+        `min_list_interval`: batch your ids rather than calling this in a loop.
+        """
+        ids = list(dict.fromkeys(order_ids))
+        if any(not isinstance(i, str) or not i for i in ids):
+            raise ValidationError([ValidationIssue("order_ids", "must be non-empty strings")])
+        url = self._transport.url("v2", "orders")
+        orders: list[Order] = []
+        for start in range(0, len(ids), LIST_ORDERS_MAX_IDS):
+            chunk = ids[start:start + LIST_ORDERS_MAX_IDS]
+            page_token: str | None = None
+            while True:
+                params = [("page_token", page_token)] if page_token else \
+                    [("order_ids", i) for i in chunk]
+                params.append(("limit", str(LIST_ORDERS_MAX_IDS)))
+                response = await self._transport.request(
+                    "GET", url, params=params, idempotent=True,
+                    poll_key="v2-listOrders", guard=self._list_guard)
+                try:
+                    page, page_token = parse_orders_page(response.data)
+                except ValueError as exc:
+                    raise ServerError(response.status, None,
+                                      f"unreadable orders page: {exc}") from None
+                orders.extend(page)
+                if page_token is None:
+                    break
+        return orders
 
     def cancel_many(
         self, requests: Iterable[CancelRequest] | AsyncIterable[CancelRequest]

@@ -23,11 +23,15 @@ __all__ = [
     "ActionError",
     "ActionState",
     "ActionStatus",
+    "Adjustment",
+    "AdjustmentType",
     "CancelReason",
     "CancelRequest",
     "Cancelation",
     "ErrorBody",
     "Money",
+    "Order",
+    "OrderLine",
     "Tax",
 ]
 
@@ -156,7 +160,7 @@ def scalar_issues(quantity: object, reason: object, order_line_id: object,
     elif quantity < 0:
         issues.append(ValidationIssue("quantity", "must be greater than or equal to 0"))
     if not isinstance(reason, str) or reason not in _REASONS:
-        allowed = ", ".join(_REASONS)
+        allowed = ", ".join(r.value for r in CancelReason)  # enum order: stable messages
         issues.append(ValidationIssue("reason", f"{reason!r} is not one of {allowed}"))
     for name, value in (("order_line_id", order_line_id), ("product_id", product_id)):
         if value is not None and (not isinstance(value, str) or not value):
@@ -281,3 +285,65 @@ def prefix_issues(prefix: str, issues: Sequence[ValidationIssue]) -> list[Valida
     """Re-root issues under `prefix` (e.g. `cancelations[2]`)."""
     return [ValidationIssue(f"{prefix}.{issue.path}" if prefix else issue.path, issue.message)
             for issue in issues]
+
+
+# --- orders, as v2-listOrders reports them (what reconciliation needs) ----------------
+
+
+class AdjustmentType(str, enum.Enum):
+    """Kinds of line adjustment; UNKNOWN stands for any value the API adds later."""
+
+    CANCELATION = "CANCELATION"
+    REFUND = "REFUND"
+    UNKNOWN = "UNKNOWN"
+
+
+@attrs.frozen
+class Adjustment:
+    """A cancelation or refund recorded on an order line: the evidence a cancel took effect.
+
+    `price` is the unit price times the adjusted quantity, as the API documents it, which
+    is what a cancel request's `price` carries too.
+    """
+
+    id: str
+    type: AdjustmentType
+    raw_type: str
+    created_at: datetime | None
+    quantity: int | None
+    reason: str | None
+    price: Money | None = None
+    shipping_price: Money | None = None
+
+
+@attrs.frozen
+class OrderLine:
+    """An order line with its adjustments; `raw` keeps every field as the API sent it."""
+
+    id: str
+    product_id: str | None
+    quantity: int | None
+    status: str | None
+    adjustments: tuple[Adjustment, ...] = ()
+    raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+
+@attrs.frozen
+class Order:
+    """An order from `v2-listOrders`; only what reconciliation needs is typed."""
+
+    id: str
+    status: str | None
+    lines: tuple[OrderLine, ...] = ()
+    raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+    def line(self, *, order_line_id: str | None = None,
+             product_id: str | None = None) -> OrderLine | None:
+        """The line a cancelation designates: by line id first, else by product id."""
+        for candidate in self.lines:
+            if order_line_id is not None:
+                if candidate.id == order_line_id:
+                    return candidate
+            elif product_id is not None and candidate.product_id == product_id:
+                return candidate
+        return None

@@ -1,0 +1,151 @@
+"""Reconciliation of uncertain cancels, against the simulator's order adjustments."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from mirakl_cancel import (
+    CancelReason,
+    Cancelation,
+    CancelRequest,
+    MiraklConnectClient,
+    Money,
+    RetryPolicy,
+    StaticToken,
+    UncertainDeliveryError,
+)
+from mirakl_cancel.models import Adjustment, AdjustmentType, Order, OrderLine
+from mirakl_cancel.reconcile import SentCancel, Verdict, reconcile, reconcile_orders
+from mirakl_cancel.simulator import Fault, SimLine, SimOrder, Simulator, SimulatorConfig
+
+SETTLE = timedelta(milliseconds=300)
+
+
+def request(order_id: str, qty: int = 1, line: str = "-1") -> CancelRequest:
+    return CancelRequest(order_id, [Cancelation(
+        quantity=qty, reason=CancelReason.OUT_OF_STOCK, order_line_id=order_id + line,
+        price=Money(Decimal("10.00") * qty, "EUR"), shipping_price=Money(0, "EUR"))])
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(SimulatorConfig(time_scale=0.001, processing_delay=(5, 20))) as s:
+        for name in ("A", "B", "C", "D"):
+            s.add_order(SimOrder(id=name, lines=[
+                SimLine(id=f"{name}-1", product_id=f"P{name}", quantity=5,
+                        price=Decimal("10.00"))]))
+        yield s
+
+
+@pytest.fixture
+async def client(sim: Simulator) -> AsyncIterator[MiraklConnectClient]:
+    async with MiraklConnectClient(base_url=sim.base_url, auth=StaticToken(sim.token),
+                                   retry=RetryPolicy(max_attempts=2, base_delay=0.01),
+                                   min_list_interval=0.01) as c:
+        yield c
+
+
+async def send_uncertain(client: MiraklConnectClient, req: CancelRequest) -> SentCancel:
+    sent_at = datetime.now(timezone.utc)
+    with pytest.raises(UncertainDeliveryError):
+        await client.cancel(req)
+    return SentCancel(req, sent_at)
+
+
+async def test_processed_lost_answers_are_applied_and_others_not(
+        sim: Simulator, client: MiraklConnectClient) -> None:
+    sim.inject(Fault.drop_after_read(), route="cancel")
+    applied = await send_uncertain(client, request("A"))
+    sim.inject(Fault.http(502), route="cancel")  # a gateway error: never reached the API
+    lost = await send_uncertain(client, request("B"))
+    await asyncio.sleep(0.35)  # the processing delay and the settling window pass
+
+    verdicts = {r.cancel.request.order_id: r for r in await reconcile(
+        client, [applied, lost], settle=SETTLE)}
+
+    assert verdicts["A"].verdict is Verdict.APPLIED
+    assert verdicts["A"].adjustments
+    assert verdicts["B"].verdict is Verdict.NOT_APPLIED
+    assert sim.stats.requests_by_route["orders"] == 1  # both orders in one listing call
+    # Resending what was proven not applied cancels exactly once.
+    await client.cancel(lost.request)
+    assert sim.stats.duplicate_posts == 0
+
+
+async def test_within_the_settling_window_it_stays_uncertain(
+        sim: Simulator, client: MiraklConnectClient) -> None:
+    sim.inject(Fault.http(502), route="cancel")
+    lost = await send_uncertain(client, request("C"))
+    [verdict] = await reconcile(client, [lost], settle=timedelta(minutes=5))
+    assert verdict.verdict is Verdict.UNCERTAIN
+    assert "settling window" in verdict.reason
+
+
+async def test_two_similar_cancels_for_one_adjustment_are_ambiguous(
+        sim: Simulator, client: MiraklConnectClient) -> None:
+    sim.inject(Fault.drop_after_read(), route="cancel")
+    first = await send_uncertain(client, request("D"))
+    sim.inject(Fault.http(502), route="cancel")
+    second = await send_uncertain(client, request("D"))
+    await asyncio.sleep(0.35)
+    verdicts = await reconcile(client, [first, second], settle=SETTLE)
+    assert [v.verdict for v in verdicts] == [Verdict.UNCERTAIN, Verdict.UNCERTAIN]
+    assert "similar" in verdicts[0].reason
+
+
+def _order(*adjustments: Adjustment, line_id: str = "O-1") -> Order:
+    return Order("O", "AWAITING_SHIPMENT",
+                 (OrderLine(line_id, "P", 4, "AWAITING_SHIPMENT", adjustments),))
+
+
+def _adjustment(at: datetime, qty: int = 1, reason: str = "OUT_OF_STOCK") -> Adjustment:
+    return Adjustment("adj", AdjustmentType.CANCELATION, "CANCELATION", at, qty, reason,
+                      Money("10.00", "EUR") if qty == 1 else None)
+
+
+def test_a_different_recent_cancelation_is_never_taken_as_not_applied() -> None:
+    sent = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    cancel = SentCancel(request("O"), sent)
+    later = sent + timedelta(hours=1)
+    [verdict] = reconcile_orders([cancel], [_order(_adjustment(sent, qty=2))], now=later)
+    assert verdict.verdict is Verdict.UNCERTAIN
+
+
+def test_old_adjustments_do_not_count_and_missing_lines_are_uncertain() -> None:
+    sent = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    cancel = SentCancel(request("O"), sent)
+    later = sent + timedelta(hours=1)
+    old = _adjustment(sent - timedelta(hours=1))
+    [verdict] = reconcile_orders([cancel], [_order(old)], now=later)
+    assert verdict.verdict is Verdict.NOT_APPLIED
+    [missing] = reconcile_orders([cancel], [_order(line_id="other")], now=later)
+    assert missing.verdict is Verdict.UNCERTAIN
+    assert "not found" in missing.reason
+    [no_order] = reconcile_orders([cancel], [], now=later)
+    assert no_order.verdict is Verdict.UNCERTAIN
+
+
+async def test_nothing_to_reconcile_reads_nothing(client: MiraklConnectClient,
+                                                  sim: Simulator) -> None:
+    assert await reconcile(client, []) == []
+    assert "orders" not in sim.stats.requests_by_route
+
+
+async def test_list_orders_batches_ids_by_100_and_spaces_calls() -> None:
+    async with Simulator(SimulatorConfig(time_scale=0.001)) as sim:
+        generated = sim.generate_orders(n_orders=250, lines_per_order=(1, 2))
+        async with MiraklConnectClient(base_url=sim.base_url, auth=StaticToken(sim.token),
+                                       min_list_interval=0.05) as client:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            orders = await client.list_orders([o.id for o in generated] + [generated[0].id])
+            elapsed = loop.time() - started
+    assert sorted(o.id for o in orders) == sorted(o.id for o in generated)
+    assert sim.stats.requests_by_route["orders"] == 3
+    assert elapsed >= 2 * 0.05  # the API allows one listing call per minute: spaced
+    assert all(line.product_id for order in orders for line in order.lines)
