@@ -10,8 +10,8 @@ from decimal import Decimal
 import pytest
 
 from mirakl_cancel import (
-    CancelReason,
     Cancelation,
+    CancelReason,
     CancelRequest,
     MiraklConnectClient,
     Money,

@@ -61,6 +61,8 @@ def generate_orders(
         ]
         created = now - timedelta(minutes=rng.randint(5, 3 * 24 * 60))
         orders.append(
-            SimOrder(id=order_id, status=status, lines=lines, created_at=created, updated_at=created)
+            SimOrder(
+                id=order_id, status=status, lines=lines, created_at=created, updated_at=created
+            )
         )
     return orders

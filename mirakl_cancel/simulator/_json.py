@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["InvalidJSON", "dumps", "loads"]
 
-_encode_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_encode_str = json.encoder.encode_basestring
 
 
 class InvalidJSON(ValueError):

@@ -57,10 +57,10 @@ class SimAdjustment:
     visible_from: float
     quantity: int
     reason: str
-    price: Mapping[str, Any]
-    shipping_price: Mapping[str, Any]
-    taxes: list[Mapping[str, Any]] = field(default_factory=list)
-    shipping_taxes: list[Mapping[str, Any]] = field(default_factory=list)
+    price: dict[str, Any]
+    shipping_price: dict[str, Any]
+    taxes: list[dict[str, Any]] = field(default_factory=list)
+    shipping_taxes: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

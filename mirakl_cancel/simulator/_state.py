@@ -161,12 +161,19 @@ class SimState:
             where = f"cancelations[{index}]"
             line_id, product_id = item.get("order_line_id"), item.get("product_id")
             if line_id is None and product_id is None:
-                errors.append(_error("INVALID_INPUT", f"{where}: order_line_id or product_id is required."))
+                errors.append(
+                    _error("INVALID_INPUT", f"{where}: order_line_id or product_id is required.")
+                )
                 continue
             line = self._find_line(order, line_id, product_id)
             if line is None:
                 wanted = line_id if line_id is not None else f"product {product_id}"
-                errors.append(_error("DATA_NOT_FOUND", f"{where}: order line {wanted} not found in order {order.id}."))
+                errors.append(
+                    _error(
+                        "DATA_NOT_FOUND",
+                        f"{where}: order line {wanted} not found in order {order.id}.",
+                    )
+                )
                 continue
             currencies = {item["price"]["currency"], item["shipping_price"]["currency"]}
             for key in ("taxes", "shipping_taxes"):
