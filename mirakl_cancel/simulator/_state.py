@@ -88,7 +88,7 @@ class SimState:
         return self.add_orders(orders)
 
     def load_orders(self, path: str | Path) -> list[SimOrder]:
-        """Load a JSON file: a list of orders, or ``{"orders": [...]}`` (see ``SimOrder.from_dict``)."""
+        """Load a JSON list of orders, or ``{"orders": [...]}``; see ``SimOrder.from_dict``."""
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if isinstance(data, dict):
             data = data.get("orders", [])
