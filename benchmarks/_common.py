@@ -1,0 +1,119 @@
+"""What every figure shares: sizes, payloads, the result record, small statistics."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from mirakl_cancel import Cancelation, CancelReason, CancelRequest, Money
+
+__all__ = [
+    "Figure",
+    "Sizes",
+    "body_dict",
+    "fmt_ratio",
+    "load_sim_orders",
+    "make_requests",
+    "median",
+]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each figure does; `quick` is for smoke tests, not for numbers."""
+
+    overhead_requests: int = 10_000
+    overhead_rounds: int = 3
+    overhead_concurrency: int = 32
+    latency_requests: int = 6_000
+    latency_seconds: float = 0.050
+    latency_concurrency: int = 64
+    latency_rounds: int = 2
+    tracker_actions: int = 100_000
+    tracker_dispatch: int = 20_000
+    polling_actions: int = 300
+    polling_scale: float = 0.01
+    rate_limit: float = 100.0
+    rate_limit_requests: int = 2_000
+    batching_lines: int = 10_000
+    batching_orders: int = 2_000
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(overhead_requests=300, overhead_rounds=1, latency_requests=320,
+                   latency_rounds=1, tracker_actions=2_000, tracker_dispatch=500,
+                   polling_actions=20, polling_scale=0.001, rate_limit_requests=150,
+                   batching_lines=500, batching_orders=100)
+
+
+@dataclass
+class Figure:
+    """One figure's outcome: a headline ratio against a same-run baseline, and details."""
+
+    number: int
+    title: str
+    result: str
+    baseline: str
+    ratio: str
+    goal: str
+    met: bool | None
+    header: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def fmt_ratio(value: float) -> str:
+    return f"{value:.2f}x"
+
+
+_PRICE = Money(Decimal("19.99"), "EUR")
+_SHIPPING = Money(Decimal("5.99"), "EUR")
+
+
+def make_requests(order_ids: Sequence[str], line_ids: Sequence[str] | None = None,
+                  currencies: Sequence[str] | None = None) -> list[CancelRequest]:
+    """One single-line cancel per order (line `<order>-1` unless given)."""
+    requests = []
+    for i, order_id in enumerate(order_ids):
+        if currencies is None:
+            price, shipping = _PRICE, _SHIPPING
+        else:
+            price = Money(_PRICE.amount, currencies[i])
+            shipping = Money(_SHIPPING.amount, currencies[i])
+        line_id = line_ids[i] if line_ids is not None else f"{order_id}-1"
+        requests.append(CancelRequest(order_id, [Cancelation(
+            quantity=1, reason=CancelReason.OUT_OF_STOCK, price=price,
+            shipping_price=shipping, order_line_id=line_id)]))
+    return requests
+
+
+def body_dict(request: CancelRequest) -> dict[str, Any]:
+    """The same body as plain data, as someone writing their own loop would hold it."""
+    return {"cancelations": [
+        {"quantity": c.quantity, "reason": c.reason.value,
+         "price": {"amount": float(c.price.amount), "currency": c.price.currency},
+         "shipping_price": {"amount": float(c.shipping_price.amount),
+                            "currency": c.shipping_price.currency},
+         "order_line_id": c.order_line_id}
+        for c in request.cancelations]}
+
+
+def load_sim_orders(path: Path) -> list[tuple[str, str, str]]:
+    """(order id, first line id, currency) of each cancellable order a simulator wrote."""
+    orders = json.loads(path.read_text(encoding="utf-8"))
+    rows = []
+    for order in orders:
+        if order.get("status") != "AWAITING_SHIPMENT" or not order.get("lines"):
+            continue
+        line = order["lines"][0]
+        rows.append((order["id"], line["id"], line.get("currency", "EUR")))
+    return rows
