@@ -79,27 +79,49 @@ def request_body(request: CancelRequest) -> bytes:
 _encode_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
+def _encode_object(value: Mapping[Any, Any], parts: list[str]) -> None:
+    parts.append("{")
+    first = True
+    for key, item in value.items():
+        if not first:
+            parts.append(",")
+        first = False
+        parts.append(_encode_str(str(key)))
+        parts.append(":")
+        _encode(item, parts)
+    parts.append("}")
+
+
+def _encode_array(value: list[Any] | tuple[Any, ...], parts: list[str]) -> None:
+    parts.append("[")
+    for i, item in enumerate(value):
+        if i:
+            parts.append(",")
+        _encode(item, parts)
+    parts.append("]")
+
+
 def _encode(value: object, parts: list[str]) -> None:
-    if isinstance(value, str):
+    # Exact types first: a request body holds nothing else, and `type(x) is` costs far
+    # less than isinstance against an ABC (or json.dumps for an int). The isinstance
+    # chain after them handles subclasses, bools, None and floats, with the same output.
+    kind = type(value)
+    if kind is str:
+        parts.append(_encode_str(value))  # type: ignore[arg-type]
+    elif kind is dict:
+        _encode_object(value, parts)  # type: ignore[arg-type]
+    elif kind is list or kind is tuple:
+        _encode_array(value, parts)  # type: ignore[arg-type]
+    elif kind is Decimal:
+        parts.append(format(value, "f"))
+    elif kind is int:
+        parts.append(int.__repr__(value))
+    elif isinstance(value, str):
         parts.append(_encode_str(value))
     elif isinstance(value, Mapping):
-        parts.append("{")
-        first = True
-        for key, item in value.items():
-            if not first:
-                parts.append(",")
-            first = False
-            parts.append(_encode_str(str(key)))
-            parts.append(":")
-            _encode(item, parts)
-        parts.append("}")
+        _encode_object(value, parts)
     elif isinstance(value, (list, tuple)):
-        parts.append("[")
-        for i, item in enumerate(value):
-            if i:
-                parts.append(",")
-            _encode(item, parts)
-        parts.append("]")
+        _encode_array(value, parts)
     elif isinstance(value, Decimal):
         # Fixed-point text keeps every digit the user gave and is a valid JSON number.
         parts.append(format(value, "f"))
@@ -116,9 +138,15 @@ def dumps(value: object) -> str:
     return "".join(parts)
 
 
+#: One decoder for every call: `json.loads(..., parse_float=...)` builds a new one each time.
+_DECODER = json.JSONDecoder(parse_float=Decimal)
+
+
 def loads(text: str | bytes) -> Any:
     """Parse JSON, reading non-integer numbers as Decimal so money stays exact."""
-    return json.loads(text, parse_float=Decimal)
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode(json.detect_encoding(text), "surrogatepass")  # as json.loads does
+    return _DECODER.decode(text)
 
 
 # --- responses ------------------------------------------------------------------------
@@ -149,6 +177,17 @@ def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _objects(value: object) -> list[Mapping[str, Any]]:
+    """The JSON objects of an array field, ignoring anything else (odd shapes never crash)."""
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, Mapping)]
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
 def parse_action_accepted(data: object, order_id: str) -> ActionAccepted:
     """Read a 202 body; `action_id` is the identifier, `tracking_id` its deprecated twin."""
     if not isinstance(data, Mapping):
@@ -169,8 +208,8 @@ def parse_action_status(data: object) -> ActionStatus:
     if not isinstance(action_id, str) or not isinstance(raw_status, str):
         raise ValueError("action status body lacks id or status")
     errors = tuple(
-        ActionError(code=str(item.get("code", "")), message=str(item.get("message", "")))
-        for item in data.get("errors") or () if isinstance(item, Mapping)
+        ActionError(code=str(item.get("code") or ""), message=str(item.get("message") or ""))
+        for item in _objects(data.get("errors"))
     )
     return ActionStatus(
         id=action_id,
@@ -188,15 +227,14 @@ def parse_error_body(data: object) -> ErrorBody | None:
         return None
     items = tuple(
         ErrorItem(message=str(item.get("message", "")), field=_str_or_none(item.get("field")),
-                  extensions=dict(item.get("extensions") or {}))
-        for item in data.get("errors") or () if isinstance(item, Mapping)
+                  extensions=_mapping(item.get("extensions")))
+        for item in _objects(data.get("errors"))
     )
-    extensions = data.get("extensions")
     return ErrorBody(
         code=_str_or_none(data.get("code")),
         message=str(data.get("message", "")),
         errors=items,
-        extensions=dict(extensions) if isinstance(extensions, Mapping) else {},
+        extensions=_mapping(data.get("extensions")),
     )
 
 

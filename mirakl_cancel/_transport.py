@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
 import logging
 import math
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -44,6 +46,16 @@ USER_AGENT = (f"mirakl-cancel/{__version__} aiohttp/{aiohttp.__version__} "
               f"python/{sys.version_info.major}.{sys.version_info.minor}")
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether `host` names this machine: `localhost` or a loopback IP (not `127.evil.com`)."""
+    if host.lower() in _LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @attrs.frozen
@@ -137,12 +149,18 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(seconds, 0.0)
 
 
+#: A segment of unreserved characters only, which `quote(..., safe="")` leaves as it is.
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+").fullmatch
+
+
 def encode_segment(value: str) -> str:
     """Percent-encode one path segment so that no id can reach another route.
 
     Everything but unreserved characters is encoded, and a segment made only of dots
     is encoded too, since `.` and `..` would otherwise be resolved as path steps.
     """
+    if _UNRESERVED(value) is not None and value.strip("."):
+        return value  # nothing to encode: the common case, without quote()'s cost
     encoded = quote(value, safe="")
     if encoded and set(encoded) == {"."}:
         encoded = encoded.replace(".", "%2E")
@@ -154,7 +172,7 @@ def check_base_url(base_url: str) -> URL:
     url = URL(base_url.rstrip("/"))
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
-    if url.scheme == "http" and url.host not in _LOOPBACK and not url.host.startswith("127."):
+    if url.scheme == "http" and not _is_loopback(url.host):
         raise ValueError("plain http is only allowed for loopback hosts: tokens would travel "
                          f"in clear text to {url.host}")
     return url
@@ -205,6 +223,11 @@ class Transport:
             self._session = aiohttp.ClientSession(
                 connector=connector, headers={"User-Agent": USER_AGENT})
             self._owns_session = True
+        if getattr(self._session, "_retry_connection", False):
+            # aiohttp silently resends an idempotent request once when a reused connection
+            # drops: for a status read, a second read the poll guard never sees (a 429, a
+            # broken once-a-minute ceiling). Retries are this module's job alone.
+            self._session._retry_connection = False
         return self._session
 
     async def close(self) -> None:
@@ -234,7 +257,12 @@ class Transport:
         while True:
             now = time.monotonic()
             if now < self._paused_until:
-                await asyncio.sleep(self._paused_until - now)
+                wait = self._paused_until - now
+                if wait > self.retry.max_retry_after:
+                    # The server asked for a long silence: say so rather than sleep on it.
+                    raise RateLimitError(429, None, f"rate limited by the server for another "
+                                         f"{wait:.0f}s", retry_after=wait)
+                await asyncio.sleep(wait)
                 continue
             if self.rate_limit is None:
                 return
@@ -279,12 +307,16 @@ class Transport:
                 if poll_key is None:
                     return await self._attempt(method, url, body, params, idempotent, expected)
                 await guard.wait(poll_key)
+                # Claim the slot before sending (no await in between), so that a concurrent
+                # read of the same key waits too; the end of the attempt is recorded below.
+                guard.record(poll_key)
                 try:
                     return await self._attempt(method, url, body, params, idempotent, expected)
                 finally:
                     guard.record(poll_key)
             except _AuthExpired as expired:
-                if refreshed or not self.auth.invalidate(expired.token):
+                used, expired.token = expired.token, ""  # keep no token in the error chain
+                if refreshed or not self.auth.invalidate(used):
                     raise expired.error from None
                 refreshed = True
                 self.stats.token_refreshes += 1
@@ -327,7 +359,8 @@ class Transport:
             except (TransportError, ServerError) as exc:
                 # Nothing of ours was sent yet: always safe to try again.
                 raise _Retry(exc) from None
-            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json",
+                       "User-Agent": USER_AGENT}  # also on a session the caller gave us
             if body is not None:
                 headers["Content-Type"] = "application/json"
             self.stats.requests += 1
@@ -348,8 +381,15 @@ class Transport:
             try:
                 return Response(status, loads(raw) if raw else None)
             except ValueError:
-                raise ServerError(status, None, "answer is not valid JSON",
-                                  body=_snippet(raw)) from None
+                unreadable = ServerError(status, None, "answer is not valid JSON",
+                                         body=_snippet(raw))
+            if idempotent:
+                raise unreadable
+            # A success status means the request *was* processed: never resend it.
+            self.stats.uncertain += 1
+            raise UncertainDeliveryError(
+                f"{method} {url.path} answered {status} with an unreadable body: it was "
+                "processed, but its result is unknown") from unreadable
         error = _api_error(status, raw, content_type, retry_after_header)
         if status == 401:
             raise _AuthExpired(token, error)

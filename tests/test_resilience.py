@@ -254,8 +254,13 @@ async def test_retry_after_beyond_the_cap_surfaces(sim: Simulator) -> None:
         started = time.monotonic()
         with pytest.raises(RateLimitError) as caught:
             await client.cancel_order_lines("O1", [line()])
+        # The server asked for an hour of silence: later calls say so at once too.
+        with pytest.raises(RateLimitError) as later:
+            await client.get_action_status("any")
     assert time.monotonic() - started < 1
     assert caught.value.retry_after == pytest.approx(3600)
+    assert later.value.retry_after is not None and later.value.retry_after > 3500
+    assert sim.stats.requests_by_route.get("status", 0) == 0
 
 
 async def test_polls_of_one_action_keep_the_minimum_interval(sim: Simulator) -> None:
