@@ -5,7 +5,8 @@ cancellation to its final state, without ever cancelling twice or polling too fa
 from ._transport import RetryPolicy, Timeout, TransportStats
 from ._version import __version__
 from .auth import Auth, ClientCredentials, StaticToken
-from .batching import CancelOutcome, LineCancel, cancel_many, group_by_order
+from .batching import CancelBatcher, CancelOutcome, LineCancel, cancel_many, group_by_order
+from .bulk import CancelResult, Outcome, cancel_and_track
 from .client import DEFAULT_BASE_URL, MiraklConnectClient
 from .errors import (
     ActionTimeoutError,
@@ -28,13 +29,19 @@ from .models import (
     ActionError,
     ActionState,
     ActionStatus,
+    Adjustment,
+    AdjustmentType,
     Cancelation,
     CancelReason,
     CancelRequest,
     ErrorBody,
     Money,
+    Order,
+    OrderLine,
     Tax,
 )
+from .reconcile import Reconciliation, SentCancel, Verdict, reconcile
+from .tracker import ActionTracker, PollPolicy, TrackedResult, TrackerStats
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -43,13 +50,18 @@ __all__ = [
     "ActionState",
     "ActionStatus",
     "ActionTimeoutError",
+    "ActionTracker",
+    "Adjustment",
+    "AdjustmentType",
     "ApiError",
     "Auth",
     "AuthenticationError",
     "BadRequestError",
+    "CancelBatcher",
     "CancelOutcome",
     "CancelReason",
     "CancelRequest",
+    "CancelResult",
     "Cancelation",
     "ClientCredentials",
     "ErrorBody",
@@ -59,19 +71,30 @@ __all__ = [
     "MiraklError",
     "Money",
     "NotFoundError",
+    "Order",
+    "OrderLine",
+    "Outcome",
     "PermissionDeniedError",
+    "PollPolicy",
     "RateLimitError",
+    "Reconciliation",
     "RetryPolicy",
+    "SentCancel",
     "ServerError",
     "StaticToken",
     "Tax",
     "Timeout",
+    "TrackedResult",
+    "TrackerStats",
     "TransportError",
     "TransportStats",
     "UncertainDeliveryError",
     "ValidationError",
     "ValidationIssue",
+    "Verdict",
     "__version__",
+    "cancel_and_track",
     "cancel_many",
     "group_by_order",
+    "reconcile",
 ]
