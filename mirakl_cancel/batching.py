@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from datetime import datetime, timezone
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,9 @@ class CancelOutcome:
     request: CancelRequest
     accepted: ActionAccepted | None = None
     error: MiraklError | None = None
+    #: When the first attempt left (UTC): the earliest moment the cancel could apply,
+    #: which reconciliation needs to tell our adjustment from older ones.
+    sent_at: datetime | None = None
 
     @property
     def ok(self) -> bool:
@@ -83,16 +87,17 @@ async def _iterate(
 
 async def send_one(client: MiraklConnectClient, request: CancelRequest) -> CancelOutcome:
     """Send one request and turn any failure into an outcome."""
+    sent_at = datetime.now(timezone.utc)
     try:
-        return CancelOutcome(request, accepted=await client.cancel(request))
+        return CancelOutcome(request, accepted=await client.cancel(request), sent_at=sent_at)
     except MiraklError as exc:
-        return CancelOutcome(request, error=exc)
+        return CancelOutcome(request, error=exc, sent_at=sent_at)
     except (asyncio.CancelledError, KeyboardInterrupt):
         raise
     except Exception as exc:  # a bug must not lose the other requests' outcomes
         error = MiraklError(f"unexpected {type(exc).__name__}: {exc}")
         error.__cause__ = exc
-        return CancelOutcome(request, error=error)
+        return CancelOutcome(request, error=error, sent_at=sent_at)
 
 
 async def cancel_many(

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import attrs
@@ -27,12 +29,16 @@ from .errors import (
     ValidationError,
 )
 from .models import ActionError, ActionState, ActionStatus, CancelRequest
+from .reconcile import ReconcilePolicy, Reconciliation, SentCancel, Verdict
+from .reconcile import reconcile as reconcile_cancels
 from .tracker import DEFAULT_POLICY, ActionTracker, PollPolicy, TrackedResult
 
 if TYPE_CHECKING:
     from .client import MiraklConnectClient
 
 __all__ = ["CancelResult", "Outcome", "cancel_and_track"]
+
+logger = logging.getLogger("mirakl_cancel")
 
 
 class Outcome(str, enum.Enum):
@@ -96,6 +102,8 @@ class CancelResult:
     status: ActionStatus | None = None
     errors: tuple[ErrorDetail, ...] = ()
     exception: MiraklError | None = None
+    #: For a once-UNCERTAIN cancel: what the orders' adjustments said, and why.
+    reconciliation: Reconciliation | None = None
 
     @property
     def order_id(self) -> str:
@@ -129,6 +137,11 @@ class CancelResult:
             Outcome.ERROR: "error",
             Outcome.NOT_APPLIED: "not applied (safe to resend)",
         }[self.outcome]
+        if self.reconciliation is not None:
+            verdict = f"reconciled: {self.reconciliation.reason}"
+            reasons = f"{reasons}; {verdict}" if reasons else verdict
+            if self.outcome is Outcome.SUCCEEDED:
+                text = "canceled (proven by the order's adjustments; no action id)"
         return f"{head}: {text}" + (f": {reasons}" if reasons else "")
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,6 +155,10 @@ class CancelResult:
             "status": None if self.status is None else (
                 self.status.raw_status or self.status.state.value),
             "errors": [_detail_dict(detail) for detail in self.errors],
+            "reconciliation": None if self.reconciliation is None else {
+                "verdict": self.reconciliation.verdict.value,
+                "reason": self.reconciliation.reason,
+                "adjustments": [a.id for a in self.reconciliation.adjustments]},
             "message": self.describe(),
         }
 
@@ -196,6 +213,7 @@ async def cancel_and_track(
     *,
     tracker: ActionTracker | None = None,
     concurrency: int | None = None,
+    reconcile: ReconcilePolicy | bool = False,
 ) -> AsyncIterator[CancelResult]:
     """Send every request and yield one CancelResult per request as it reaches its end.
 
@@ -206,14 +224,77 @@ async def cancel_and_track(
     requests iterable itself raises, the results of everything already sent are
     yielded first, then the error is raised. Wrap in `contextlib.aclosing` when you may
     stop early, so that the run is cleaned up at once.
+
+    With `reconcile` (True, or a ReconcilePolicy), UNCERTAIN cancels are held back
+    until their settling window has passed, then checked against the orders'
+    adjustments: proven applied → SUCCEEDED (without an action id), proven not applied
+    → NOT_APPLIED, or sent again when the policy says `resend=True`; ambiguous evidence
+    stays UNCERTAIN with the reason.
     """
+    rules = ReconcilePolicy() if reconcile is True else (reconcile or None)
     if tracker is None:
         async with ActionTracker(client, policy, concurrency=client.max_concurrency) as own:
-            async for result in _run(client, requests, own, concurrency):
+            async for result in _reconciled(client, requests, own, concurrency, rules):
                 yield result
     else:
-        async for result in _run(client, requests, tracker, concurrency):
+        async for result in _reconciled(client, requests, tracker, concurrency, rules):
             yield result
+
+
+async def _reconciled(
+    client: MiraklConnectClient,
+    requests: Iterable[CancelRequest] | AsyncIterable[CancelRequest],
+    tracker: ActionTracker,
+    concurrency: int | None,
+    rules: ReconcilePolicy | None,
+) -> AsyncIterator[CancelResult]:
+    """Run, then settle the UNCERTAIN results by reconciliation (and resend rounds)."""
+    rounds = 0
+    while True:
+        held: list[SentCancel] = []
+        sent: list[SentCancel] = []  # accepted cancels: rivals for the same adjustments
+        async for result in _run(client, requests, tracker, concurrency,
+                                 None if rules is None else (held, sent)):
+            yield result
+        if rules is None or not held:
+            return
+        rounds += 1
+        resend: list[CancelRequest] = []
+        async for result in _judge(client, held, sent, rules):
+            if (result.outcome is Outcome.NOT_APPLIED and rules.resend
+                    and rounds <= rules.max_rounds):
+                resend.append(result.request)
+            else:
+                yield result
+        if not resend:
+            return
+        requests = resend
+
+
+async def _judge(client: MiraklConnectClient, held: list[SentCancel], sent: list[SentCancel],
+                 rules: ReconcilePolicy) -> AsyncIterator[CancelResult]:
+    """Wait for the settling window of every held cancel, then reconcile them together."""
+    deadline = max(h.sent_at for h in held) + timedelta(seconds=rules.settle)
+    wait = (deadline - datetime.now(timezone.utc)).total_seconds()
+    if wait > 0:
+        logger.info("reconciling %d uncertain cancel(s) in %.0fs", len(held), wait)
+        await asyncio.sleep(wait)
+    orders = {h.request.order_id for h in held}
+    others = [s for s in sent if s.request.order_id in orders]
+    try:
+        verdicts = await reconcile_cancels(client, held, others=others, policy=rules)
+    except MiraklError as exc:
+        for h in held:
+            yield CancelResult(h.request, Outcome.UNCERTAIN, errors=(exc,), exception=exc)
+        return
+    for verdict in verdicts:
+        request = verdict.cancel.request
+        if verdict.verdict is Verdict.APPLIED:
+            yield CancelResult(request, Outcome.SUCCEEDED, reconciliation=verdict)
+        elif verdict.verdict is Verdict.NOT_APPLIED:
+            yield CancelResult(request, Outcome.NOT_APPLIED, reconciliation=verdict)
+        else:
+            yield CancelResult(request, Outcome.UNCERTAIN, reconciliation=verdict)
 
 
 async def _run(
@@ -221,7 +302,10 @@ async def _run(
     requests: Iterable[CancelRequest] | AsyncIterable[CancelRequest],
     tracker: ActionTracker,
     concurrency: int | None,
+    hold: tuple[list[SentCancel], list[SentCancel]] | None = None,
 ) -> AsyncIterator[CancelResult]:
+    """One pass: send, track, yield. With `hold`, uncertain cancels go to `hold[0]`
+    instead of being yielded, and accepted ones are noted in `hold[1]`."""
     results: asyncio.Queue[CancelResult | None] = asyncio.Queue()
     waiting: dict[str, CancelOutcome] = {}
 
@@ -239,9 +323,15 @@ async def _run(
         try:
             async for outcome in cancel_many(client, requests, concurrency=concurrency):
                 accepted = outcome.accepted
+                sent_at = outcome.sent_at or datetime.now(timezone.utc)
                 if accepted is None:
-                    results.put_nowait(result_from_outcome(outcome))
+                    if hold is not None and isinstance(outcome.error, UncertainDeliveryError):
+                        hold[0].append(SentCancel(outcome.request, sent_at))
+                    else:
+                        results.put_nowait(result_from_outcome(outcome))
                     continue
+                if hold is not None:
+                    hold[1].append(SentCancel(outcome.request, sent_at))
                 waiting[accepted.action_id] = outcome
                 try:
                     tracker.add(accepted.action_id, order_id=accepted.order_id)

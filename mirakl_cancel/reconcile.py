@@ -22,16 +22,39 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 import attrs
 
-from .client import MiraklConnectClient
 from .models import Adjustment, AdjustmentType, Cancelation, CancelRequest, Order, OrderLine
 
-__all__ = ["Reconciliation", "SentCancel", "Verdict", "reconcile", "reconcile_orders"]
+if TYPE_CHECKING:
+    from .client import MiraklConnectClient
 
-DEFAULT_SETTLE = timedelta(minutes=15)
-DEFAULT_SKEW = timedelta(minutes=2)
+__all__ = ["ReconcilePolicy", "Reconciliation", "SentCancel", "Verdict", "reconcile",
+           "reconcile_orders"]
+
+
+@attrs.frozen
+class ReconcilePolicy:
+    """How reconciliation weighs time, in seconds.
+
+    `settle` is how long after sending a cancel its absence from the adjustments
+    proves it was not applied: long enough for Mirakl to have processed the action
+    (Mirakl gives no bound; 15 minutes is a conservative default). `skew` allows for
+    the difference between our clock and the API's when comparing `created_at`.
+    `resend` lets a bulk run send again what was proven NOT_APPLIED.
+    """
+
+    settle: float = 900.0
+    skew: float = 120.0
+    resend: bool = False
+    #: How many times a bulk run may resend a request proven not applied.
+    max_rounds: int = 3
+
+    def __attrs_post_init__(self) -> None:
+        if self.settle < 0 or self.skew < 0 or self.max_rounds < 1:
+            raise ValueError("settle and skew must be >= 0, max_rounds >= 1")
 
 
 class Verdict(str, enum.Enum):
@@ -84,8 +107,7 @@ def reconcile_orders(
     *,
     others: Sequence[SentCancel] = (),
     now: datetime | None = None,
-    settle: timedelta = DEFAULT_SETTLE,
-    skew: timedelta = DEFAULT_SKEW,
+    policy: ReconcilePolicy | None = None,
 ) -> list[Reconciliation]:
     """Judge each uncertain cancel against orders already read (no I/O).
 
@@ -93,6 +115,8 @@ def reconcile_orders(
     flight) on the same lines: they compete for the same adjustments, so an adjustment
     is counted as ours only when there are enough of them for every claimant.
     """
+    policy = policy or ReconcilePolicy()
+    settle, skew = timedelta(seconds=policy.settle), timedelta(seconds=policy.skew)
     now = now or datetime.now(timezone.utc)
     by_id = {order.id: order for order in orders}
     verdicts: list[Reconciliation] = []
@@ -164,11 +188,10 @@ async def reconcile(
     uncertain: Sequence[SentCancel],
     *,
     others: Sequence[SentCancel] = (),
-    settle: timedelta = DEFAULT_SETTLE,
-    skew: timedelta = DEFAULT_SKEW,
+    policy: ReconcilePolicy | None = None,
 ) -> list[Reconciliation]:
     """Read the orders of `uncertain` cancels (batched, 100 per call) and judge each."""
     if not uncertain:
         return []
     orders = await client.list_orders(s.request.order_id for s in uncertain)
-    return reconcile_orders(uncertain, orders, others=others, settle=settle, skew=skew)
+    return reconcile_orders(uncertain, orders, others=others, policy=policy)

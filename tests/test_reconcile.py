@@ -20,10 +20,10 @@ from mirakl_cancel import (
     UncertainDeliveryError,
 )
 from mirakl_cancel.models import Adjustment, AdjustmentType, Order, OrderLine
-from mirakl_cancel.reconcile import SentCancel, Verdict, reconcile, reconcile_orders
+from mirakl_cancel.reconcile import ReconcilePolicy, SentCancel, Verdict, reconcile, reconcile_orders
 from mirakl_cancel.simulator import Fault, SimLine, SimOrder, Simulator, SimulatorConfig
 
-SETTLE = timedelta(milliseconds=300)
+SETTLE = ReconcilePolicy(settle=0.3)
 
 
 def request(order_id: str, qty: int = 1, line: str = "-1") -> CancelRequest:
@@ -66,7 +66,7 @@ async def test_processed_lost_answers_are_applied_and_others_not(
     await asyncio.sleep(0.35)  # the processing delay and the settling window pass
 
     verdicts = {r.cancel.request.order_id: r for r in await reconcile(
-        client, [applied, lost], settle=SETTLE)}
+        client, [applied, lost], policy=SETTLE)}
 
     assert verdicts["A"].verdict is Verdict.APPLIED
     assert verdicts["A"].adjustments
@@ -81,7 +81,7 @@ async def test_within_the_settling_window_it_stays_uncertain(
         sim: Simulator, client: MiraklConnectClient) -> None:
     sim.inject(Fault.http(502), route="cancel")
     lost = await send_uncertain(client, request("C"))
-    [verdict] = await reconcile(client, [lost], settle=timedelta(minutes=5))
+    [verdict] = await reconcile(client, [lost], policy=ReconcilePolicy(settle=300))
     assert verdict.verdict is Verdict.UNCERTAIN
     assert "settling window" in verdict.reason
 
@@ -93,7 +93,7 @@ async def test_two_similar_cancels_for_one_adjustment_are_ambiguous(
     sim.inject(Fault.http(502), route="cancel")
     second = await send_uncertain(client, request("D"))
     await asyncio.sleep(0.35)
-    verdicts = await reconcile(client, [first, second], settle=SETTLE)
+    verdicts = await reconcile(client, [first, second], policy=SETTLE)
     assert [v.verdict for v in verdicts] == [Verdict.UNCERTAIN, Verdict.UNCERTAIN]
     assert "similar" in verdicts[0].reason
 
@@ -149,3 +149,32 @@ async def test_list_orders_batches_ids_by_100_and_spaces_calls() -> None:
     assert sim.stats.requests_by_route["orders"] == 3
     assert elapsed >= 2 * 0.05  # the API allows one listing call per minute: spaced
     assert all(line.product_id for order in orders for line in order.lines)
+
+
+async def test_cancel_and_track_reconciles_uncertain_cancels(sim: Simulator) -> None:
+    from mirakl_cancel import Outcome, PollPolicy, cancel_and_track
+
+    policy = PollPolicy(min_interval=0.02, interval=0.02, first_delay=0.02, timeout=5)
+    async with MiraklConnectClient(base_url=sim.base_url, auth=StaticToken(sim.token),
+                                   retry=RetryPolicy(max_attempts=2, base_delay=0.01),
+                                   min_poll_interval=0.02, min_list_interval=0.01,
+                                   max_concurrency=1) as client:
+        sim.inject(Fault.drop_after_read(), route="cancel")  # A: processed, answer lost
+        sim.inject(Fault.http(502), route="cancel")          # B: never processed
+        requests = [request("A"), request("B"), request("C")]
+        results = {r.order_id: r async for r in cancel_and_track(
+            client, requests, policy, reconcile=ReconcilePolicy(settle=0.3))}
+        assert results["A"].outcome is Outcome.SUCCEEDED
+        assert results["A"].action_id is None
+        assert "no action id" in results["A"].describe()
+        assert results["B"].outcome is Outcome.NOT_APPLIED
+        assert results["C"].outcome is Outcome.SUCCEEDED and results["C"].action_id
+        assert results["B"].to_dict()["reconciliation"]["verdict"] == "NOT_APPLIED"
+
+        # With resend, what was proven not applied is sent again, once.
+        sim.inject(Fault.http(502), route="cancel")
+        [again] = [r async for r in cancel_and_track(
+            client, [request("D")], policy,
+            reconcile=ReconcilePolicy(settle=0.3, resend=True))]
+    assert again.outcome is Outcome.SUCCEEDED and again.action_id
+    assert sim.stats.duplicate_posts == 0
