@@ -40,7 +40,7 @@ from .models import (
     OrderLine,
     Tax,
 )
-from .reconcile import Reconciliation, SentCancel, Verdict, reconcile
+from .reconcile import ReconcilePolicy, Reconciliation, SentCancel, Verdict, reconcile
 from .tracker import ActionTracker, PollPolicy, TrackedResult, TrackerStats
 
 __all__ = [
@@ -77,6 +77,7 @@ __all__ = [
     "PermissionDeniedError",
     "PollPolicy",
     "RateLimitError",
+    "ReconcilePolicy",
     "Reconciliation",
     "RetryPolicy",
     "SentCancel",

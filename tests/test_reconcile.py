@@ -20,7 +20,13 @@ from mirakl_cancel import (
     UncertainDeliveryError,
 )
 from mirakl_cancel.models import Adjustment, AdjustmentType, Order, OrderLine
-from mirakl_cancel.reconcile import ReconcilePolicy, SentCancel, Verdict, reconcile, reconcile_orders
+from mirakl_cancel.reconcile import (
+    ReconcilePolicy,
+    SentCancel,
+    Verdict,
+    reconcile,
+    reconcile_orders,
+)
 from mirakl_cancel.simulator import Fault, SimLine, SimOrder, Simulator, SimulatorConfig
 
 SETTLE = ReconcilePolicy(settle=0.3)
