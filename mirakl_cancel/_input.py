@@ -1,0 +1,545 @@
+"""Read a bulk-cancel file (CSV or JSONL) into validated line cancels.
+
+Every row is checked before anything is sent, and *every* problem is reported, each
+with where it is: the 1-based data row (the CSV header is not a row) and the physical
+line of the file (the CSV header is line 1), e.g. ``row 7 (line 8), quantity: ...``.
+A user fixing a 3,000-row export wants the whole list at once, not one error per run.
+
+Amounts are read as ``Decimal`` from their text (JSONL is parsed with
+``parse_float=Decimal``), never through a binary float: a refund must be exactly
+what the file says.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import io
+import json
+import re
+from collections.abc import Iterator, Mapping
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .errors import ValidationError
+from .models import Cancelation, CancelReason, Money, Tax
+
+__all__ = [
+    "COLUMNS",
+    "InputError",
+    "InputFormat",
+    "InputIssue",
+    "InputRow",
+    "InvalidRow",
+    "ParsedInput",
+    "detect_format",
+    "parse_csv",
+    "parse_jsonl",
+    "read_input",
+]
+
+#: Every column (CSV) or key (JSONL) the reader knows.
+COLUMNS = (
+    "order_id", "order_line_id", "product_id", "quantity", "reason",
+    "price_amount", "price_currency", "shipping_amount", "shipping_currency",
+    "taxes", "shipping_taxes",
+)
+#: Columns a CSV header must have; `order_line_id`/`product_id` need one of the two.
+REQUIRED_COLUMNS = ("order_id", "quantity", "reason", "price_amount", "price_currency",
+                    "shipping_amount")
+_JSONL_EXTRA_KEYS = ("price", "shipping_price")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_REASONS = {r.value: r for r in CancelReason}
+
+
+class InputFormat(str, enum.Enum):
+    """The two file formats `mirakl-cancel run` reads."""
+
+    CSV = "csv"
+    JSONL = "jsonl"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class InputError(Exception):
+    """The file cannot be read at all (missing, unknown format, unreadable header)."""
+
+
+@attrs.frozen
+class InputIssue:
+    """One problem (or warning) in the input, located by data row, file line and field."""
+
+    message: str
+    row: int | None = None
+    line: int | None = None
+    field: str | None = None
+    warning: bool = False
+
+    @property
+    def where(self) -> str:
+        """`row 7 (line 8)`, `line 1` (header) or `file`."""
+        if self.row is not None:
+            return f"row {self.row} (line {self.line})" if self.line is not None \
+                else f"row {self.row}"
+        return f"line {self.line}" if self.line is not None else "file"
+
+    def __str__(self) -> str:
+        kind = "warning" if self.warning else "error"
+        field = f", {self.field}" if self.field else ""
+        return f"{kind}: {self.where}{field}: {self.message}"
+
+
+@attrs.frozen
+class InputRow:
+    """A valid row: one line cancel of one order."""
+
+    row: int
+    line: int
+    order_id: str
+    cancelation: Cancelation
+
+
+@attrs.frozen
+class InvalidRow:
+    """A row that failed checking, kept so the report still has one line per input row."""
+
+    row: int
+    line: int
+    order_id: str | None
+    order_line_id: str | None
+    product_id: str | None
+    quantity: int | None
+    issues: tuple[InputIssue, ...]
+
+
+@attrs.frozen
+class ParsedInput:
+    """Everything read from a file: valid rows, invalid rows and all issues found."""
+
+    format: InputFormat
+    rows: tuple[InputRow, ...]
+    invalid: tuple[InvalidRow, ...]
+    issues: tuple[InputIssue, ...]
+
+    @property
+    def errors(self) -> tuple[InputIssue, ...]:
+        """Issues that block sending (unless invalid rows are skipped)."""
+        return tuple(issue for issue in self.issues if not issue.warning)
+
+    @property
+    def warnings(self) -> tuple[InputIssue, ...]:
+        """Issues worth a look that do not block sending (e.g. duplicate rows)."""
+        return tuple(issue for issue in self.issues if issue.warning)
+
+    @property
+    def file_errors(self) -> tuple[InputIssue, ...]:
+        """Errors not tied to one row (header): these block even `--skip-invalid`."""
+        return tuple(issue for issue in self.errors if issue.row is None)
+
+    @property
+    def row_count(self) -> int:
+        """Data rows in the file, valid or not."""
+        return len(self.rows) + len(self.invalid)
+
+
+def detect_format(path: Path, explicit: str | None = None) -> InputFormat:
+    """The format named by `--format`, else by the file extension."""
+    if explicit:
+        try:
+            return InputFormat(explicit.lower())
+        except ValueError:
+            raise InputError(f"unknown format {explicit!r}: use csv or jsonl") from None
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv", ".txt"):
+        return InputFormat.CSV
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return InputFormat.JSONL
+    raise InputError(f"cannot tell the format of {path.name} from its extension: "
+                     "use --format csv or --format jsonl")
+
+
+def read_input(path: Path, fmt: str | None = None) -> ParsedInput:
+    """Read and check a whole file; raises InputError only when it cannot be read at all."""
+    kind = detect_format(path, fmt)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")  # tolerate the BOM that spreadsheet exports add
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") \
+            from None
+    return parse_csv(text) if kind is InputFormat.CSV else parse_jsonl(text)
+
+
+# --- field checks shared by both formats ----------------------------------------------
+
+class _Row:
+    """Collects the issues of one row while its fields are checked."""
+
+    def __init__(self, row: int, line: int) -> None:
+        self.row = row
+        self.line = line
+        self.issues: list[InputIssue] = []
+
+    def error(self, field: str | None, message: str) -> None:
+        self.issues.append(InputIssue(message, self.row, self.line, field))
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _text(r: _Row, name: str, value: object, *, required: bool) -> str | None:
+    if _blank(value):
+        if required:
+            r.error(name, "is required")
+        return None
+    if not isinstance(value, str):
+        r.error(name, f"must be a string, not {_json_type(value)}")
+        return None
+    return value.strip()
+
+
+def _quantity(r: _Row, value: object) -> int | None:
+    if _blank(value):
+        r.error("quantity", "is required")
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not _INTEGER.fullmatch(text):
+            try:
+                Decimal(text)
+            except InvalidOperation:
+                r.error("quantity", f"{text!r} is not a whole number")
+            else:
+                r.error("quantity", f"{text!r} is not a whole number of units")
+            return None
+        number = int(text)
+    elif isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, Decimal):
+            r.error("quantity", f"{value} is not a whole number of units")
+        else:
+            r.error("quantity", f"must be an integer, not {_json_type(value)}")
+        return None
+    else:
+        number = value
+    if number < 0:
+        r.error("quantity", f"{number} is negative: the quantity to cancel must be 0 or more")
+        return None
+    return number
+
+
+def _reason(r: _Row, value: object) -> CancelReason | None:
+    if _blank(value):
+        r.error("reason", "is required")
+        return None
+    if not isinstance(value, str):
+        r.error("reason", f"must be a string, not {_json_type(value)}")
+        return None
+    reason = _REASONS.get(value.strip().upper())
+    if reason is None:
+        r.error("reason", f"unknown reason {value.strip()!r}; expected one of "
+                          + ", ".join(_REASONS))
+    return reason
+
+
+def _amount(r: _Row, name: str, value: object, *, required: bool = True) -> Decimal | None:
+    if _blank(value):
+        if required:
+            r.error(name, "is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
+        r.error(name, f"must be a number, not {_json_type(value)}")
+        return None
+    try:
+        amount = Decimal(value.strip()) if isinstance(value, str) else Decimal(value)
+    except InvalidOperation:
+        r.error(name, f"{value!r} is not a decimal number (use a dot: 12.34)")
+        return None
+    if not amount.is_finite():
+        r.error(name, f"{value} is not a finite amount")
+        return None
+    if amount < 0:
+        r.error(name, f"{value} is negative: amounts must be 0 or more")
+        return None
+    return amount
+
+
+def _currency(r: _Row, name: str, value: object, default: str | None) -> str | None:
+    if _blank(value):
+        if default is None:
+            r.error(name, "is required")
+        return default
+    if not isinstance(value, str):
+        r.error(name, f"must be a string, not {_json_type(value)}")
+        return None
+    code = value.strip().upper()
+    if not _CURRENCY.fullmatch(code):
+        r.error(name, f"{value.strip()!r} is not an ISO-4217 currency code (e.g. EUR)")
+        return None
+    return code
+
+
+def _csv_taxes(r: _Row, name: str, value: object) -> list[tuple[str, Decimal, str | None]]:
+    """`CODE:AMOUNT;CODE:AMOUNT` (blank: no taxes)."""
+    if _blank(value):
+        return []
+    assert isinstance(value, str)
+    taxes: list[tuple[str, Decimal, str | None]] = []
+    for i, part in enumerate(p.strip() for p in value.split(";")):
+        if not part:
+            continue
+        code, sep, amount_text = part.partition(":")
+        if not sep or not code.strip():
+            r.error(name, f"tax {i + 1} {part!r} must be CODE:AMOUNT (e.g. TVA:1.99)")
+            continue
+        amount = _amount(r, f"{name}[{i + 1}] amount", amount_text)
+        if amount is not None:
+            taxes.append((code.strip(), amount, None))
+    return taxes
+
+
+def _json_taxes(r: _Row, name: str, value: object) -> list[tuple[str, Decimal, str | None]]:
+    """`[{code, amount: {amount, currency?}}]`; a bare amount takes the price currency."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        r.error(name, f"must be an array of {{code, amount}}, not {_json_type(value)}")
+        return []
+    taxes: list[tuple[str, Decimal, str | None]] = []
+    for i, item in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(item, Mapping):
+            r.error(where, "must be an object {code, amount: {amount, currency}}")
+            continue
+        code = _text(r, f"{where}.code", item.get("code"), required=True)
+        money = item.get("amount")
+        currency: str | None = None
+        if isinstance(money, Mapping):
+            amount = _amount(r, f"{where}.amount.amount", money.get("amount"))
+            currency = _currency(r, f"{where}.amount.currency", money.get("currency"), "")
+            currency = currency or None
+        else:
+            amount = _amount(r, f"{where}.amount", money)
+        if code is not None and amount is not None:
+            taxes.append((code, amount, currency))
+    return taxes
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, Decimal)):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+def _check_row(r: _Row, fields: Mapping[str, Any], *, jsonl: bool) -> InputRow | InvalidRow:
+    """Check every field of one row and build its Cancelation, or say what is wrong."""
+    order_id = _text(r, "order_id", fields.get("order_id"), required=True)
+    line_id = _text(r, "order_line_id", fields.get("order_line_id"), required=False)
+    product_id = _text(r, "product_id", fields.get("product_id"), required=False)
+    if line_id is None and product_id is None and not any(
+            i.field in ("order_line_id", "product_id") for i in r.issues):
+        r.error("order_line_id", "neither order_line_id nor product_id is given: one is needed "
+                                 "to say which line to cancel")
+    quantity = _quantity(r, fields.get("quantity"))
+    reason = _reason(r, fields.get("reason"))
+
+    price_amount_raw: object = fields.get("price_amount")
+    price_currency_raw: object = fields.get("price_currency")
+    shipping_amount_raw: object = fields.get("shipping_amount")
+    shipping_currency_raw: object = fields.get("shipping_currency")
+    if jsonl:  # the API's nested Money objects are accepted as well as the flat keys
+        for key, names in (("price", ("price_amount", "price_currency")),
+                           ("shipping_price", ("shipping_amount", "shipping_currency"))):
+            nested = fields.get(key)
+            if nested is None:
+                continue
+            if not isinstance(nested, Mapping):
+                r.error(key, "must be an object {amount, currency}")
+                continue
+            if any(fields.get(n) is not None for n in names):
+                r.error(key, f"give either {key} or {' and '.join(names)}, not both")
+                continue
+            if key == "price":
+                price_amount_raw, price_currency_raw = nested.get("amount"), nested.get("currency")
+            else:
+                shipping_amount_raw = nested.get("amount")
+                shipping_currency_raw = nested.get("currency")
+    price_amount = _amount(r, "price_amount", price_amount_raw)
+    currency = _currency(r, "price_currency", price_currency_raw, None)
+    shipping_amount = _amount(r, "shipping_amount", shipping_amount_raw)
+    shipping_currency = _currency(r, "shipping_currency", shipping_currency_raw, currency)
+    if currency and shipping_currency and shipping_currency != currency:
+        r.error("shipping_currency", f"{shipping_currency} differs from price_currency "
+                                     f"{currency}: one row must use one currency")
+    parse_taxes = _json_taxes if jsonl else _csv_taxes
+    tax_groups: dict[str, list[Tax]] = {}
+    for group in ("taxes", "shipping_taxes"):
+        tax_groups[group] = []
+        for code, amount, tax_currency in parse_taxes(r, group, fields.get(group)):
+            if tax_currency and currency and tax_currency != currency:
+                r.error(group, f"tax {code} is in {tax_currency} but price_currency is "
+                               f"{currency}: one row must use one currency")
+            elif currency:
+                tax_groups[group].append(Tax(code, Money(amount, currency)))
+
+    if not r.issues:
+        assert order_id is not None and quantity is not None and reason is not None
+        assert price_amount is not None and shipping_amount is not None and currency
+        try:
+            cancelation = Cancelation(
+                quantity=quantity, reason=reason, price=Money(price_amount, currency),
+                shipping_price=Money(shipping_amount, currency), order_line_id=line_id,
+                product_id=product_id, taxes=tax_groups["taxes"],
+                shipping_taxes=tax_groups["shipping_taxes"])
+        except ValidationError as exc:  # a rule of the model this reader did not foresee
+            for issue in exc.issues:
+                r.error(issue.path, issue.message)
+        else:
+            return InputRow(r.row, r.line, order_id, cancelation)
+    return InvalidRow(r.row, r.line, order_id, line_id, product_id, quantity, tuple(r.issues))
+
+
+def _finish(kind: InputFormat, results: list[InputRow | InvalidRow],
+            issues: list[InputIssue]) -> ParsedInput:
+    rows: list[InputRow] = []
+    invalid: list[InvalidRow] = []
+    seen: dict[tuple[str, Cancelation], InputRow] = {}
+    for result in results:
+        if isinstance(result, InvalidRow):
+            invalid.append(result)
+            issues.extend(result.issues)
+            continue
+        rows.append(result)
+        key = (result.order_id, result.cancelation)
+        first = seen.setdefault(key, result)
+        if first is not result:
+            issues.append(InputIssue(
+                f"identical to row {first.row} (line {first.line}); both will be sent, which "
+                "cancels the line twice: remove one unless that is intended",
+                result.row, result.line, None, warning=True))
+    issues.sort(key=lambda i: (i.row or 0, i.line or 0))
+    return ParsedInput(kind, tuple(rows), tuple(invalid), tuple(issues))
+
+
+# --- CSV -------------------------------------------------------------------------------
+
+def _delimiter(header_line: str) -> str:
+    """`,` unless the header is clearly separated by `;` or tabs (spreadsheet exports)."""
+    counts = {d: header_line.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] > 0 else ","
+
+
+def parse_csv(text: str) -> ParsedInput:
+    """Check a CSV document with a header row (see `COLUMNS`)."""
+    issues: list[InputIssue] = []
+    first_line = text.split("\n", 1)[0]
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(first_line),
+                        strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise InputError(f"line 1: unreadable CSV header: {exc}") from None
+    if not header or not any(cell.strip() for cell in header):
+        raise InputError("the file is empty: a CSV needs a header row (line 1) naming the "
+                         "columns: " + ", ".join(COLUMNS))
+    names = [cell.strip().lower() for cell in header]
+    for name in sorted({n for n in names if names.count(n) > 1 and n}):
+        issues.append(InputIssue(f"column {name!r} appears more than once", None, 1))
+    for name in REQUIRED_COLUMNS:
+        if name not in names:
+            issues.append(InputIssue(f"missing column {name!r}", None, 1))
+    if "order_line_id" not in names and "product_id" not in names:
+        issues.append(InputIssue("missing column 'order_line_id' or 'product_id' (at least one "
+                                 "is needed)", None, 1))
+    unknown = [n for n in names if n and n not in COLUMNS]
+    if unknown:
+        issues.append(InputIssue("ignoring unknown column(s): " + ", ".join(unknown),
+                                 None, 1, warning=True))
+    if any(not i.warning for i in issues):
+        return ParsedInput(InputFormat.CSV, (), (), tuple(issues))
+
+    results: list[InputRow | InvalidRow] = []
+    row_number = 0
+    previous_line = reader.line_num
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            row_number += 1
+            r = _Row(row_number, previous_line + 1)
+            r.error(None, f"unreadable CSV: {exc}")
+            results.append(InvalidRow(r.row, r.line, None, None, None, None, tuple(r.issues)))
+            break  # the reader cannot resynchronise after a broken quote
+        start_line, previous_line = previous_line + 1, reader.line_num
+        if not any(cell.strip() for cell in cells):
+            continue  # blank lines are not rows
+        row_number += 1
+        r = _Row(row_number, start_line)
+        if len(cells) > len(names):
+            r.error(None, f"has {len(cells)} fields but the header has {len(names)} "
+                          "(an unquoted separator in a value?)")
+        fields = {name: cells[i] if i < len(cells) else None for i, name in enumerate(names)}
+        result = _check_row(r, fields, jsonl=False)
+        if r.issues and isinstance(result, InputRow):  # the field-count error
+            result = InvalidRow(r.row, r.line, result.order_id,
+                                result.cancelation.order_line_id, result.cancelation.product_id,
+                                result.cancelation.quantity, tuple(r.issues))
+        results.append(result)
+    return _finish(InputFormat.CSV, results, issues)
+
+
+# --- JSONL -----------------------------------------------------------------------------
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid amount")
+
+
+def _json_lines(text: str) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            yield number, line
+
+
+def parse_jsonl(text: str) -> ParsedInput:
+    """Check a JSON Lines document: one object per line, blank lines ignored."""
+    issues: list[InputIssue] = []
+    results: list[InputRow | InvalidRow] = []
+    unknown: set[str] = set()
+    known = set(COLUMNS) | set(_JSONL_EXTRA_KEYS)
+    for row_number, (line_number, line) in enumerate(_json_lines(text), start=1):
+        r = _Row(row_number, line_number)
+        try:
+            data = json.loads(line, parse_float=Decimal, parse_constant=_reject_constant)
+        except ValueError as exc:
+            r.error(None, f"not valid JSON: {exc}")
+            results.append(InvalidRow(r.row, r.line, None, None, None, None, tuple(r.issues)))
+            continue
+        if not isinstance(data, dict):
+            r.error(None, f"must be a JSON object, not {_json_type(data)}")
+            results.append(InvalidRow(r.row, r.line, None, None, None, None, tuple(r.issues)))
+            continue
+        unknown.update(key for key in data if key not in known)
+        results.append(_check_row(r, data, jsonl=True))
+    if unknown:
+        issues.append(InputIssue("ignoring unknown key(s): " + ", ".join(sorted(unknown)),
+                                 warning=True))
+    return _finish(InputFormat.JSONL, results, issues)

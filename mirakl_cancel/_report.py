@@ -1,0 +1,189 @@
+"""The job report (one line per input row) and the end-of-job summary table.
+
+The report is built from the journal, not from what this process happened to see, so a
+resumed job reports every row exactly once, including rows finished by an earlier run.
+It is written to a temporary file and renamed into place, so an interrupted write never
+leaves a half report that looks complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .journal import JournalRequest, JournalRow, RequestState
+
+__all__ = [
+    "REPORT_FIELDS",
+    "JobCounts",
+    "ReportLine",
+    "check_report_path",
+    "report_lines",
+    "row_outcome",
+    "summary_table",
+    "write_report",
+]
+
+#: Outcomes of rows that never reached a final state (the job stopped early).
+NOT_SENT = "NOT_SENT"
+IN_PROGRESS = "IN_PROGRESS"
+INVALID = "INVALID"
+
+REPORT_FIELDS = ("row", "line", "order_id", "order_line_id", "product_id", "quantity",
+                 "outcome", "action_id", "status", "errors", "request")
+
+_SENDING_INTERRUPTED = ("the job stopped while this cancel was being sent: it may have been "
+                        "processed (not re-sent; see --resend-uncertain)")
+
+
+@attrs.frozen
+class ReportLine:
+    """What became of one input row."""
+
+    row: int
+    line: int
+    order_id: str | None
+    order_line_id: str | None
+    product_id: str | None
+    quantity: int | None
+    outcome: str
+    action_id: str | None
+    status: str | None
+    errors: tuple[str, ...]
+    request: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (errors as a list of message texts)."""
+        data = attrs.asdict(self)
+        data["errors"] = list(self.errors)
+        return data
+
+
+def row_outcome(request: JournalRequest | None) -> tuple[str, tuple[str, ...]]:
+    """The outcome a row gets from its request's journal record, with the error texts."""
+    if request is None:
+        return INVALID, ()
+    state = request.state
+    if state is RequestState.DONE:
+        return request.outcome or "ERROR", request.errors
+    if state is RequestState.SENDING:
+        return "UNCERTAIN", request.errors or (_SENDING_INTERRUPTED,)
+    if state is RequestState.UNCERTAIN:
+        return "UNCERTAIN", request.errors
+    if state is RequestState.ACCEPTED:
+        if request.outcome:  # tracking stopped (TIMED_OUT, ERROR); a re-run tracks on
+            return request.outcome, request.errors
+        return IN_PROGRESS, ()
+    return NOT_SENT, ()
+
+
+def report_lines(rows: Iterable[JournalRow]) -> list[ReportLine]:
+    """One ReportLine per journal row, in input order."""
+    lines: list[ReportLine] = []
+    for row in rows:
+        outcome, errors = row_outcome(row.request)
+        request = row.request
+        lines.append(ReportLine(
+            row=row.row_number, line=row.line_number, order_id=row.order_id,
+            order_line_id=row.order_line_id, product_id=row.product_id,
+            quantity=row.quantity, outcome=outcome,
+            action_id=request.action_id if request else None,
+            status=request.status if request else None,
+            errors=errors if request else row.errors,
+            request=request.key if request else None))
+    return lines
+
+
+def check_report_path(path: Path) -> str:
+    """`jsonl` or `csv` from the report's extension; ValueError for anything else."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    raise ValueError(f"report {path.name}: use a .jsonl or .csv extension")
+
+
+def _render(lines: Sequence[ReportLine], kind: str) -> str:
+    if kind == "jsonl":
+        return "".join(json.dumps(line.to_dict(), ensure_ascii=False) + "\n" for line in lines)
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=REPORT_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for line in lines:
+        data = line.to_dict()
+        data["errors"] = " | ".join(line.errors)
+        writer.writerow({k: "" if v is None else v for k, v in data.items()})
+    return out.getvalue()
+
+
+def write_report(path: Path, lines: Sequence[ReportLine]) -> None:
+    """Write the report atomically (temp file in the same directory, then rename)."""
+    kind = check_report_path(path)
+    text = _render(lines, kind)
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@attrs.define
+class JobCounts:
+    """Figures for the summary table."""
+
+    rows_by_outcome: Counter[str] = attrs.field(factory=Counter)
+    requests_by_outcome: Counter[str] = attrs.field(factory=Counter)
+    elapsed: float = 0.0
+    posts_sent: int = 0
+    http_requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    resumed: bool = False
+    interrupted: bool = False
+
+
+_ORDER = ("SUCCEEDED", "FAILED", "REJECTED", "UNCERTAIN", "NOT_APPLIED", "TIMED_OUT", "ERROR",
+          INVALID, IN_PROGRESS, NOT_SENT)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{secs:04.1f}" if hours else f"{minutes}:{secs:04.1f}"
+
+
+def summary_table(counts: JobCounts) -> str:
+    """A plain-text table: rows and requests per outcome, then the run's figures."""
+    outcomes = [o for o in _ORDER if counts.rows_by_outcome[o] or counts.requests_by_outcome[o]]
+    outcomes += sorted(set(counts.rows_by_outcome) - set(_ORDER))
+    width = max([len("outcome"), *(len(o) for o in outcomes)])
+    lines = [f"{'outcome':<{width}}  {'rows':>7}  {'requests':>8}"]
+    lines.append(f"{'-' * width}  {'-' * 7}  {'-' * 8}")
+    for outcome in outcomes:
+        lines.append(f"{outcome:<{width}}  {counts.rows_by_outcome[outcome]:>7}  "
+                     f"{counts.requests_by_outcome[outcome]:>8}")
+    lines.append(f"{'total':<{width}}  {sum(counts.rows_by_outcome.values()):>7}  "
+                 f"{sum(counts.requests_by_outcome.values()):>8}")
+    status = "interrupted" if counts.interrupted else "finished"
+    if counts.resumed:
+        status += " (resumed from the journal)"
+    lines.append("")
+    lines.append(f"{status} in {_duration(counts.elapsed)}: {counts.posts_sent} cancel "
+                 f"request(s) sent this run, {counts.http_requests} HTTP request(s), "
+                 f"{counts.retries} retr{'y' if counts.retries == 1 else 'ies'}, "
+                 f"{counts.rate_limited} rate-limited (429)")
+    return "\n".join(lines)

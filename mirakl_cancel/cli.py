@@ -1,0 +1,351 @@
+"""`mirakl-cancel`: bulk cancels from a file, action status, the simulator and a demo.
+
+Exit codes: 0 every row SUCCEEDED (or, for `status`, every action found); 1 some row
+did not; 2 bad usage, bad input or missing credentials (nothing was sent); 130
+stopped by SIGINT/SIGTERM (the journal is consistent: re-run the same command to
+resume).
+
+Secrets are read from the environment by preference (`MIRAKL_CONNECT_TOKEN`, or
+`MIRAKL_CLIENT_ID` + `MIRAKL_CLIENT_SECRET`): a `--token` flag is visible to every
+user of the machine in the process list. No secret is ever printed, logged, journaled
+or shown as a `--help` default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._job import EXIT_BAD_INPUT, EXIT_OK, EXIT_SOME_FAILED, JobOptions, run_job
+from ._progress import ProgressLogHandler
+from ._report import check_report_path
+from ._transport import check_base_url
+from ._version import __version__
+from .auth import DEFAULT_TOKEN_URL, Auth, ClientCredentials, StaticToken
+from .client import DEFAULT_BASE_URL, MiraklConnectClient
+from .errors import MiraklError, NotFoundError, ValidationError
+from .models import ActionStatus
+from .tracker import PollPolicy
+
+__all__ = ["build_parser", "main"]
+
+ENV_BASE_URL = "MIRAKL_CONNECT_BASE_URL"
+ENV_TOKEN = "MIRAKL_CONNECT_TOKEN"
+ENV_CLIENT_ID = "MIRAKL_CLIENT_ID"
+ENV_CLIENT_SECRET = "MIRAKL_CLIENT_SECRET"
+ENV_TOKEN_URL = "MIRAKL_TOKEN_URL"
+
+_DESCRIPTION = """\
+Cancel order lines on Mirakl Connect at volume, and follow every cancellation to its
+final state without ever cancelling twice or polling an action more than once a minute.
+"""
+
+_RUN_EPILOG = f"""\
+input: CSV with a header row, or JSON Lines; one line cancel per row with
+  order_id, order_line_id and/or product_id, quantity, reason, price_amount,
+  price_currency, shipping_amount, shipping_currency (defaults to price_currency),
+  optional taxes / shipping_taxes ("CODE:AMOUNT;CODE:AMOUNT" in CSV; arrays of
+  {{"code", "amount": {{"amount", "currency"}}}} in JSONL). Rows are checked first:
+  any bad row and nothing is sent (see --skip-invalid).
+
+resume: the job is journaled in FILE.journal.sqlite (or --journal); run the same
+  command again to resume after a crash or Ctrl-C. Cancels that may have reached the
+  API when the run stopped are reported UNCERTAIN and not sent again unless
+  --resend-uncertain.
+
+credentials: {ENV_TOKEN}, or {ENV_CLIENT_ID} + {ENV_CLIENT_SECRET}
+  (+ {ENV_TOKEN_URL}); base URL from {ENV_BASE_URL}.
+
+exit codes: 0 all rows SUCCEEDED, 1 some did not, 2 bad usage/input/credentials
+  (nothing sent), 130 interrupted (resumable).
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _add_connection(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection")
+    group.add_argument("--base-url", metavar="URL",
+                       help=f"API root (env {ENV_BASE_URL}; default {DEFAULT_BASE_URL})")
+    group.add_argument("--token", metavar="TOKEN",
+                       help=f"bearer token; prefer env {ENV_TOKEN}: a flag is visible to other "
+                            "users in the process list")
+    group.add_argument("--token-url", metavar="URL",
+                       help=f"OAuth token endpoint for {ENV_CLIENT_ID}/{ENV_CLIENT_SECRET} "
+                            f"(env {ENV_TOKEN_URL}; default {DEFAULT_TOKEN_URL})")
+    group.add_argument("--concurrency", type=_positive_int, default=8, metavar="N",
+                       help="requests in flight at most (default %(default)s)")
+    group.add_argument("--rate-limit", type=_positive_seconds, metavar="RPS",
+                       help="requests per second at most (default: no client-side limit)")
+    group.add_argument("--min-poll-interval", type=_seconds, default=60.0, metavar="SECONDS",
+                       help="never read one action more often than this (default %(default)s, "
+                            "the API's ceiling)")
+
+
+def _add_logging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log to stderr (-v: retries and warnings, -vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress display and no notes; the summary still prints")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (also used to render the README's usage text)."""
+    parser = argparse.ArgumentParser(
+        prog="mirakl-cancel", description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser(
+        "run", help="cancel the lines listed in a CSV or JSONL file (resumable)",
+        description="Cancel the order lines listed in FILE, track every action to its final\n"
+                    "state, and report one line per input row.",
+        epilog=_RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("file", type=Path, metavar="FILE", help="CSV (header row) or JSONL")
+    run.add_argument("--format", choices=("csv", "jsonl"),
+                     help="input format (default: from the extension)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check the input and print what would be sent; send nothing")
+    run.add_argument("--skip-invalid", action="store_true",
+                     help="send the valid rows even if some are invalid (reported INVALID)")
+    run.add_argument("--max-lines-per-request", type=_positive_int, metavar="N",
+                     help="split an order's lines into requests of at most N lines")
+    run.add_argument("--journal", type=Path, metavar="PATH",
+                     help="journal file (default: FILE.journal.sqlite beside the input)")
+    run.add_argument("--report", type=Path, metavar="PATH",
+                     help="write one line per input row to PATH (.jsonl or .csv)")
+    run.add_argument("--resend-uncertain", action="store_true",
+                     help="send again the cancels that may already have been processed "
+                          "(only once you checked they were not: a resent partial cancel "
+                          "cancels more units)")
+    run.add_argument("--force", action="store_true",
+                     help="resume even though the input file (or base URL) changed since the "
+                          "journal was created; the journal's plan is used")
+    _add_connection(run)
+    polling = run.add_argument_group("tracking")
+    polling.add_argument("--poll-interval", type=_seconds, default=300.0, metavar="SECONDS",
+                         help="read each pending action this often (default %(default)s)")
+    polling.add_argument("--first-poll-delay", type=_seconds, default=60.0, metavar="SECONDS",
+                         help="first read this long after acceptance (default %(default)s)")
+    polling.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS",
+                         help="stop tracking an action after this long (TIMED_OUT; a re-run "
+                              "tracks it on). Default: wait until final")
+    polling.add_argument("--progress-interval", type=_positive_seconds, default=10.0,
+                         metavar="SECONDS",
+                         help="when stderr is not a terminal, log progress this often "
+                              "(default %(default)s)")
+    _add_logging(run)
+
+    status = sub.add_parser(
+        "status", help="print the status of actions",
+        description="Print the status of each action (state, updated_at, errors). Exit 0 if "
+                    "every action was found, 1 otherwise.")
+    status.add_argument("action_ids", nargs="+", metavar="ACTION_ID")
+    status.add_argument("--json", action="store_true", help="one JSON object per line")
+    _add_connection(status)
+    _add_logging(status)
+
+    from .simulator._cli import add_arguments as add_simulator_arguments
+
+    simulator = sub.add_parser(
+        "simulator", help="serve a local Mirakl Connect simulator",
+        description="Run a local Mirakl Connect simulator until SIGINT/SIGTERM.")
+    add_simulator_arguments(simulator)
+
+    from .demo import add_arguments as add_demo_arguments
+
+    demo = sub.add_parser(
+        "demo", help="run a whole bulk job against the embedded simulator",
+        description="Start the simulator in-process with scaled time, generate a realistic "
+                    "job, and run it exactly as `run` would: journal, progress, report. No "
+                    "credentials, no network beyond 127.0.0.1.")
+    add_demo_arguments(demo)
+    return parser
+
+
+def _setup_logging(verbose: int, quiet: bool) -> ProgressLogHandler:
+    handler = ProgressLogHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("mirakl_cancel")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    if verbose >= 2:
+        logger.setLevel(logging.DEBUG)
+    elif verbose == 1:
+        logger.setLevel(logging.INFO)
+    else:
+        # Retries and 429s are expected in bulk; the summary counts them.
+        logger.setLevel(logging.ERROR)
+    return handler
+
+
+def resolve_auth(args: argparse.Namespace) -> tuple[Auth | None, str | None]:
+    """The credentials from flags/env, or None with the reason. Never echoes a secret."""
+    token = args.token or os.environ.get(ENV_TOKEN)
+    if token:
+        try:
+            return StaticToken(token), None
+        except ValueError:
+            return None, "the token is empty"
+    client_id = os.environ.get(ENV_CLIENT_ID)
+    secret = os.environ.get(ENV_CLIENT_SECRET)
+    if client_id and secret:
+        token_url = args.token_url or os.environ.get(ENV_TOKEN_URL) or DEFAULT_TOKEN_URL
+        return ClientCredentials(client_id, secret, token_url), None
+    if client_id or secret:
+        missing = ENV_CLIENT_SECRET if client_id else ENV_CLIENT_ID
+        return None, f"missing credentials: {missing} is not set"
+    return None, (f"missing credentials: set {ENV_TOKEN}, or {ENV_CLIENT_ID} and "
+                  f"{ENV_CLIENT_SECRET}")
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    return str(args.base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    handler = _setup_logging(args.verbose, args.quiet)
+    base_url = _base_url(args)
+    try:
+        check_base_url(base_url)
+        if args.report is not None:
+            check_report_path(args.report)
+        policy = PollPolicy(min_interval=args.min_poll_interval,
+                            interval=max(args.poll_interval, args.min_poll_interval),
+                            first_delay=args.first_poll_delay, timeout=args.timeout)
+    except (ValueError, ValidationError) as exc:
+        print(f"mirakl-cancel run: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    auth: Auth | None = None
+    if not args.dry_run:
+        auth, problem = resolve_auth(args)
+        if auth is None:
+            print(f"mirakl-cancel run: error: {problem}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    options = JobOptions(
+        input_path=args.file, base_url=base_url, input_format=args.format,
+        journal_path=args.journal, report_path=args.report, concurrency=args.concurrency,
+        rate_limit=args.rate_limit, max_lines_per_request=args.max_lines_per_request,
+        policy=policy, resend_uncertain=args.resend_uncertain,
+        skip_invalid=args.skip_invalid, dry_run=args.dry_run, force=args.force,
+        quiet=args.quiet, progress_interval=args.progress_interval)
+    return run_job(options, auth, log_handler=handler)
+
+
+async def _statuses(client: MiraklConnectClient, action_ids: Sequence[str],
+                    as_json: bool) -> int:
+    semaphore = asyncio.Semaphore(client.max_concurrency)
+
+    async def one(action_id: str) -> ActionStatus | MiraklError:
+        async with semaphore:
+            try:
+                return await client.get_action_status(action_id)
+            except MiraklError as exc:
+                return exc
+
+    code = EXIT_OK
+    results = await asyncio.gather(*(one(a) for a in action_ids))
+    for action_id, result in zip(action_ids, results, strict=True):
+        if isinstance(result, MiraklError):
+            code = EXIT_SOME_FAILED
+            state = "NOT_FOUND" if isinstance(result, NotFoundError) else "ERROR"
+            if as_json:
+                print(json.dumps({"id": action_id, "state": state, "error": str(result)}))
+            else:
+                print(f"{action_id}  {state}  {result}")
+            continue
+        errors = [f"{e.code}: {e.message}" for e in result.errors]
+        updated = result.updated_at.isoformat() if result.updated_at else None
+        if as_json:
+            print(json.dumps({"id": action_id, "state": result.raw_status,
+                              "updated_at": updated, "errors": errors}))
+        else:
+            line = f"{action_id}  {result.raw_status}  updated_at={updated or '-'}"
+            if errors:
+                line += "  errors: " + "; ".join(errors)
+            print(line)
+    return code
+
+
+def _status_command(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose, args.quiet)
+    base_url = _base_url(args)
+    try:
+        check_base_url(base_url)
+    except ValueError as exc:
+        print(f"mirakl-cancel status: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    auth, problem = resolve_auth(args)
+    if auth is None:
+        print(f"mirakl-cancel status: error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    action_ids = list(dict.fromkeys(args.action_ids))  # one read per action, not per mention
+
+    async def go() -> int:
+        async with MiraklConnectClient(
+                auth=auth, base_url=base_url, max_concurrency=args.concurrency,
+                rate_limit=args.rate_limit, min_poll_interval=args.min_poll_interval) as client:
+            return await _statuses(client, action_ids, args.json)
+
+    try:
+        return asyncio.run(go())
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: parse `argv` (default sys.argv[1:]) and run; returns the code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    if args.command == "run":
+        return _run_command(args)
+    if args.command == "status":
+        return _status_command(args)
+    if args.command == "simulator":
+        from .simulator._cli import run_from_args
+
+        return run_from_args(args)
+    from .demo import run_demo
+
+    _setup_logging(args.verbose, args.quiet)
+    return run_demo(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
