@@ -16,7 +16,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -31,6 +31,7 @@ from ._version import __version__
 from .auth import Auth
 from .errors import (
     ApiError,
+    ConnectError,
     RateLimitError,
     ServerError,
     TransportError,
@@ -287,12 +288,15 @@ class Transport:
         retry: RetryPolicy | None = None,
         poll_key: str | None = None,
         guard: PollGuard | None = None,
+        on_send: Callable[[], None] | None = None,
     ) -> Response:
         """Perform one logical request, retrying what is safe to retry.
 
         `poll_key` names a resource whose reads the API limits in frequency (an action,
         or the order listing): every attempt for it, retries included, waits for
-        `guard` (the action poll guard by default) and is recorded there.
+        `guard` (the action poll guard by default) and is recorded there. `on_send` is
+        called right before each attempt leaves (after every wait), e.g. to journal that
+        a cancel is about to be sent.
         """
         policy = retry or self.retry
         guard = guard or self.poll_guard
@@ -305,13 +309,15 @@ class Transport:
             attempt += 1
             try:
                 if poll_key is None:
-                    return await self._attempt(method, url, body, params, idempotent, expected)
+                    return await self._attempt(
+                        method, url, body, params, idempotent, expected, on_send)
                 await guard.wait(poll_key)
                 # Claim the slot before sending (no await in between), so that a concurrent
                 # read of the same key waits too; the end of the attempt is recorded below.
                 guard.record(poll_key)
                 try:
-                    return await self._attempt(method, url, body, params, idempotent, expected)
+                    return await self._attempt(
+                        method, url, body, params, idempotent, expected, on_send)
                 finally:
                     guard.record(poll_key)
             except _AuthExpired as expired:
@@ -350,6 +356,7 @@ class Transport:
         params: Sequence[tuple[str, str]] | None,
         idempotent: bool,
         expected: Sequence[int],
+        on_send: Callable[[], None] | None = None,
     ) -> Response:
         session = self.session
         async with self._semaphore:
@@ -364,6 +371,8 @@ class Transport:
             if body is not None:
                 headers["Content-Type"] = "application/json"
             self.stats.requests += 1
+            if on_send is not None:
+                on_send()
             try:
                 async with session.request(
                     method, url, data=body, params=params, headers=headers,
@@ -423,7 +432,7 @@ class Transport:
         """The one mapping from aiohttp/asyncio failures to retry-or-raise decisions."""
         if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
             # The connection was never established: the request was certainly not sent.
-            return _Retry(TransportError(f"cannot connect to {url.host}: {_describe(exc)}"))
+            return _Retry(ConnectError(f"cannot connect to {url.host}: {_describe(exc)}"))
         if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError)):
             error = TransportError(f"{method} {url.path} failed: {_describe(exc)}")
             return _Retry(error) if idempotent else self._uncertain(error, method, url)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -121,14 +121,21 @@ class MiraklConnectClient:
                 [ValidationIssue("cancelations", "must be an iterable of Cancelation")]) from None
         return await self.cancel(structure_request(order_id, items))
 
-    async def cancel(self, request: CancelRequest) -> ActionAccepted:
-        """Send one CancelRequest (see `cancel_order_lines`)."""
+    async def cancel(self, request: CancelRequest, *,
+                     on_send: Callable[[], None] | None = None) -> ActionAccepted:
+        """Send one CancelRequest (see `cancel_order_lines`).
+
+        `on_send` is called right before each attempt leaves, after any wait for the
+        concurrency limit, the rate limit or a token: the moment from which the cancel
+        may reach the server (a journal records it there, durably, before the POST).
+        """
         if not isinstance(request, CancelRequest):
             raise TypeError("cancel() takes a CancelRequest")
         url = self._transport.url("v2", "orders", request.order_id, "cancel")
         try:
             response = await self._transport.request(
-                "POST", url, body=request_body(request), idempotent=False, expected=(202, 200))
+                "POST", url, body=request_body(request), idempotent=False, expected=(202, 200),
+                on_send=on_send)
         except UncertainDeliveryError as exc:
             exc.order_id = request.order_id
             raise

@@ -17,6 +17,7 @@ __all__ = [
     "ApiError",
     "AuthenticationError",
     "BadRequestError",
+    "ConnectError",
     "ErrorItem",
     "MiraklError",
     "NotFoundError",
@@ -130,6 +131,10 @@ class ServerError(ApiError):
 
 class TransportError(MiraklError):
     """The exchange failed below HTTP (connection, timeout) and gave no answer."""
+
+
+class ConnectError(TransportError):
+    """No connection could be made: the request was certainly not sent."""
 
 
 class UncertainDeliveryError(TransportError):
