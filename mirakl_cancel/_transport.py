@@ -16,7 +16,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -300,8 +300,7 @@ class Transport:
         """
         policy = retry or self.retry
         guard = guard or self.poll_guard
-        delays = backoff.expo(base=2, factor=policy.base_delay, max_value=policy.max_delay)
-        next(delays)  # backoff's generators yield a priming 0 first
+        delays: Iterator[float] | None = None  # made on the first retry: most calls need none
         started = time.monotonic()
         attempt = 0
         refreshed = False
@@ -331,6 +330,10 @@ class Transport:
                 continue
             except _Retry as retry:
                 error = retry.error
+                if delays is None:
+                    delays = backoff.expo(base=2, factor=policy.base_delay,
+                                          max_value=policy.max_delay)
+                    next(delays)  # backoff's generators yield a priming 0 first
                 jittered = backoff.full_jitter(next(delays))
                 delay = jittered if retry.retry_after is None else max(retry.retry_after, jittered)
                 if isinstance(error, RateLimitError):
