@@ -8,7 +8,6 @@ import itertools
 import json
 import math
 import random
-import time
 import tracemalloc
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -587,7 +586,6 @@ async def test_memory_per_pending_action_stays_under_one_kilobyte() -> None:
     client = FakeClient(clock)
     ids = [f"{i:08x}-4b1e-4c6a-9d2e-3f5a6b7c8d9e" for i in range(100_000)]
     tracker = ActionTracker(client, POLICY, clock=clock)
-    started = time.perf_counter()
     gc.collect()
     tracemalloc.start()
     try:
@@ -603,7 +601,6 @@ async def test_memory_per_pending_action_stays_under_one_kilobyte() -> None:
     print(f"{per_action:.0f} bytes per pending action")
     assert per_action <= 1024, f"{per_action:.0f} bytes per pending action"
     await tracker.aclose()
-    assert time.perf_counter() - started < 5.0
 
 
 async def test_cancelling_a_drain_stops_everything(clock: ManualClock, client: FakeClient) -> None:
