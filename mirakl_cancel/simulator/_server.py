@@ -17,6 +17,9 @@ from ._stats import SimulatorStats
 __all__ = ["Simulator"]
 
 
+_READY_TOKEN_REAL_SECONDS = 86_400.0
+
+
 class Simulator:
     """A local Mirakl Connect listening on ``host:port`` (port 0 picks a free one).
 
@@ -64,7 +67,9 @@ class Simulator:
         assert server is not None
         sockets = getattr(server, "sockets", None) or ()
         self._bound_port = int(sockets[0].getsockname()[1]) if sockets else self._port
-        self._token = self.issue_token()
+        # The ready-made token outlives any scaled run (a day of real time), as a static
+        # token would in production; tokens from /oauth/token expire after token_ttl.
+        self._token = self.issue_token(ttl=_READY_TOKEN_REAL_SECONDS / self.config.time_scale)
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
@@ -103,7 +108,12 @@ class Simulator:
 
     @property
     def token(self) -> str:
-        """A bearer token issued at start; it expires after ``token_ttl`` like any other."""
+        """A bearer token issued at start, valid for a day of real time.
+
+        It deliberately ignores ``token_ttl``: under scaled time a one-hour token would
+        expire within seconds and cut a long test short. Use ``issue_token(ttl)`` or the
+        token endpoint to exercise expiry.
+        """
         if self._token is None:
             raise RuntimeError("simulator not started")
         return self._token
