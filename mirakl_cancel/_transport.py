@@ -363,7 +363,8 @@ class Transport:
     ) -> Response:
         session = self.session
         async with self._semaphore:
-            await self._pace()
+            if self.rate_limit is not None or self._paused_until:
+                await self._pace()
             try:
                 token = await self.auth.token(session)
             except (TransportError, ServerError) as exc:

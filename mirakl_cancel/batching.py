@@ -74,17 +74,6 @@ def group_by_order(
     return requests
 
 
-async def _iterate(
-    items: Iterable[CancelRequest] | AsyncIterable[CancelRequest],
-) -> AsyncIterator[CancelRequest]:
-    if isinstance(items, AsyncIterable):
-        async for item in items:
-            yield item
-    else:
-        for item in items:
-            yield item
-
-
 async def send_one(client: MiraklConnectClient, request: CancelRequest) -> CancelOutcome:
     """Send one request and turn any failure into an outcome."""
     sent_at = datetime.now(timezone.utc)
@@ -112,21 +101,30 @@ async def cancel_many(
     requests costs a million outcomes over time, not a million tasks at once.
     """
     workers = concurrency or client.max_concurrency
-    source = _iterate(requests)
-    lock = asyncio.Lock()
     results: asyncio.Queue[CancelOutcome | None] = asyncio.Queue()
+
+    if isinstance(requests, AsyncIterable):
+        source = aiter(requests)
+        lock = asyncio.Lock()  # an async iterator must not be advanced concurrently
+
+        async def pull() -> CancelRequest | None:
+            async with lock:
+                try:
+                    return await anext(source)
+                except StopAsyncIteration:
+                    return None
+    else:
+        items = iter(requests)  # a plain iterator needs no lock: next() never yields
+
+        async def pull() -> CancelRequest | None:
+            return next(items, None)
 
     async def worker() -> None:
         try:
-            while True:
-                async with lock:
-                    try:
-                        request = await source.__anext__()
-                    except StopAsyncIteration:
-                        return
-                await results.put(await send_one(client, request))
+            while (request := await pull()) is not None:
+                results.put_nowait(await send_one(client, request))
         finally:
-            await results.put(None)
+            results.put_nowait(None)
 
     tasks = [asyncio.create_task(worker()) for _ in range(workers)]
     try:
