@@ -2,7 +2,9 @@
 
 Order of events for one request, each step committed to the journal before the next:
 
-1. ``SENDING`` is committed (fsync'd) *before* the POST leaves;
+1. ``SENDING`` is committed (fsync'd) right before the POST leaves: from the client's
+   `on_send` hook, after any wait for a concurrency slot, the rate limit or a token, so
+   that a cancel still queued when the process dies is not mistaken for one in flight;
 2. the ``action_id`` is committed (``ACCEPTED``) as soon as the 202 arrives;
 3. every status read is bracketed by "poll started" / "polled at" marks, so that a
    resumed job knows when the server last saw a read of the action;
@@ -12,10 +14,18 @@ A resumed job therefore sends only requests that certainly never left (``PENDING
 tracks accepted actions on from their last read, and reports requests caught
 mid-POST as UNCERTAIN without sending them again (unless ``--resend-uncertain``).
 
+With ``--reconcile`` (and ``mirakl-cancel reconcile``), once sending and tracking are
+over, every UNCERTAIN request is checked against its order's adjustments after its
+settling window (``reconcile.py``): proven applied → SUCCEEDED, proven not applied →
+NOT_APPLIED (sent again through the same journaled path with ``--resend-unapplied``),
+undecided → stays UNCERTAIN with the reason.
+
 On SIGINT/SIGTERM it stops taking new requests, lets the POSTs in flight finish and
 be journaled (never losing an action_id), stops tracking, writes the report and the
 summary so far, and exits 130. A second signal aborts the POSTs in flight too; those
-stay ``SENDING`` and are reported UNCERTAIN on the next run: safe, never resent.
+stay ``SENDING`` and are reported UNCERTAIN on the next run: never resent blindly, only
+after reconciliation proved them not applied. A signal during the settling wait (or
+the orders read) of a reconciliation stops it too: unjudged requests stay UNCERTAIN.
 """
 
 from __future__ import annotations
@@ -28,31 +38,31 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Awaitable, Sequence
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
-import aiohttp
 import attrs
 
 from ._input import InputError, ParsedInput, read_input
 from ._progress import Progress, ProgressLogHandler
 from ._report import JobCounts, report_lines, row_outcome, summary_table, write_report
 from ._serde import loads, request_body, structure_request
-from ._transport import USER_AGENT, RetryPolicy
+from ._transport import RetryPolicy
 from .auth import Auth
 from .batching import CancelOutcome, group_by_order
-from .bulk import CancelResult, Outcome, result_from_outcome, result_from_tracking
+from .bulk import result_from_outcome, result_from_tracking
 from .client import MiraklConnectClient
 from .errors import (
     ApiError,
     AuthenticationError,
-    ErrorItem,
+    ConnectError,
     MiraklError,
     NotFoundError,
     PermissionDeniedError,
-    TransportError,
     UncertainDeliveryError,
 )
 from .journal import (
@@ -64,11 +74,14 @@ from .journal import (
     PlannedRow,
     RequestState,
 )
-from .models import ActionAccepted, ActionError, ActionStatus, CancelRequest
+from .models import ActionAccepted, ActionStatus, CancelRequest
+from .reconcile import ReconcilePolicy, SentCancel, Verdict, reconcile
 from .tracker import ActionTracker, PollPolicy, TrackedResult
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SOME_FAILED", "JobOptions",
-           "default_journal_path", "run_job"]
+           "default_journal_path", "reconcile_job", "run_job"]
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger("mirakl_cancel")
 
@@ -88,9 +101,12 @@ def default_journal_path(input_path: Path) -> Path:
 
 @attrs.frozen
 class JobOptions:
-    """Everything `run` needs, already resolved from flags and environment."""
+    """Everything `run` (and `reconcile`) needs, already resolved from flags and environment.
 
-    input_path: Path
+    `input_path` is None for `reconcile`, which works from the journal alone.
+    """
+
+    input_path: Path | None
     base_url: str
     input_format: str | None = None
     journal_path: Path | None = None
@@ -109,6 +125,8 @@ class JobOptions:
     progress_tty: bool | None = None
     retry: RetryPolicy | None = None
     http_timeout: float | None = None
+    #: Reconcile UNCERTAIN requests after the run (`resend`: --resend-unapplied).
+    reconcile: ReconcilePolicy | None = None
 
 
 # --- planning ------------------------------------------------------------------------
@@ -197,42 +215,12 @@ class _JournalingClient(MiraklConnectClient):
                 journal.mark_polled(action_id, status=status.raw_status if status else None)
 
 
-def _session(concurrency: int) -> aiohttp.ClientSession:
-    """The HTTP session for a job, with aiohttp's hidden retry turned off.
-
-    aiohttp re-sends an idempotent request (a status GET) once, by itself, when a reused
-    keep-alive connection drops after the server read the request: the server then sees
-    two reads of one action milliseconds apart, breaking the once-a-minute ceiling the
-    tracker and poll guard keep. The transport's own retries are the only ones we want.
-    """
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
-    session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT})
-    if hasattr(session, "_retry_connection"):
-        session._retry_connection = False
-    return session
-
-
 # --- result mapping: bulk.py owns the outcome rules ----------------------------------------
-
-def _texts(result: CancelResult) -> list[str]:
-    """The report's error texts: the API's whole refusal for REJECTED, else each reason."""
-    if result.outcome is Outcome.REJECTED and result.exception is not None:
-        return [str(result.exception)]
-    texts = []
-    for detail in result.errors:
-        if isinstance(detail, ActionError):
-            texts.append(f"{detail.code}: {detail.message}" if detail.message else detail.code)
-        elif isinstance(detail, ErrorItem):
-            texts.append(f"{detail.field}: {detail.message}" if detail.field else detail.message)
-        else:
-            texts.append(str(detail) or type(detail).__name__)
-    return texts
-
 
 def outcome_for_send_error(request: CancelRequest, error: MiraklError) -> tuple[str, list[str]]:
     """Outcome of a cancel whose POST failed (bulk's rules: UNCERTAIN, REJECTED or ERROR)."""
     result = result_from_outcome(CancelOutcome(request, error=error))
-    return result.outcome.value, _texts(result)
+    return result.outcome.value, result.error_texts()
 
 
 def outcome_for_tracking(request: CancelRequest, action_id: str,
@@ -240,7 +228,7 @@ def outcome_for_tracking(request: CancelRequest, action_id: str,
     """Outcome of an accepted cancel once tracking ended (bulk's rules)."""
     accepted = CancelOutcome(request, accepted=ActionAccepted(action_id, request.order_id))
     result = result_from_tracking(accepted, tracked)
-    return result.outcome.value, _texts(result)
+    return result.outcome.value, result.error_texts()
 
 
 def _refused_unprocessed(error: MiraklError | None) -> bool:
@@ -249,22 +237,22 @@ def _refused_unprocessed(error: MiraklError | None) -> bool:
         return False
     if isinstance(error, ApiError):
         return error.status in _REFUSED_UNPROCESSED
-    # The transport raises a plain TransportError for a POST only when the connection
-    # could not be established ("cannot connect"): nothing was sent.
-    return isinstance(error, TransportError) and str(error).startswith("cannot connect")
+    # No connection could be made: the request never left.
+    return isinstance(error, ConnectError)
 
 
 # --- the run --------------------------------------------------------------------------
 
 class _Run:
-    """One execution of a job against the journal: send, track, record."""
+    """One execution of a job against the journal: send, track, record, reconcile."""
 
     def __init__(self, options: JobOptions, journal: Journal, client: _JournalingClient,
-                 progress: Progress) -> None:
+                 progress: Progress, err: TextIO | None = None) -> None:
         self.options = options
         self.journal = journal
         self.client = client
         self.progress = progress
+        self.err = err or sys.stderr
         #: Stop sending new requests.
         self.stop = asyncio.Event()
         #: Stop everything (a signal): also stop waiting for actions.
@@ -275,6 +263,9 @@ class _Run:
         self.by_action: dict[str, str] = {}
         self.stop_reason: str | None = None
         self.tracker: ActionTracker | None = None
+        #: Verdicts given this run, when reconciliation ran.
+        self.reconciled: Counter[str] | None = None
+        self.resent_unapplied = 0
 
     def _resolved(self) -> None:
         self.outstanding -= 1
@@ -287,6 +278,11 @@ class _Run:
         if not self.stop.is_set():
             self.stop_reason = reason
             self.stop.set()
+
+    def _note(self, text: str) -> None:
+        if not self.options.quiet:
+            self.progress.clear()
+            print(text, file=self.err, flush=True)
 
     # tracking ------------------------------------------------------------------------
 
@@ -323,14 +319,33 @@ class _Run:
 
     async def _send(self, request: JournalRequest, resend: bool) -> None:
         cancel = self._cancel_request(request)
-        self.journal.mark_sending(request.key, resend=resend)  # durable before the POST
-        self.posts_sent += 1
-        self.progress.sent += 1
+        marked = False
+
+        def on_send() -> None:
+            # Called by the transport right before each attempt leaves. The first call
+            # moves the request to SENDING (durably: the guarantee that a cancel is on
+            # record before it can reach the API); a retry (after a refusal the API did
+            # not process) only moves `sent_at` to the new attempt.
+            nonlocal marked
+            if marked:
+                self.journal.mark_send_attempt(request.key)
+                return
+            self.journal.mark_sending(request.key, resend=resend)
+            marked = True
+            self.posts_sent += 1
+            self.progress.sent += 1
+
         try:
-            accepted = await self.client.cancel(cancel)
+            accepted = await self.client.cancel(cancel, on_send=on_send)
         except MiraklError as exc:
             outcome, errors = outcome_for_send_error(cancel, exc)
-            if outcome == "UNCERTAIN":
+            if not marked:
+                # No attempt left (no token, a long 429 pause...): the API never saw it. A
+                # fresh request is final for this run but resendable; a resend keeps its
+                # row as it was (an UNCERTAIN one may still have been applied before).
+                if request.state is RequestState.PENDING:
+                    self.journal.mark_unsent(request.key, outcome, errors)
+            elif outcome == "UNCERTAIN":
                 self.journal.mark_uncertain(request.key, errors)
             else:
                 self.journal.mark_done(request.key, outcome, errors=errors,
@@ -338,6 +353,11 @@ class _Run:
             if isinstance(exc, (AuthenticationError, PermissionDeniedError)):
                 self.request_stop(f"stopping: the API refused our credentials ({exc}); "
                                   "the remaining requests were not sent")
+            self._resolved()
+            return
+        except JournalError as exc:
+            # The journal cannot record sends any more: sending on would be unguarded.
+            self.request_stop(f"stopping: the journal failed ({exc})")
             self._resolved()
             return
         self.journal.mark_accepted(request.key, accepted.action_id)
@@ -351,33 +371,60 @@ class _Run:
 
     # the whole run ---------------------------------------------------------------------
 
-    async def execute(self) -> bool:
-        """Send and track until everything is final or a stop; True when interrupted."""
+    def _select(self, resume: bool) -> tuple[collections.deque[tuple[JournalRequest, bool]],
+                                             list[JournalRequest]]:
+        """What to send (and whether as a resend) and what to track on, from the journal.
+
+        `resume` (run): everything unfinished. Otherwise (reconcile): only the requests
+        proven NOT_APPLIED, when --resend-unapplied asks for them.
+        """
         opts = self.options
-        journal = self.journal
-        interrupted = journal.mark_interrupted_sends(
-            "the previous run stopped while this cancel was being sent: it may have been "
-            "processed, so it was not sent again (see --resend-uncertain)")
-        if interrupted:
-            logger.warning("%d request(s) were being sent when the previous run stopped: "
-                           "reported UNCERTAIN%s", len(interrupted),
-                           ", sending again (--resend-uncertain)" if opts.resend_uncertain
-                           else ", not sent again")
+        resend_unapplied = opts.reconcile is not None and opts.reconcile.resend
         to_send: collections.deque[tuple[JournalRequest, bool]] = collections.deque()
         to_track: list[JournalRequest] = []
-        for request in journal.requests():
-            if request.state is RequestState.PENDING:
+        for request in self.journal.requests():
+            state = request.state
+            if state is RequestState.DONE and request.outcome == "NOT_APPLIED":
+                if resend_unapplied:
+                    to_send.append((request, True))
+            elif not resume:
+                continue
+            elif state is RequestState.PENDING:
                 to_send.append((request, False))
-            elif (request.state is RequestState.UNCERTAIN and opts.resend_uncertain) or (
-                    request.state is RequestState.DONE and request.resendable):
+            elif (state is RequestState.UNCERTAIN and opts.resend_uncertain) or (
+                    state is RequestState.DONE and request.resendable):
                 to_send.append((request, True))
-            elif request.state is RequestState.ACCEPTED and request.action_id:
+            elif state is RequestState.ACCEPTED and request.action_id:
                 to_track.append(request)
-        self.outstanding = len(to_send) + len(to_track)
+        return to_send, to_track
+
+    async def execute(self, *, resume: bool = True) -> bool:
+        """Send and track until everything is final or a stop; True when interrupted."""
+        opts = self.options
+        interrupted = self.journal.mark_interrupted_sends(
+            "the previous run stopped while this cancel was being sent: it may have been "
+            "processed, so it was not sent again (see --reconcile)")
+        if interrupted:
+            later = (", to be reconciled" if opts.reconcile is not None else
+                     ", sending again (--resend-uncertain)" if opts.resend_uncertain
+                     else ", not sent again")
+            logger.warning("%d request(s) were being sent when the previous run stopped: "
+                           "reported UNCERTAIN%s", len(interrupted), later)
+        to_send, to_track = self._select(resume)
+        self.resent_unapplied += sum(1 for request, _ in to_send
+                                     if request.outcome == "NOT_APPLIED")
         self.progress.accepted = len(to_track)
-        self.progress.resolved = self.progress.total - self.outstanding
+        self.progress.resolved = self.progress.total - len(to_send) - len(to_track)
+        return await self._pass(to_send, to_track)
+
+    async def _pass(self, to_send: collections.deque[tuple[JournalRequest, bool]],
+                    to_track: Sequence[JournalRequest]) -> bool:
+        """Send `to_send`, track them and `to_track` to the end; True when interrupted."""
+        opts = self.options
+        self.outstanding = len(to_send) + len(to_track)
         if self.outstanding == 0:
             return False
+        self.all_done.clear()
         tracker = ActionTracker(self.client, opts.policy, concurrency=opts.concurrency)
         self.tracker = tracker
         unsubscribe = tracker.subscribe(self._on_tracked)
@@ -410,6 +457,155 @@ class _Run:
                 await asyncio.gather(*senders, return_exceptions=True)
             unsubscribe()
             await tracker.close(drain=False)
+
+    async def main(self, *, resume: bool = True) -> bool:
+        """The run, then (with `options.reconcile`) reconciliation; True when interrupted."""
+        try:
+            interrupted = await self.execute(resume=resume)
+        finally:
+            await self.progress.stop()
+        policy = self.options.reconcile
+        if interrupted or policy is None:
+            return interrupted
+        if self.stop.is_set():
+            self._note("not reconciling: sending stopped early")
+            return False
+        return await self.reconcile_all(policy)
+
+    # reconciliation --------------------------------------------------------------------
+
+    async def reconcile_all(self, policy: ReconcilePolicy) -> bool:
+        """Reconcile every UNCERTAIN request; resend the NOT_APPLIED ones if asked, and
+        reconcile those resends again if they too end UNCERTAIN, `max_rounds` at most.
+        True when interrupted (the rows not yet judged stay UNCERTAIN)."""
+        self.reconciled = Counter()
+        only: set[str] | None = None  # later rounds: just the resends that came back uncertain
+        for round_number in range(1, policy.max_rounds + 2):
+            rows = [r for r in self.journal.requests(RequestState.UNCERTAIN)
+                    if only is None or r.key in only]
+            if not rows:
+                return False
+            unapplied, interrupted = await self._reconcile_round(rows, policy)
+            if interrupted:
+                return True
+            if not (policy.resend and unapplied) or round_number > policy.max_rounds:
+                return False
+            self._note(f"sending again {len(unapplied)} cancel(s) proven not applied "
+                       "(--resend-unapplied)")
+            resend = collections.deque((self.journal.request(key), True) for key in unapplied)
+            self.resent_unapplied += len(resend)
+            if await self._pass(resend, []):
+                return True
+            if self.stop.is_set():
+                return False
+            only = set(unapplied)
+        return False
+
+    async def _reconcile_round(self, rows: Sequence[JournalRequest],
+                               policy: ReconcilePolicy) -> tuple[list[str], bool]:
+        """Wait out the settling window, judge `rows`, journal each verdict.
+
+        Returns the keys proven NOT_APPLIED, and whether a signal interrupted the round.
+        """
+        assert self.reconciled is not None
+        keys: list[str] = []
+        sent: list[SentCancel] = []
+        for row in rows:
+            if row.sent_at is None:  # never written by mark_sending; only a damaged journal
+                self._record(row, Verdict.UNCERTAIN, "the journal has no send time for this "
+                             "cancel, so its adjustments cannot be dated: check the order")
+                continue
+            keys.append(row.key)
+            sent.append(SentCancel(self._cancel_request(row),
+                                   datetime.fromtimestamp(row.sent_at, timezone.utc)))
+        if not sent:
+            return [], False
+        deadline = max(s.sent_at for s in sent) + timedelta(seconds=policy.settle)
+        wait = (deadline - datetime.now(timezone.utc)).total_seconds()
+        if wait > 0:
+            until = deadline.astimezone().strftime("%H:%M:%S")
+            self._note(f"reconciling {len(sent)} uncertain cancel(s): waiting {wait:.0f}s, "
+                       f"until {until}, for the settling window ({policy.settle:g}s after the "
+                       "last send) to pass; Ctrl-C leaves them UNCERTAIN")
+            if await _unless(self.interrupt, asyncio.sleep(wait)) is _INTERRUPTED:
+                return [], True
+        else:
+            self._note(f"reconciling {len(sent)} uncertain cancel(s)")
+        others = self._rivals({s.request.order_id for s in sent}, set(keys))
+        try:
+            verdicts = await _unless(self.interrupt,
+                                     reconcile(self.client, sent, others=others, policy=policy))
+        except MiraklError as exc:
+            for key in keys:
+                self._record(self.journal.request(key), Verdict.UNCERTAIN,
+                             f"reconciliation failed: {exc}")
+            self._note(f"reconciliation failed: {exc}; the cancels stay UNCERTAIN")
+            return [], False
+        if verdicts is _INTERRUPTED:
+            return [], True
+        assert isinstance(verdicts, list)
+        unapplied: list[str] = []
+        for key, verdict in zip(keys, verdicts, strict=True):
+            self._record(self.journal.request(key), verdict.verdict, verdict.reason,
+                         [a.id for a in verdict.adjustments])
+            if verdict.verdict is Verdict.NOT_APPLIED:
+                unapplied.append(key)
+        return unapplied, False
+
+    def _record(self, row: JournalRequest, verdict: Verdict, reason: str,
+                adjustments: Sequence[str] = ()) -> None:
+        """Journal one verdict; the row's errors keep what made it uncertain, plus why."""
+        assert self.reconciled is not None
+        self.reconciled[verdict.value] += 1
+        note = f"reconciled: {reason}"
+        if verdict is Verdict.UNCERTAIN:
+            errors = [e for e in row.errors if not e.startswith("reconciled: ")] + [note]
+        else:
+            errors = [note]
+        self.journal.mark_reconciled(row.key, verdict.value, reason, adjustments,
+                                     errors=errors)
+
+    def _rivals(self, orders: set[str], exclude: set[str]) -> list[SentCancel]:
+        """This job's other cancels on `orders` that were, or may yet be, applied.
+
+        They compete with the uncertain ones for the same adjustments, so each must
+        claim its share: accepted requests (except those whose action FAILED, which
+        cancelled nothing) and requests an earlier reconciliation found APPLIED.
+        """
+        rivals: list[SentCancel] = []
+        for row in self.journal.requests():
+            if row.order_id not in orders or row.key in exclude or row.sent_at is None:
+                continue
+            accepted = row.action_id is not None and row.outcome != "FAILED"
+            if accepted or (row.state is RequestState.DONE
+                            and row.reconcile_verdict == Verdict.APPLIED.value):
+                rivals.append(SentCancel(self._cancel_request(row),
+                                         datetime.fromtimestamp(row.sent_at, timezone.utc)))
+        return rivals
+
+
+#: What `_unless` returns when the event came first.
+_INTERRUPTED = object()
+
+
+async def _unless(event: asyncio.Event, awaitable: Awaitable[_T]) -> _T | object:
+    """Await `awaitable`, unless `event` is set first: then cancel it, return _INTERRUPTED.
+
+    Only for waits and reads that are safe to abandon (a sleep, a v2-listOrders call).
+    """
+    task = asyncio.ensure_future(awaitable)
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        return _INTERRUPTED
+    return task.result()
 
 
 async def _first(*events: asyncio.Event) -> None:
@@ -476,7 +672,7 @@ def _open_job(options: JobOptions, err: TextIO,
               out: TextIO) -> tuple[Journal | None, bool, int]:
     """Open (or create) the job's journal; returns (journal, resumed, exit code if not)."""
     path = options.input_path
-    if not path.is_file():
+    if path is None or not path.is_file():
         print(f"error: {path}: no such file", file=err)
         return None, False, EXIT_BAD_INPUT
     journal_path = options.journal_path or default_journal_path(path)
@@ -583,34 +779,38 @@ def _finish(journal: Journal, options: JobOptions, counts: JobCounts, out: TextI
 
 
 async def _run_async(options: JobOptions, auth: Auth, journal: Journal, resumed: bool,
-                     out: TextIO, err: TextIO, log_handler: ProgressLogHandler | None) -> int:
+                     out: TextIO, err: TextIO, log_handler: ProgressLogHandler | None,
+                     *, resume: bool = True) -> int:
     started = time.monotonic()
     total = len(journal.requests())
     progress = Progress(total, err, enabled=not options.quiet, tty=options.progress_tty,
                         interval=options.progress_interval)
     if log_handler is not None:
         log_handler.progress = progress
-    session = _session(options.concurrency)
+    # The transport makes its own session: one connection per request in flight at most,
+    # and aiohttp's hidden resend of idempotent requests turned off.
     client = _JournalingClient(
         auth=auth, base_url=options.base_url, max_concurrency=options.concurrency,
         rate_limit=options.rate_limit, retry=options.retry, timeout=options.http_timeout,
-        min_poll_interval=options.policy.min_interval, session=session)
+        min_poll_interval=options.policy.min_interval,
+        # v2-listOrders (reconciliation) has the same once-a-minute ceiling as a status read.
+        min_list_interval=options.policy.min_interval)
     client.journal = journal
-    run = _Run(options, journal, client, progress)
+    run = _Run(options, journal, client, progress, err)
     stopper = _SignalStop(run, err)
     interrupted = False
     try:
-        async with session, client:
+        async with client:
             stopper.install()
             progress.start()
-            task = asyncio.ensure_future(run.execute())
+            task = asyncio.ensure_future(run.main(resume=resume))
             stopper.main = task
             try:
                 interrupted = await task
             except asyncio.CancelledError:
                 interrupted = True
             finally:
-                await progress.stop()
+                await progress.stop()  # a no-op if the run already stopped it
     finally:
         stopper.remove()
         if log_handler is not None:
@@ -621,8 +821,15 @@ async def _run_async(options: JobOptions, auth: Auth, journal: Journal, resumed:
     counts = JobCounts(elapsed=time.monotonic() - started, posts_sent=run.posts_sent,
                        http_requests=stats.requests, retries=stats.retries,
                        rate_limited=stats.rate_limited, resumed=resumed,
-                       interrupted=interrupted)
+                       interrupted=interrupted, reconciled=run.reconciled,
+                       resent_unapplied=run.resent_unapplied)
     return _finish(journal, options, counts, out, err)
+
+
+def _missing_credentials(err: TextIO) -> int:
+    print("error: missing credentials: set MIRAKL_CONNECT_TOKEN, or MIRAKL_CLIENT_ID "
+          "and MIRAKL_CLIENT_SECRET", file=err)
+    return EXIT_BAD_INPUT
 
 
 def run_job(options: JobOptions, auth: Auth | None, *, out: TextIO | None = None,
@@ -635,9 +842,50 @@ def run_job(options: JobOptions, auth: Auth | None, *, out: TextIO | None = None
         return code
     try:
         if auth is None:
-            print("error: missing credentials: set MIRAKL_CONNECT_TOKEN, or MIRAKL_CLIENT_ID "
-                  "and MIRAKL_CLIENT_SECRET", file=err)
-            return EXIT_BAD_INPUT
+            return _missing_credentials(err)
         return asyncio.run(_run_async(options, auth, journal, resumed, out, err, log_handler))
+    finally:
+        journal.close()
+
+
+def reconcile_job(options: JobOptions, auth: Auth | None, *, out: TextIO | None = None,
+                  err: TextIO | None = None,
+                  log_handler: ProgressLogHandler | None = None) -> int:
+    """`mirakl-cancel reconcile`: settle the UNCERTAIN requests of an existing journal.
+
+    Works from the journal alone (it holds every request's exact body and send time), so
+    the input file is not needed. Nothing else is sent, except, with --resend-unapplied,
+    the requests proven NOT_APPLIED (now or by an earlier reconciliation).
+    """
+    out = out or sys.stdout
+    err = err or sys.stderr
+    path = options.journal_path
+    assert path is not None and options.reconcile is not None
+    if not path.is_file():
+        print(f"error: {path}: no such journal", file=err)
+        return EXIT_BAD_INPUT
+    try:
+        journal = Journal.open(path)
+    except (JournalBusyError, JournalError) as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_BAD_INPUT
+    try:
+        job = journal.job()
+        if job is None:
+            print(f"error: {path} holds no job (its creation never finished)", file=err)
+            return EXIT_BAD_INPUT
+        if job.base_url.rstrip("/") != options.base_url.rstrip("/"):
+            problem = (f"the journal's actions were sent to {job.base_url}, not "
+                       f"{options.base_url}")
+            if not options.force:
+                print(f"error: {problem}", file=err)
+                print(f"error: refusing to reconcile {path}: the orders must be read where "
+                      "the cancels went; use --force to reconcile anyway", file=err)
+                return EXIT_BAD_INPUT
+            print(f"warning: {problem} (--force: reconciling anyway)", file=err)
+        if auth is None:
+            return _missing_credentials(err)
+        return asyncio.run(_run_async(options, auth, journal, True, out, err, log_handler,
+                                      resume=False))
     finally:
         journal.close()

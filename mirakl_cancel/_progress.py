@@ -36,6 +36,7 @@ class Progress:
         self._started = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._drawn = 0
+        self._stopped = False
 
     def render(self) -> str:
         """The status line, e.g. `[#####-----] 300/600 resolved | sent 600 ...`."""
@@ -86,7 +87,10 @@ class Progress:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Stop redrawing; leave the final state on screen (on a terminal)."""
+        """Stop redrawing; leave the final state on screen (on a terminal). Once only."""
+        if self._stopped:
+            return
+        self._stopped = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

@@ -39,10 +39,10 @@ IN_PROGRESS = "IN_PROGRESS"
 INVALID = "INVALID"
 
 REPORT_FIELDS = ("row", "line", "order_id", "order_line_id", "product_id", "quantity",
-                 "outcome", "action_id", "status", "errors", "request")
+                 "outcome", "action_id", "status", "errors", "request", "reconciliation")
 
 _SENDING_INTERRUPTED = ("the job stopped while this cancel was being sent: it may have been "
-                        "processed (not re-sent; see --resend-uncertain)")
+                        "processed (not re-sent; see --reconcile)")
 
 
 @attrs.frozen
@@ -60,6 +60,9 @@ class ReportLine:
     status: str | None
     errors: tuple[str, ...]
     request: str | None
+    #: The last reconciliation verdict of the row's request (APPLIED, NOT_APPLIED,
+    #: UNCERTAIN), if it was ever uncertain and reconciled; the reason is in `errors`.
+    reconciliation: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (errors as a list of message texts)."""
@@ -99,7 +102,8 @@ def report_lines(rows: Iterable[JournalRow]) -> list[ReportLine]:
             action_id=request.action_id if request else None,
             status=request.status if request else None,
             errors=errors if request else row.errors,
-            request=request.key if request else None))
+            request=request.key if request else None,
+            reconciliation=request.reconcile_verdict if request else None))
     return lines
 
 
@@ -154,6 +158,10 @@ class JobCounts:
     rate_limited: int = 0
     resumed: bool = False
     interrupted: bool = False
+    #: Reconciliation verdicts given this run (APPLIED, NOT_APPLIED, UNCERTAIN), if it ran.
+    reconciled: Counter[str] | None = None
+    #: Cancels sent again this run because reconciliation proved them not applied.
+    resent_unapplied: int = 0
 
 
 _ORDER = ("SUCCEEDED", "FAILED", "REJECTED", "UNCERTAIN", "NOT_APPLIED", "TIMED_OUT", "ERROR",
@@ -186,4 +194,12 @@ def summary_table(counts: JobCounts) -> str:
                  f"request(s) sent this run, {counts.http_requests} HTTP request(s), "
                  f"{counts.retries} retr{'y' if counts.retries == 1 else 'ies'}, "
                  f"{counts.rate_limited} rate-limited (429)")
+    if counts.reconciled is not None and not (counts.reconciled or counts.resent_unapplied):
+        lines.append("reconciliation: no uncertain cancel to reconcile")
+    elif counts.reconciled is not None:
+        verdicts = counts.reconciled
+        lines.append(f"reconciliation: {sum(verdicts.values())} verdict(s) on uncertain "
+                     f"cancels: {verdicts['APPLIED']} applied (no resend), "
+                     f"{verdicts['NOT_APPLIED']} not applied, {verdicts['UNCERTAIN']} still "
+                     f"uncertain; {counts.resent_unapplied} sent again (--resend-unapplied)")
     return "\n".join(lines)

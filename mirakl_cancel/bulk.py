@@ -119,14 +119,23 @@ class CancelResult:
         """A one-line summary for logs and reports."""
         return self.describe()
 
+    def error_texts(self) -> list[str]:
+        """The reasons as printable texts, one per entry of `errors`.
+
+        A REJECTED request gives the API's whole refusal instead (one text): its
+        summary already lists every item with its field, and keeps the status and code
+        that the items alone would lose.
+        """
+        if self.outcome is Outcome.REJECTED and self.exception is not None:
+            return [str(self.exception)]
+        return [_detail_text(detail) for detail in self.errors]
+
     def describe(self) -> str:
         """A one-line, human-readable account of what happened to this request."""
         lines = len(self.request.cancelations)
         head = f"order {self.order_id} ({lines} line{'s' if lines != 1 else ''}"
         head += f", action {self.action_id})" if self.action_id else ")"
-        reasons = "; ".join(_detail_text(detail) for detail in self.errors)
-        if self.outcome is Outcome.REJECTED and self.exception is not None:
-            reasons = str(self.exception)  # the summary already lists the items
+        reasons = "; ".join(self.error_texts())
         text = {
             Outcome.SUCCEEDED: "canceled",
             Outcome.FAILED: "action failed",

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._job import EXIT_BAD_INPUT, EXIT_OK, EXIT_SOME_FAILED, JobOptions, run_job
+from ._job import EXIT_BAD_INPUT, EXIT_OK, EXIT_SOME_FAILED, JobOptions, reconcile_job, run_job
 from ._progress import ProgressLogHandler
 from ._report import check_report_path
 from ._transport import check_base_url
@@ -31,6 +31,7 @@ from .auth import DEFAULT_TOKEN_URL, Auth, ClientCredentials, StaticToken
 from .client import DEFAULT_BASE_URL, MiraklConnectClient
 from .errors import MiraklError, NotFoundError, ValidationError
 from .models import ActionStatus
+from .reconcile import ReconcilePolicy
 from .tracker import PollPolicy
 
 __all__ = ["build_parser", "main"]
@@ -40,6 +41,8 @@ ENV_TOKEN = "MIRAKL_CONNECT_TOKEN"
 ENV_CLIENT_ID = "MIRAKL_CLIENT_ID"
 ENV_CLIENT_SECRET = "MIRAKL_CLIENT_SECRET"
 ENV_TOKEN_URL = "MIRAKL_TOKEN_URL"
+
+_DEFAULT_RECONCILE = ReconcilePolicy()
 
 _DESCRIPTION = """\
 Cancel order lines on Mirakl Connect at volume, and follow every cancellation to its
@@ -59,11 +62,31 @@ resume: the job is journaled in FILE.journal.sqlite (or --journal); run the same
   API when the run stopped are reported UNCERTAIN and not sent again unless
   --resend-uncertain.
 
+reconcile: with --reconcile, once the run is over every UNCERTAIN cancel (this run's
+  and any an earlier run left) is checked, after its settling window, against its
+  order's cancelation adjustments: applied -> SUCCEEDED, not applied -> NOT_APPLIED
+  (sent again with --resend-unapplied), undecided -> stays UNCERTAIN with the reason.
+
 credentials: {ENV_TOKEN}, or {ENV_CLIENT_ID} + {ENV_CLIENT_SECRET}
   (+ {ENV_TOKEN_URL}); base URL from {ENV_BASE_URL}.
 
 exit codes: 0 all rows SUCCEEDED, 1 some did not, 2 bad usage/input/credentials
   (nothing sent), 130 interrupted (resumable).
+"""
+
+_RECONCILE_EPILOG = f"""\
+Reads the orders of the journal's UNCERTAIN cancels (v2-listOrders, 100 per call, calls
+--min-poll-interval apart) once their settling window has passed, and records the
+verdict in the journal: applied -> SUCCEEDED (no action id), not applied -> NOT_APPLIED
+(sent again, journaled and tracked, with --resend-unapplied, which also resends the
+NOT_APPLIED cancels of an earlier reconciliation), undecided -> stays UNCERTAIN with the
+reason. Nothing else is sent; the input file is not needed.
+
+credentials: as for run ({ENV_TOKEN}, or {ENV_CLIENT_ID} + {ENV_CLIENT_SECRET});
+  base URL from {ENV_BASE_URL}: it must be the journal's (or --force).
+
+exit codes: 0 all rows SUCCEEDED, 1 some did not, 2 bad usage/journal/credentials,
+  130 interrupted (unjudged cancels stay UNCERTAIN).
 """
 
 
@@ -109,8 +132,42 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--rate-limit", type=_positive_seconds, metavar="RPS",
                        help="requests per second at most (default: no client-side limit)")
     group.add_argument("--min-poll-interval", type=_seconds, default=60.0, metavar="SECONDS",
-                       help="never read one action more often than this (default %(default)s, "
+                       help="never read one action, nor list orders (reconciliation), more often "
+                            "than this (default %(default)s, "
                             "the API's ceiling)")
+
+
+def _add_tracking(parser: argparse.ArgumentParser) -> None:
+    polling = parser.add_argument_group("tracking")
+    polling.add_argument("--poll-interval", type=_seconds, default=300.0, metavar="SECONDS",
+                         help="read each pending action this often (default %(default)s)")
+    polling.add_argument("--first-poll-delay", type=_seconds, default=60.0, metavar="SECONDS",
+                         help="first read this long after acceptance (default %(default)s)")
+    polling.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS",
+                         help="stop tracking an action after this long (TIMED_OUT; a re-run "
+                              "tracks it on). Default: wait until final")
+    polling.add_argument("--progress-interval", type=_positive_seconds, default=10.0,
+                         metavar="SECONDS",
+                         help="when stderr is not a terminal, log progress this often "
+                              "(default %(default)s)")
+
+
+def _add_reconciliation(parser: argparse.ArgumentParser, *, optional: bool) -> None:
+    group = parser.add_argument_group("reconciliation")
+    if optional:
+        group.add_argument("--reconcile", action="store_true",
+                           help="after the run, check every UNCERTAIN cancel against its "
+                                "order's adjustments (waits for the settling window)")
+    needs = " (with --reconcile)" if optional else ""
+    group.add_argument("--resend-unapplied", action="store_true",
+                       help="send again the cancels proven NOT_APPLIED" + needs +
+                            "; safe: the evidence shows they never took effect")
+    group.add_argument("--settle", type=_seconds, metavar="SECONDS",
+                       help="how long after a send its absence from the adjustments proves "
+                            f"it was not applied (default {_DEFAULT_RECONCILE.settle:g})" + needs)
+    group.add_argument("--skew", type=_seconds, metavar="SECONDS",
+                       help="clock difference allowed with the API when dating adjustments "
+                            f"(default {_DEFAULT_RECONCILE.skew:g})" + needs)
 
 
 def _add_logging(parser: argparse.ArgumentParser) -> None:
@@ -155,19 +212,25 @@ def build_parser() -> argparse.ArgumentParser:
                      help="resume even though the input file (or base URL) changed since the "
                           "journal was created; the journal's plan is used")
     _add_connection(run)
-    polling = run.add_argument_group("tracking")
-    polling.add_argument("--poll-interval", type=_seconds, default=300.0, metavar="SECONDS",
-                         help="read each pending action this often (default %(default)s)")
-    polling.add_argument("--first-poll-delay", type=_seconds, default=60.0, metavar="SECONDS",
-                         help="first read this long after acceptance (default %(default)s)")
-    polling.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS",
-                         help="stop tracking an action after this long (TIMED_OUT; a re-run "
-                              "tracks it on). Default: wait until final")
-    polling.add_argument("--progress-interval", type=_positive_seconds, default=10.0,
-                         metavar="SECONDS",
-                         help="when stderr is not a terminal, log progress this often "
-                              "(default %(default)s)")
+    _add_tracking(run)
+    _add_reconciliation(run, optional=True)
     _add_logging(run)
+
+    rec = sub.add_parser(
+        "reconcile", help="settle the UNCERTAIN cancels of an earlier job",
+        description="Find out, from the orders' adjustments, whether the UNCERTAIN cancels\n"
+                    "of an earlier job took effect, and record it in its journal.",
+        epilog=_RECONCILE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rec.add_argument("--journal", type=Path, metavar="PATH", required=True,
+                     help="the job's journal (FILE.journal.sqlite beside its input)")
+    rec.add_argument("--report", type=Path, metavar="PATH",
+                     help="write one line per input row to PATH (.jsonl or .csv)")
+    rec.add_argument("--force", action="store_true",
+                     help="reconcile even though the base URL differs from the journal's")
+    _add_reconciliation(rec, optional=False)
+    _add_connection(rec)
+    _add_tracking(rec)
+    _add_logging(rec)
 
     status = sub.add_parser(
         "status", help="print the status of actions",
@@ -236,6 +299,28 @@ def _base_url(args: argparse.Namespace) -> str:
     return str(args.base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL)
 
 
+def _reconcile_policy(args: argparse.Namespace, enabled: bool) -> ReconcilePolicy | None:
+    """The policy from --settle/--skew/--resend-unapplied; ValueError if given without
+    --reconcile (silently ignoring them would hide that nothing gets reconciled)."""
+    if not enabled:
+        given = [flag for flag, value in (("--resend-unapplied", args.resend_unapplied),
+                                          ("--settle", args.settle), ("--skew", args.skew))
+                 if value not in (None, False)]
+        if given:
+            raise ValueError(f"{', '.join(given)} need(s) --reconcile")
+        return None
+    return ReconcilePolicy(
+        settle=_DEFAULT_RECONCILE.settle if args.settle is None else args.settle,
+        skew=_DEFAULT_RECONCILE.skew if args.skew is None else args.skew,
+        resend=args.resend_unapplied)
+
+
+def _poll_policy(args: argparse.Namespace) -> PollPolicy:
+    return PollPolicy(min_interval=args.min_poll_interval,
+                      interval=max(args.poll_interval, args.min_poll_interval),
+                      first_delay=args.first_poll_delay, timeout=args.timeout)
+
+
 def _run_command(args: argparse.Namespace) -> int:
     handler = _setup_logging(args.verbose, args.quiet)
     base_url = _base_url(args)
@@ -243,9 +328,11 @@ def _run_command(args: argparse.Namespace) -> int:
         check_base_url(base_url)
         if args.report is not None:
             check_report_path(args.report)
-        policy = PollPolicy(min_interval=args.min_poll_interval,
-                            interval=max(args.poll_interval, args.min_poll_interval),
-                            first_delay=args.first_poll_delay, timeout=args.timeout)
+        policy = _poll_policy(args)
+        reconciling = _reconcile_policy(args, args.reconcile)
+        if reconciling is not None and args.resend_uncertain:
+            raise ValueError("--resend-uncertain sends uncertain cancels blindly, --reconcile "
+                             "checks them first: use one or the other")
     except (ValueError, ValidationError) as exc:
         print(f"mirakl-cancel run: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -261,8 +348,32 @@ def _run_command(args: argparse.Namespace) -> int:
         rate_limit=args.rate_limit, max_lines_per_request=args.max_lines_per_request,
         policy=policy, resend_uncertain=args.resend_uncertain,
         skip_invalid=args.skip_invalid, dry_run=args.dry_run, force=args.force,
-        quiet=args.quiet, progress_interval=args.progress_interval)
+        quiet=args.quiet, progress_interval=args.progress_interval, reconcile=reconciling)
     return run_job(options, auth, log_handler=handler)
+
+
+def _reconcile_command(args: argparse.Namespace) -> int:
+    handler = _setup_logging(args.verbose, args.quiet)
+    base_url = _base_url(args)
+    try:
+        check_base_url(base_url)
+        if args.report is not None:
+            check_report_path(args.report)
+        policy = _poll_policy(args)
+        reconciling = _reconcile_policy(args, True)
+    except (ValueError, ValidationError) as exc:
+        print(f"mirakl-cancel reconcile: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    auth, problem = resolve_auth(args)
+    if auth is None:
+        print(f"mirakl-cancel reconcile: error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    options = JobOptions(
+        input_path=None, base_url=base_url, journal_path=args.journal,
+        report_path=args.report, concurrency=args.concurrency, rate_limit=args.rate_limit,
+        policy=policy, force=args.force, quiet=args.quiet,
+        progress_interval=args.progress_interval, reconcile=reconciling)
+    return reconcile_job(options, auth, log_handler=handler)
 
 
 async def _statuses(client: MiraklConnectClient, action_ids: Sequence[str],
@@ -337,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_command(args)
     if args.command == "status":
         return _status_command(args)
+    if args.command == "reconcile":
+        return _reconcile_command(args)
     if args.command == "simulator":
         from .simulator._cli import run_from_args
 

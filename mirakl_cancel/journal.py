@@ -13,7 +13,14 @@ tell apart:
 - ``ACCEPTED``: has an action to keep tracking (from the last recorded poll, so that
   the once-a-minute ceiling holds across processes);
 - ``UNCERTAIN``: the POST's answer was lost (same treatment as ``SENDING``);
-- ``DONE``: final; reported from the journal, never sent or polled again.
+- ``DONE``: final; reported from the journal, never sent or polled again (except a
+  cancel the API refused before processing it, and, on request, one that reconciliation
+  proved was not applied: outcome ``NOT_APPLIED``).
+
+An UNCERTAIN request can be *reconciled* (``mark_reconciled``): the order's adjustments
+prove it applied (DONE, SUCCEEDED, without an action id), prove it did not (DONE,
+NOT_APPLIED), or do not decide (it stays UNCERTAIN). The verdict, its reason and the
+adjustment ids it rests on are kept in the request's ``reconcile_*`` columns.
 
 One commit per state change, WAL mode, and ``synchronous=FULL`` for the two commits
 that guard against duplicates (``SENDING`` and ``ACCEPTED``): those survive even a
@@ -48,7 +55,16 @@ __all__ = [
     "RequestState",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions this one opens, migrating them in place (additive changes only).
+_MIGRATABLE = (1,)
+#: Columns added after version 1: (name, SQL type). Nullable, so old rows stay valid.
+_ADDED_REQUEST_COLUMNS = (
+    ("reconcile_verdict", "TEXT"),
+    ("reconcile_reason", "TEXT"),
+    ("reconcile_adjustments", "TEXT"),
+    ("reconciled_at", "REAL"),
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS job (
@@ -79,7 +95,11 @@ CREATE TABLE IF NOT EXISTS requests (
     outcome         TEXT,
     status          TEXT,
     errors          TEXT,
-    resendable      INTEGER NOT NULL DEFAULT 0
+    resendable      INTEGER NOT NULL DEFAULT 0,
+    reconcile_verdict     TEXT,
+    reconcile_reason      TEXT,
+    reconcile_adjustments TEXT,
+    reconciled_at         REAL
 );
 CREATE INDEX IF NOT EXISTS requests_state ON requests (state);
 CREATE INDEX IF NOT EXISTS requests_action ON requests (action_id);
@@ -180,6 +200,12 @@ class JournalRequest:
     status: str | None
     errors: tuple[str, ...]
     resendable: bool
+    #: What reconciliation last decided (APPLIED, NOT_APPLIED, UNCERTAIN), if it ran.
+    reconcile_verdict: str | None = None
+    reconcile_reason: str | None = None
+    #: Ids of the CANCELATION adjustments the verdict rests on.
+    reconcile_adjustments: tuple[str, ...] = ()
+    reconciled_at: float | None = None
 
     def last_contact(self, now: float | None = None) -> float | None:
         """Wall time of the latest read of this action the server may have seen.
@@ -224,7 +250,30 @@ def _request(row: sqlite3.Row) -> JournalRequest:
         action_id=row["action_id"], sent_at=row["sent_at"], accepted_at=row["accepted_at"],
         poll_started_at=row["poll_started_at"], last_polled_at=row["last_polled_at"],
         finished_at=row["finished_at"], outcome=row["outcome"], status=row["status"],
-        errors=_errors(row["errors"]), resendable=bool(row["resendable"]))
+        errors=_errors(row["errors"]), resendable=bool(row["resendable"]),
+        reconcile_verdict=row["reconcile_verdict"], reconcile_reason=row["reconcile_reason"],
+        reconcile_adjustments=_errors(row["reconcile_adjustments"]),
+        reconciled_at=row["reconciled_at"])
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a journal of a version in _MIGRATABLE up to SCHEMA_VERSION, in one transaction.
+
+    Only columns were added since version 1, all nullable: an old journal keeps every
+    row as it was and reads as "never reconciled". Done in place so that a job begun by
+    an older mirakl-cancel can be resumed (and reconciled) by this one.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        present = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+        for name, kind in _ADDED_REQUEST_COLUMNS:
+            if name not in present:
+                db.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
+        db.execute("UPDATE job SET schema_version = ?", (SCHEMA_VERSION,))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 class Journal:
@@ -254,11 +303,14 @@ class Journal:
                 raise JournalError(f"journal {path}: cannot switch to WAL mode ({mode})")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
-            db.executescript(_SCHEMA)
+            db.executescript(_SCHEMA)  # IF NOT EXISTS: leaves an older journal's tables be
             # A write transaction takes the exclusive lock now, and holds it for our lifetime.
             db.execute("BEGIN IMMEDIATE")
             db.execute("COMMIT")
             row = db.execute("SELECT schema_version FROM job").fetchone()
+            if row is not None and row[0] in _MIGRATABLE:
+                _migrate(db)
+                row = (SCHEMA_VERSION,)
         except sqlite3.OperationalError as exc:
             db.close()
             if "locked" in str(exc) or "busy" in str(exc):
@@ -406,7 +458,8 @@ class Journal:
         """Durably note that `key` is about to be POSTed: from here on it may be sent.
 
         Only PENDING requests (and, with `resend`, UNCERTAIN/SENDING ones or DONE ones
-        marked resendable) may move to SENDING.
+        marked resendable or NOT_APPLIED) may move to SENDING. The `reconcile_*` columns
+        are kept: they tell why a request was sent again.
         """
         at = time.time() if at is None else at
         expected = [RequestState.PENDING]
@@ -417,6 +470,46 @@ class Journal:
                      " accepted_at = NULL, poll_started_at = NULL, last_polled_at = NULL,"
                      " finished_at = NULL, outcome = NULL, status = NULL, errors = NULL,"
                      " resendable = 0", [at])
+
+    def mark_send_attempt(self, key: str, at: float | None = None) -> None:
+        """Another attempt of the send `key` is in (after a refusal the API did not process:
+        429, 503, a new token, no connection). `sent_at` moves to it, because only the
+        last attempt can have been processed: reconciliation waits its settling window
+        from there. Durable, like the first mark."""
+        at = time.time() if at is None else at
+        self._update(key, [RequestState.SENDING], True, "sent_at = ?", [at])
+
+    def mark_unsent(self, key: str, outcome: str, errors: Sequence[str],
+                    at: float | None = None) -> None:
+        """A PENDING request failed before any attempt left (no token, a long 429 pause):
+        final for this run, and resendable, since the API never saw it."""
+        at = time.time() if at is None else at
+        self._update(key, [RequestState.PENDING], False,
+                     "state = 'DONE', outcome = ?, errors = ?, finished_at = ?, resendable = 1",
+                     [outcome, json.dumps(list(errors)), at])
+
+    def mark_reconciled(self, key: str, verdict: str, reason: str,
+                        adjustments: Sequence[str] = (), *, errors: Sequence[str],
+                        at: float | None = None) -> None:
+        """Record what reconciliation decided about an UNCERTAIN request.
+
+        ``APPLIED``: DONE, outcome SUCCEEDED (no action id: the adjustments are the
+        proof). ``NOT_APPLIED``: DONE, outcome NOT_APPLIED, *not* flagged resendable, so
+        only an explicit ``--resend-unapplied`` sends it again. ``UNCERTAIN``: stays as
+        it is, with `errors` updated. The verdict, reason and adjustment ids are kept.
+        """
+        at = time.time() if at is None else at
+        target = {"APPLIED": ("DONE", "SUCCEEDED"), "NOT_APPLIED": ("DONE", "NOT_APPLIED"),
+                  "UNCERTAIN": ("UNCERTAIN", "UNCERTAIN")}.get(verdict)
+        if target is None:
+            raise ValueError(f"unknown reconciliation verdict {verdict!r}")
+        state, outcome = target
+        self._update(key, [RequestState.UNCERTAIN], False,
+                     "state = ?, outcome = ?, errors = ?, finished_at = ?, resendable = 0, "
+                     "reconcile_verdict = ?, reconcile_reason = ?, reconcile_adjustments = ?, "
+                     "reconciled_at = ?",
+                     [state, outcome, json.dumps(list(errors)), at, verdict, reason,
+                      json.dumps(list(adjustments)), at])
 
     def mark_accepted(self, key: str, action_id: str, at: float | None = None) -> None:
         """Durably note the action the API created for `key` (never lose an action_id)."""

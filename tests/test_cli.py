@@ -346,4 +346,5 @@ def test_demo_runs_to_its_summary(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "total" in result.stdout and "SUCCEEDED" in result.stdout
     assert "0 duplicate POSTs, 0 poll-ceiling violations" in result.stdout
+    assert "demo: 0 request(s) left UNCERTAIN and 0 duplicate POSTs" in result.stdout
     assert (tmp_path / "report.csv").exists()
