@@ -7,15 +7,15 @@ import itertools
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aioresponses import CallbackResult, aioresponses
+from conftest import REAL_SLEEP, FakeClock
 
 from mirakl_cancel import (
     ActionAccepted,
@@ -34,8 +34,6 @@ from mirakl_cancel import (
     Timeout,
     ValidationError,
     __version__,
-    _pollguard,
-    _transport,
 )
 from mirakl_cancel._pollguard import PollGuard
 from mirakl_cancel.client import DEFAULT_BASE_URL, MiraklConnectClient
@@ -50,45 +48,6 @@ LINE = {"quantity": 2, "reason": "OUT_OF_STOCK",
 ACCEPTED = {"action_id": "act-1", "tracking_id": "act-1"}
 STATUS_BODY = {"id": "act-1", "status": "PENDING",
                "created_at": "2021-07-06T09:24:36.32Z", "updated_at": "2021-07-06T09:24:36.32Z"}
-_REAL_SLEEP = asyncio.sleep
-
-
-class FakeClock:
-    """Virtual monotonic time; sleeping advances it instantly (and yields once)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-        self.time = SimpleNamespace(monotonic=self.monotonic, time=time.time)
-        self.asyncio = SimpleNamespace(
-            **{name: getattr(asyncio, name) for name in dir(asyncio) if not name.startswith("_")})
-        self.asyncio.sleep = self.sleep
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float, result: Any = None) -> Any:
-        self.sleeps.append(delay)
-        self.now += max(delay, 0.0)
-        await _REAL_SLEEP(0)
-        return result
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    for module in (_transport, _pollguard):
-        monkeypatch.setattr(module, "time", fake.time)
-        monkeypatch.setattr(module, "asyncio", fake.asyncio)
-    return fake
-
-
-@pytest.fixture
-def mocked() -> Iterator[aioresponses]:
-    with aioresponses() as m:
-        yield m
-
-
 def client(**kwargs: Any) -> MiraklConnectClient:
     kwargs.setdefault("auth", StaticToken(TOKEN))
     kwargs.setdefault("base_url", BASE)
@@ -389,7 +348,7 @@ def stamped(clock: FakeClock, log: list[tuple[str, float]]) -> Any:
     async def callback(url: Any, **kwargs: Any) -> CallbackResult:
         action_id = url.raw_path.rsplit("/", 1)[-1]
         log.append((action_id, clock.now))
-        await _REAL_SLEEP(0)  # in flight: other tasks run meanwhile, as on a real network
+        await REAL_SLEEP(0)  # in flight: other tasks run meanwhile, as on a real network
         return CallbackResult(status=200, payload={**STATUS_BODY, "id": action_id})
     return callback
 

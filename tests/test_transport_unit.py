@@ -12,7 +12,6 @@ import itertools
 import logging
 import re
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,6 +19,7 @@ import aiohttp
 import backoff
 import pytest
 from aioresponses import CallbackResult, aioresponses
+from conftest import REAL_SLEEP, FakeClock
 
 from mirakl_cancel import (
     ApiError,
@@ -31,8 +31,6 @@ from mirakl_cancel import (
     Timeout,
     TransportError,
     UncertainDeliveryError,
-    _pollguard,
-    _transport,
 )
 from mirakl_cancel._transport import (
     NO_RETRY,
@@ -50,45 +48,6 @@ LINE = {"quantity": 1, "reason": "OUT_OF_STOCK",
         "price": {"amount": "10.00", "currency": "EUR"},
         "shipping_price": {"amount": "0", "currency": "EUR"}}
 ACCEPTED = {"action_id": "act-1", "tracking_id": "act-1"}
-_REAL_SLEEP = asyncio.sleep
-
-
-class FakeClock:
-    """Virtual monotonic time; sleeping advances it instantly (and yields once)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-        self.time = SimpleNamespace(monotonic=self.monotonic, time=time.time)
-        self.asyncio = SimpleNamespace(
-            **{name: getattr(asyncio, name) for name in dir(asyncio) if not name.startswith("_")})
-        self.asyncio.sleep = self.sleep
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float, result: Any = None) -> Any:
-        self.sleeps.append(delay)
-        self.now += max(delay, 0.0)
-        await _REAL_SLEEP(0)
-        return result
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    for module in (_transport, _pollguard):
-        monkeypatch.setattr(module, "time", fake.time)
-        monkeypatch.setattr(module, "asyncio", fake.asyncio)
-    return fake
-
-
-@pytest.fixture
-def mocked() -> Iterator[aioresponses]:
-    with aioresponses() as m:
-        yield m
-
-
 def client(**kwargs: Any) -> MiraklConnectClient:
     kwargs.setdefault("auth", StaticToken("tok-123"))
     kwargs.setdefault("base_url", BASE)
@@ -485,7 +444,7 @@ async def test_429_pauses_other_requests(mocked: aioresponses, clock: FakeClock)
     async with client() as c:
         first = asyncio.create_task(c.cancel_order_lines("O-1", [LINE]))
         while c.transport._paused_until == 0.0:  # until the 429 has been seen
-            await _REAL_SLEEP(0)
+            await REAL_SLEEP(0)
         paused_at = sent[0][1]
         await asyncio.gather(first, c.get_action_status("act-9"))
     assert [name for name, _ in sent[:1]] == ["a"]
@@ -555,7 +514,7 @@ async def test_max_concurrency_is_respected(mocked: aioresponses) -> None:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
-        await _REAL_SLEEP(0.01)
+        await REAL_SLEEP(0.01)
         in_flight -= 1
         return CallbackResult(status=200, payload=STATUS_BODY)
 
@@ -605,12 +564,12 @@ async def test_get_200_unreadable_status(mocked: aioresponses, body: str) -> Non
 
 async def test_cancellation_propagates(mocked: aioresponses) -> None:
     async def hang(url: Any, **kwargs: Any) -> None:
-        await _REAL_SLEEP(10)
+        await REAL_SLEEP(10)
 
     mocked.get(ANY_ACTION, callback=hang)
     async with client() as c:
         task = asyncio.create_task(c.get_action_status("act-1"))
-        await _REAL_SLEEP(0.01)
+        await REAL_SLEEP(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
