@@ -384,8 +384,10 @@ class Transport:
                 ) as response:
                     status = response.status
                     raw = await response.read()
-                    retry_after_header = response.headers.get("Retry-After")
-                    content_type = response.content_type
+                    # Headers matter only for an error answer: skip parsing them otherwise.
+                    failed = status not in expected
+                    retry_after_header = response.headers.get("Retry-After") if failed else None
+                    content_type = response.content_type if failed else ""
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
