@@ -36,6 +36,7 @@ import contextlib
 import hashlib
 import logging
 import signal
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -355,19 +356,39 @@ class _Run:
                                   "the remaining requests were not sent")
             self._resolved()
             return
-        except JournalError as exc:
+        except (JournalError, sqlite3.Error) as exc:
             # The journal cannot record sends any more: sending on would be unguarded.
             self.request_stop(f"stopping: the journal failed ({exc})")
             self._resolved()
             return
-        self.journal.mark_accepted(request.key, accepted.action_id)
+        try:
+            self.journal.mark_accepted(request.key, accepted.action_id)
+        except (JournalError, sqlite3.Error) as exc:
+            # The cancel *was* accepted: its action id must not vanish with the journal.
+            # The row stays SENDING, so a re-run reports it UNCERTAIN and never resends it.
+            logger.error("cancel of order %s (%s) was accepted as action %s, but the journal "
+                         "could not record it: %s", request.order_id, request.key,
+                         accepted.action_id, exc)
+            self.request_stop(f"stopping: the journal failed ({exc}); the cancel of order "
+                              f"{request.order_id} was accepted as action {accepted.action_id}")
+            self._resolved()
+            return
         self.progress.accepted += 1
         self._track(request, accepted.action_id, request.order_id, None)
 
     async def _sender(self, queue: collections.deque[tuple[JournalRequest, bool]]) -> None:
         while queue and not self.stop.is_set():
             request, resend = queue.popleft()
-            await self._send(request, resend)
+            try:
+                await self._send(request, resend)
+            except Exception as exc:
+                # Whatever failed (journaling an error outcome, a bug), the request must
+                # count as resolved, or the run would wait for it forever; and sending on
+                # past an unexplained failure is not worth the risk.
+                logger.exception("sending %s failed unexpectedly", request.key)
+                self.request_stop(f"stopping: sending {request.key} failed unexpectedly "
+                                  f"({type(exc).__name__}: {exc})")
+                self._resolved()
 
     # the whole run ---------------------------------------------------------------------
 

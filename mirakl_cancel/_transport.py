@@ -406,6 +406,12 @@ class Transport:
                 f"{method} {url.path} answered {status} with an unreadable body: it was "
                 "processed, but its result is unknown") from unreadable
         error = _api_error(status, raw, content_type, retry_after_header)
+        if 200 <= status < 300 and not idempotent:
+            # A success status we did not expect still means the request was processed.
+            self.stats.uncertain += 1
+            raise UncertainDeliveryError(
+                f"{method} {url.path} answered {status}, which this client does not expect: "
+                "it was processed, but its result is unknown") from error
         if status == 401:
             raise _AuthExpired(token, error)
         if status == 429:
@@ -442,7 +448,11 @@ class Transport:
         if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError)):
             error = TransportError(f"{method} {url.path} failed: {_describe(exc)}")
             return _Retry(error) if idempotent else self._uncertain(error, method, url)
-        return TransportError(f"{method} {url.path} failed: {_describe(exc)}")
+        error = TransportError(f"{method} {url.path} failed: {_describe(exc)}")
+        # Something unforeseen broke the exchange: nothing says the request did not
+        # leave, so a cancel must be reported as possibly processed, never as a plain
+        # failure that a caller (or a re-run) would feel free to send again.
+        return error if idempotent else self._uncertain(error, method, url)
 
 
 class _AuthExpired(Exception):

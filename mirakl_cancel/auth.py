@@ -60,6 +60,27 @@ class StaticToken:
     __str__ = __repr__
 
 
+def _check_token_url(token_url: str) -> None:
+    """Refuse a token endpoint the client secret would reach in clear text.
+
+    The base URL gets the same rule (`check_base_url`); the token URL carries an even
+    more precious secret, so plain http is allowed only on loopback (the simulator).
+    """
+    from yarl import URL
+
+    from ._transport import _is_loopback  # imported here: _transport imports this module
+
+    try:
+        url = URL(token_url)
+    except (TypeError, ValueError):
+        raise ValueError(f"token_url must be an http(s) URL, not {token_url!r}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"token_url must be an http(s) URL, not {token_url!r}")
+    if url.scheme == "http" and not _is_loopback(url.host):
+        raise ValueError("plain http is only allowed for loopback hosts: the client secret "
+                         f"would travel in clear text to {url.host}")
+
+
 class ClientCredentials:
     """OAuth2 client-credentials grant, cached until shortly before the token expires.
 
@@ -74,6 +95,7 @@ class ClientCredentials:
                  *, refresh_margin: float = 60.0, timeout: float = 30.0) -> None:
         if not client_id or not client_secret:
             raise ValueError("ClientCredentials needs a client_id and a client_secret")
+        _check_token_url(token_url)
         self._client_id = client_id
         self._client_secret = client_secret
         self.token_url = token_url
@@ -127,17 +149,20 @@ class ClientCredentials:
                 "client_secret": self._client_secret}
         logger.debug("requesting an access token from %s", self.token_url)
         try:
+            # No redirects: a 307/308 would post the secret again, to wherever it points.
             async with session.post(
                 self.token_url, data=form, headers={"Accept": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                timeout=aiohttp.ClientTimeout(total=self.timeout), allow_redirects=False,
             ) as response:
                 status = response.status
-                text = await response.text()
+                raw = await response.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise TransportError(
                 f"token request to {self.token_url} failed: {type(exc).__name__}") from None
         try:
-            data = loads(text) if text else None
+            # Bytes, not text(): an undecodable body must be "no JSON", not a crash that
+            # escapes the library's error tree (UnicodeDecodeError is a ValueError).
+            data = loads(raw) if raw else None
         except ValueError:
             data = None
         if status != 200:

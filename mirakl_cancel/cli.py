@@ -287,7 +287,10 @@ def resolve_auth(args: argparse.Namespace) -> tuple[Auth | None, str | None]:
     secret = os.environ.get(ENV_CLIENT_SECRET)
     if client_id and secret:
         token_url = args.token_url or os.environ.get(ENV_TOKEN_URL) or DEFAULT_TOKEN_URL
-        return ClientCredentials(client_id, secret, token_url), None
+        try:
+            return ClientCredentials(client_id, secret, token_url), None
+        except ValueError as exc:  # e.g. a plain-http token URL; the message has no secret
+            return None, f"bad token URL: {exc}"
     if client_id or secret:
         missing = ENV_CLIENT_SECRET if client_id else ENV_CLIENT_ID
         return None, f"missing credentials: {missing} is not set"

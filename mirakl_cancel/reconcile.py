@@ -89,6 +89,18 @@ def _recent_cancelations(line: OrderLine, since: datetime) -> list[Adjustment]:
             and a.created_at >= since]
 
 
+def _undated_cancelations(line: OrderLine) -> list[Adjustment]:
+    """CANCELATION adjustments whose `created_at` is missing or unreadable.
+
+    The spec requires the field, but the parser leaves an odd timestamp as None rather
+    than failing the listing. Such an adjustment may be ours, so it can never be
+    skipped as "older than the send": skipping it could turn an applied cancel into
+    NOT_APPLIED, and a resend into a double cancel.
+    """
+    return [a for a in line.adjustments
+            if a.type is AdjustmentType.CANCELATION and a.created_at is None]
+
+
 def _same(adjustment: Adjustment, cancelation: Cancelation) -> bool:
     """Same quantity and reason, and the same price when the API reports one."""
     return (adjustment.quantity == cancelation.quantity
@@ -135,6 +147,12 @@ def reconcile_orders(
             if line is None:
                 problems.append(f"line {cancelation.order_line_id or cancelation.product_id} "
                                 "not found in the order")
+                continue
+            undated = _undated_cancelations(line)
+            if undated:
+                problems.append(f"cancelation adjustment(s) "
+                                f"{', '.join(a.id or '?' for a in undated)} on line {line.id} "
+                                "have no readable created_at, so they cannot be dated")
                 continue
             recent = _recent_cancelations(line, since)
             if not recent:

@@ -454,3 +454,40 @@ async def test_secrets_absent_from_logs_and_errors(mocked: aioresponses,
     for text in texts:
         for secret in secrets:
             assert secret not in text
+
+
+# --- regressions -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["http://auth.example.com/oauth/token", "ftp://x/token",
+                                 "not a url", "http://127.evil.com/token"])
+def test_client_secret_never_goes_to_a_plain_http_token_url(url: str) -> None:
+    """Regression: the base URL refused plain http, the token URL (with the secret) did not."""
+    with pytest.raises(ValueError, match=r"token_url|plain http") as info:
+        ClientCredentials(CLIENT_ID, SECRET, token_url=url)
+    assert SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/oauth/token",
+                                 "http://localhost/token", "http://[::1]:1/token"])
+def test_loopback_token_url_may_be_plain_http(url: str) -> None:
+    assert ClientCredentials(CLIENT_ID, SECRET, token_url=url).token_url == url
+
+
+async def test_token_request_does_not_follow_redirects(mocked: aioresponses,
+                                                       session: aiohttp.ClientSession) -> None:
+    """Regression: a 307 from the token endpoint re-posted the secret to its Location."""
+    mocked.post(TOKEN_URL, status=307, headers={"Location": "https://elsewhere.example/t"})
+    mocked.post("https://elsewhere.example/t", payload=grant())
+    with pytest.raises(ApiError):
+        await creds().token(session)
+    assert not [key for key in mocked.requests if "elsewhere" in str(key[1])]
+
+
+async def test_undecodable_token_answer_is_a_mirakl_error(
+        mocked: aioresponses, session: aiohttp.ClientSession) -> None:
+    """Regression: response.text() raised UnicodeDecodeError, outside the error tree."""
+    mocked.post(TOKEN_URL, status=502, body=b"\xff\xfe\xfa garbage",
+                content_type="text/plain; charset=utf-8")
+    with pytest.raises(ServerError):
+        await creds().token(session)

@@ -299,6 +299,21 @@ def test_missing_credentials(tmp_path: Path) -> None:
     assert "s3cr3t-value" not in result.stderr + result.stdout
 
 
+def test_plain_http_token_url_is_refused_before_anything(tmp_path: Path) -> None:
+    """Regression: a plain-http token URL would have carried the client secret in clear."""
+    source = tmp_path / "lines.csv"
+    source.write_text("order_id,order_line_id,quantity,reason,price_amount,price_currency,"
+                      "shipping_amount\nO1,L1,1,RETURN,1,EUR,0\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRAKL_")}
+    env.update(MIRAKL_CLIENT_ID="id", MIRAKL_CLIENT_SECRET="s3cr3t-value",
+               MIRAKL_TOKEN_URL="http://auth.example.com/oauth/token")
+    result = cli("run", str(source), env=env)
+    assert result.returncode == 2 and "plain http" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "s3cr3t-value" not in result.stderr + result.stdout
+    assert not (tmp_path / "lines.csv.journal.sqlite").exists()
+
+
 def test_status_command(sim: ThreadedSimulator, tmp_path: Path) -> None:
     (order,) = sim.generate_orders(1, (1, 1), wrong_state_ratio=0)
     source = tmp_path / "lines.csv"

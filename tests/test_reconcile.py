@@ -184,3 +184,15 @@ async def test_cancel_and_track_reconciles_uncertain_cancels(sim: Simulator) -> 
             reconcile=ReconcilePolicy(settle=0.3, resend=True))]
     assert again.outcome is Outcome.SUCCEEDED and again.action_id
     assert sim.stats.duplicate_posts == 0
+
+
+def test_an_undatable_cancelation_is_never_taken_as_not_applied() -> None:
+    # Regression: an adjustment whose created_at could not be read was skipped as if
+    # it predated the send, so an applied cancel could be judged NOT_APPLIED (and resent).
+    sent = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    cancel = SentCancel(request("O"), sent)
+    undated = Adjustment("adj-x", AdjustmentType.CANCELATION, "CANCELATION", None, 1,
+                         "OUT_OF_STOCK", Money("10.00", "EUR"))
+    [verdict] = reconcile_orders([cancel], [_order(undated)], now=sent + timedelta(hours=1))
+    assert verdict.verdict is Verdict.UNCERTAIN
+    assert "adj-x" in verdict.reason

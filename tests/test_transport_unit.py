@@ -283,6 +283,39 @@ async def test_accepted_without_action_id_is_uncertain(mocked: aioresponses,
     assert calls(mocked) == 1
 
 
+async def test_post_unforeseen_failure_mid_exchange_is_uncertain(mocked: aioresponses) -> None:
+    """Regression: an exception outside aiohttp's usual ones broke a POST into a plain
+    TransportError (ERROR), though nothing proved the cancel had not left."""
+    mocked.post(ANY_CANCEL, exception=RuntimeError("something odd"), repeat=True)
+    async with client() as c:
+        with pytest.raises(UncertainDeliveryError) as info:
+            await c.cancel_order_lines("O-1", [LINE])
+        assert c.stats.uncertain == 1
+    assert info.value.order_id == "O-1"
+    assert calls(mocked) == 1
+
+
+async def test_get_unforeseen_failure_is_a_plain_transport_error(mocked: aioresponses) -> None:
+    mocked.get(ANY_ACTION, exception=RuntimeError("something odd"))
+    async with client() as c:
+        with pytest.raises(TransportError) as info:
+            await c.get_action_status("act-1")
+    assert not isinstance(info.value, UncertainDeliveryError)
+
+
+@pytest.mark.parametrize("status", [201, 204])
+async def test_post_unexpected_success_status_is_uncertain(mocked: aioresponses,
+                                                           status: int) -> None:
+    """Regression: a 2xx other than 200/202 was an ApiError (ERROR), yet it was processed."""
+    mocked.post(ANY_CANCEL, status=status, body="", repeat=True)
+    async with client(retry=RetryPolicy(base_delay=0, retry_uncertain_posts=True)) as c:
+        with pytest.raises(UncertainDeliveryError) as info:
+            await c.cancel_order_lines("O-1", [LINE])
+        assert c.stats.uncertain == 1
+    assert info.value.order_id == "O-1"
+    assert calls(mocked) == 1
+
+
 # --- GET: idempotent, retried ---------------------------------------------------------
 
 
