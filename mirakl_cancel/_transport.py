@@ -168,6 +168,11 @@ def encode_segment(value: str) -> str:
     return encoded
 
 
+def is_loopback_url(url: str) -> bool:
+    """Whether `url` points at this machine (the simulator), where scaled time is allowed."""
+    return _is_loopback(URL(url).host or "")
+
+
 def check_base_url(base_url: str) -> URL:
     """Refuse plain http except on loopback, where the simulator lives."""
     url = URL(base_url.rstrip("/"))

@@ -28,7 +28,7 @@ from ._report import check_report_path
 from ._transport import check_base_url
 from ._version import __version__
 from .auth import DEFAULT_TOKEN_URL, Auth, ClientCredentials, StaticToken
-from .client import DEFAULT_BASE_URL, MiraklConnectClient
+from .client import DEFAULT_BASE_URL, MiraklConnectClient, check_min_intervals
 from .errors import MiraklError, NotFoundError, ValidationError
 from .models import ActionStatus
 from .reconcile import ReconcilePolicy
@@ -319,6 +319,7 @@ def _reconcile_policy(args: argparse.Namespace, enabled: bool) -> ReconcilePolic
 
 
 def _poll_policy(args: argparse.Namespace) -> PollPolicy:
+    check_min_intervals(_base_url(args), args.min_poll_interval)
     return PollPolicy(min_interval=args.min_poll_interval,
                       interval=max(args.poll_interval, args.min_poll_interval),
                       first_delay=args.first_poll_delay, timeout=args.timeout)
@@ -419,6 +420,7 @@ def _status_command(args: argparse.Namespace) -> int:
     base_url = _base_url(args)
     try:
         check_base_url(base_url)
+        check_min_intervals(base_url, args.min_poll_interval)
     except ValueError as exc:
         print(f"mirakl-cancel status: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -16,7 +16,7 @@ from ._serde import (
     request_body,
     structure_request,
 )
-from ._transport import NO_RETRY, RetryPolicy, Timeout, Transport, TransportStats
+from ._transport import NO_RETRY, RetryPolicy, Timeout, Transport, TransportStats, is_loopback_url
 from .auth import Auth
 from .errors import ServerError, UncertainDeliveryError, ValidationError, ValidationIssue
 from .models import ActionAccepted, ActionStatus, Cancelation, CancelRequest, Order
@@ -27,8 +27,22 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_BASE_URL", "MiraklConnectClient"]
 
 DEFAULT_BASE_URL = "https://miraklconnect.com/api"
+#: The API's ceiling for v2-getActionStatus (per action) and v2-listOrders: once a minute.
+API_MIN_INTERVAL = 60.0
 #: The most ids (and orders per page) v2-listOrders takes in one call.
 LIST_ORDERS_MAX_IDS = 100
+
+
+def check_min_intervals(base_url: str, *intervals: float) -> None:
+    """Refuse read intervals below the API's once-a-minute ceiling, except on loopback.
+
+    Shorter intervals exist for the simulator's scaled time only: against the real API
+    they would break its ceiling, which this library keeps as an invariant.
+    """
+    if intervals and min(intervals) < API_MIN_INTERVAL and not is_loopback_url(base_url):
+        raise ValueError(
+            f"polling intervals cannot be below {API_MIN_INTERVAL:.0f} s (the API's ceiling) "
+            "except against a loopback server such as the simulator")
 
 
 class MiraklConnectClient:
@@ -66,6 +80,7 @@ class MiraklConnectClient:
             session=session,
             min_poll_interval=min_poll_interval,
         )
+        check_min_intervals(base_url, min_poll_interval, min_list_interval)
         self.base_url = base_url.rstrip("/")
         # v2-listOrders allows one call per minute: its own guard, shared by all pages.
         self._list_guard = PollGuard(min_list_interval)

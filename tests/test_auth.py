@@ -31,14 +31,15 @@ from mirakl_cancel import (
 from mirakl_cancel import auth as auth_module
 from mirakl_cancel.auth import DEFAULT_TOKEN_URL
 
-BASE = "https://connect.example.com/api"
+# Loopback, so that reads need not be a minute apart (the client allows that only locally).
+BASE = "http://127.0.0.1:9/api"
 TOKEN_URL = "https://auth.example.com/oauth/token"
 CLIENT_ID = "client-id-42"
 SECRET = "s3cr3t-CLIENT-SECRET"
 JWT_1 = "eyJ.jwt-ONE.sig"
 JWT_2 = "eyJ.jwt-TWO.sig"
 STATIC = "static-TOKEN-xyz"
-ANY_API = re.compile(r"^https://connect\.example\.com/.*$")
+ANY_API = re.compile(r"^http://127\.0\.0\.1:9/.*$")
 LINE = {"quantity": 1, "reason": "RETURN", "price": {"amount": "1", "currency": "EUR"},
         "shipping_price": {"amount": "0", "currency": "EUR"}}
 STATUS_BODY = {"id": "act-1", "status": "SUCCESS"}

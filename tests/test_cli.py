@@ -363,3 +363,18 @@ def test_demo_runs_to_its_summary(tmp_path: Path) -> None:
     assert "0 duplicate POSTs, 0 poll-ceiling violations" in result.stdout
     assert "demo: 0 request(s) left UNCERTAIN and 0 duplicate POSTs" in result.stdout
     assert (tmp_path / "report.csv").exists()
+
+
+@pytest.mark.parametrize("command", [["status", "act-1"], ["run", "examples/cancel-lines.csv"]])
+def test_polling_faster_than_the_api_allows_is_a_usage_error(
+        command: list[str], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mirakl_cancel.cli import main
+
+    monkeypatch.setenv("MIRAKL_CONNECT_TOKEN", "tok-secret")
+    code = main([*command, "--base-url", "https://connect.example.invalid/api",
+                 "--min-poll-interval", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "60 s" in err
+    assert "tok-secret" not in err

@@ -488,3 +488,14 @@ async def test_server_error_reads_not_json_in_get(mocked: aioresponses) -> None:
         with pytest.raises(ServerError) as info:
             await c.get_action_status("act-1")
     assert "502 Bad Gateway" in info.value.body
+
+
+def test_polling_faster_than_the_api_allows_is_refused_outside_loopback() -> None:
+    with pytest.raises(ValueError, match="ceiling"):
+        MiraklConnectClient(auth=StaticToken(TOKEN), base_url=BASE, min_poll_interval=1)
+    with pytest.raises(ValueError, match="ceiling"):
+        MiraklConnectClient(auth=StaticToken(TOKEN), base_url=BASE, min_list_interval=59)
+    # Against the simulator on loopback, scaled time needs short intervals.
+    local = MiraklConnectClient(auth=StaticToken(TOKEN), base_url="http://127.0.0.1:8080",
+                                min_poll_interval=0.06)
+    assert local.min_poll_interval == 0.06

@@ -46,7 +46,7 @@ def mocked() -> Iterator[aioresponses]:
 
 
 def client() -> MiraklConnectClient:
-    return MiraklConnectClient(auth=StaticToken("t"), base_url=BASE, min_poll_interval=0,
+    return MiraklConnectClient(auth=StaticToken("t"), base_url=BASE,
                                retry=RetryPolicy(max_attempts=1))
 
 

@@ -41,9 +41,11 @@ from mirakl_cancel._transport import (
     parse_retry_after,
 )
 
-BASE = "https://connect.example.com/api"
-ANY_CANCEL = re.compile(r"^https://connect\.example\.com/api/v2/orders/[^/]+/cancel$")
-ANY_ACTION = re.compile(r"^https://connect\.example\.com/api/v2/orders/actions/[^/]+$")
+# Loopback, so that backoff can be observed without the once-a-minute poll guard (which
+# the client lets go below 60 s only locally).
+BASE = "http://127.0.0.1:9/api"
+ANY_CANCEL = re.compile(r"^http://127\.0\.0\.1:9/api/v2/orders/[^/]+/cancel$")
+ANY_ACTION = re.compile(r"^http://127\.0\.0\.1:9/api/v2/orders/actions/[^/]+$")
 LINE = {"quantity": 1, "reason": "OUT_OF_STOCK",
         "price": {"amount": "10.00", "currency": "EUR"},
         "shipping_price": {"amount": "0", "currency": "EUR"}}
