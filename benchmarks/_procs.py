@@ -108,11 +108,16 @@ class ServerProcess:
         self._stderr.close()
 
 
-def fixed_server(latency: float = 0.0, max_seconds: float = 900.0) -> ServerProcess:
-    """The fixed-answer server (``benchmarks/_fixed_server.py``) with ``latency`` seconds."""
+def fixed_server(latency: float = 0.0, max_seconds: float = 900.0,
+                 impl: str = "aiohttp") -> ServerProcess:
+    """The fixed-answer server (``benchmarks/_fixed_server.py``) with ``latency`` seconds.
+
+    ``impl`` is ``"aiohttp"`` (aiohttp.web) or ``"lean"`` (a bare ``asyncio.Protocol``
+    server, several times cheaper per request); both give the same answers.
+    """
     return ServerProcess(
         ["-m", "benchmarks._fixed_server", "--port", "0", "--latency", str(latency),
-         "--max-seconds", str(max_seconds)], until="port")
+         "--impl", impl, "--max-seconds", str(max_seconds)], until="port")
 
 
 def simulator(*options: str) -> ServerProcess:
