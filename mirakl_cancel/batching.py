@@ -98,7 +98,9 @@ async def cancel_many(
     """Send requests concurrently and yield one outcome per request as each completes.
 
     A fixed pool of workers pulls from `requests` lazily, so a generator of a million
-    requests costs a million outcomes over time, not a million tasks at once.
+    requests costs a million outcomes over time, not a million tasks at once. Stopping
+    the iteration early abandons the cancels in flight: they may have been processed, so
+    each is logged (WARNING) with its order id, to be checked before any resend.
     """
     workers = concurrency or client.max_concurrency
     results: asyncio.Queue[CancelOutcome | None] = asyncio.Queue()
@@ -119,14 +121,19 @@ async def cancel_many(
         async def pull() -> CancelRequest | None:
             return next(items, None)
 
-    async def worker() -> None:
+    in_flight: list[CancelRequest | None] = [None] * workers
+
+    async def worker(slot: int) -> None:
         try:
             while (request := await pull()) is not None:
-                results.put_nowait(await send_one(client, request))
+                in_flight[slot] = request
+                outcome = await send_one(client, request)
+                in_flight[slot] = None
+                results.put_nowait(outcome)
         finally:
             results.put_nowait(None)
 
-    tasks = [asyncio.create_task(worker()) for _ in range(workers)]
+    tasks = [asyncio.create_task(worker(slot)) for slot in range(workers)]
     try:
         running = len(tasks)
         while running:
@@ -142,6 +149,11 @@ async def cancel_many(
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*tasks, return_exceptions=True)
+        for request in in_flight:
+            if request is not None:
+                logger.warning("the cancel of order %s was in flight when sending stopped: "
+                               "it may have been processed; check it before resending",
+                               request.order_id)
 
 
 class _Batch:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from decimal import Decimal
 
 import pytest
 
 from mirakl_cancel import MiraklConnectClient, RetryPolicy, StaticToken
-from mirakl_cancel.batching import CancelBatcher, CancelOutcome
+from mirakl_cancel.batching import CancelBatcher, CancelOutcome, cancel_many
 from mirakl_cancel.errors import NotFoundError, ValidationError
 from mirakl_cancel.models import (
     ActionAccepted,
@@ -192,3 +193,27 @@ async def test_against_the_simulator_three_concurrent_lines_make_one_post() -> N
         assert sim.stats.poll_violations == 0
         assert all(line.remaining_quantity == line.quantity - 1
                    for line in sim.orders[order.id].lines)
+
+
+async def test_stopping_cancel_many_early_names_the_cancels_in_flight(
+        caplog: pytest.LogCaptureFixture) -> None:
+    started = asyncio.Event()
+
+    class Slow:
+        max_concurrency = 2
+
+        async def cancel(self, request: CancelRequest) -> ActionAccepted:
+            if request.order_id == "FAST":
+                return ActionAccepted("a-1", request.order_id)
+            started.set()
+            await asyncio.sleep(10)
+            raise AssertionError("never answered")
+
+    requests = [CancelRequest("FAST", [line("F-1")]), CancelRequest("SLOW", [line("S-1")])]
+    outcomes = cancel_many(Slow(), requests)  # type: ignore[arg-type]
+    async with contextlib.aclosing(outcomes):
+        first = await anext(outcomes)
+        await started.wait()
+    assert first.request.order_id == "FAST"
+    assert any("SLOW" in r.getMessage() and "in flight" in r.getMessage()
+               for r in caplog.records)
