@@ -252,7 +252,11 @@ class CancelBatcher:
         for batch in list(self._open.values()):
             self._send(batch)
         while self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
+            sending = list(self._sending)
+            await asyncio.gather(*sending, return_exceptions=True)
+            # Not left to the tasks' done-callbacks: awaiting finished tasks need not
+            # yield to the loop (it does not on 3.13), and this loop would spin forever.
+            self._sending.difference_update(sending)
 
     async def close(self) -> None:
         """Refuse new lines, then send the lingering ones and wait for every POST."""
