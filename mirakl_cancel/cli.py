@@ -325,21 +325,31 @@ def _poll_policy(args: argparse.Namespace) -> PollPolicy:
                       first_delay=args.first_poll_delay, timeout=args.timeout)
 
 
-def _run_command(args: argparse.Namespace) -> int:
-    handler = _setup_logging(args.verbose, args.quiet)
+def _job_settings(args: argparse.Namespace, command: str,
+                  reconcile: bool) -> tuple[str, PollPolicy, ReconcilePolicy | None] | None:
+    """The checked settings `run` and `reconcile` share, or None after printing why."""
     base_url = _base_url(args)
     try:
         check_base_url(base_url)
         if args.report is not None:
             check_report_path(args.report)
         policy = _poll_policy(args)
-        reconciling = _reconcile_policy(args, args.reconcile)
-        if reconciling is not None and args.resend_uncertain:
+        reconciling = _reconcile_policy(args, reconcile)
+        if reconciling is not None and getattr(args, "resend_uncertain", False):
             raise ValueError("--resend-uncertain sends uncertain cancels blindly, --reconcile "
                              "checks them first: use one or the other")
     except (ValueError, ValidationError) as exc:
-        print(f"mirakl-cancel run: error: {exc}", file=sys.stderr)
+        print(f"mirakl-cancel {command}: error: {exc}", file=sys.stderr)
+        return None
+    return base_url, policy, reconciling
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    handler = _setup_logging(args.verbose, args.quiet)
+    settings = _job_settings(args, "run", args.reconcile)
+    if settings is None:
         return EXIT_BAD_INPUT
+    base_url, policy, reconciling = settings
     auth: Auth | None = None
     if not args.dry_run:
         auth, problem = resolve_auth(args)
@@ -358,16 +368,10 @@ def _run_command(args: argparse.Namespace) -> int:
 
 def _reconcile_command(args: argparse.Namespace) -> int:
     handler = _setup_logging(args.verbose, args.quiet)
-    base_url = _base_url(args)
-    try:
-        check_base_url(base_url)
-        if args.report is not None:
-            check_report_path(args.report)
-        policy = _poll_policy(args)
-        reconciling = _reconcile_policy(args, True)
-    except (ValueError, ValidationError) as exc:
-        print(f"mirakl-cancel reconcile: error: {exc}", file=sys.stderr)
+    settings = _job_settings(args, "reconcile", True)
+    if settings is None:
         return EXIT_BAD_INPUT
+    base_url, policy, reconciling = settings
     auth, problem = resolve_auth(args)
     if auth is None:
         print(f"mirakl-cancel reconcile: error: {problem}", file=sys.stderr)
