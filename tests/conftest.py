@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aioresponses import aioresponses
 
 from mirakl_cancel import _pollguard, _transport
@@ -54,3 +56,15 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 def mocked() -> Iterator[aioresponses]:
     with aioresponses() as m:
         yield m
+
+
+@contextlib.asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[str]:
+    """Run `app` on a free loopback port for the block; yields its root URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

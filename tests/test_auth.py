@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aioresponses import CallbackResult, aioresponses
+from conftest import serve
 
 from mirakl_cancel import (
     ApiError,
@@ -178,15 +179,8 @@ async def token_server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     app = web.Application()
     app.router.add_post("/oauth/token", token)
     app.router.add_get("/api/v2/orders/actions/{action_id}", action)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}", seen
-    finally:
-        await runner.cleanup()
+    async with serve(app) as root:
+        yield f"{root}", seen
 
 
 async def test_grant_on_the_wire(token_server: tuple[str, list[dict[str, Any]]]) -> None:

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aioresponses import CallbackResult, aioresponses
-from conftest import REAL_SLEEP, FakeClock
+from conftest import REAL_SLEEP, FakeClock, serve
 
 from mirakl_cancel import (
     ActionAccepted,
@@ -182,15 +182,8 @@ async def echo_server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     app = web.Application()
     app.router.add_post("/api/v2/orders/{order_id}/cancel", handle)
     app.router.add_get("/api/v2/orders/actions/{action_id}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/api", seen
-    finally:
-        await runner.cleanup()
+    async with serve(app) as root:
+        yield f"{root}/api", seen
 
 
 async def test_real_server_receives_one_segment(
