@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from mirakl_cancel import CancelRequest, MiraklConnectClient, StaticToken
-from mirakl_cancel._transport import USER_AGENT
+from mirakl_cancel._constants import USER_AGENT
 
 from ._common import body_dict
 

@@ -48,6 +48,7 @@ from typing import TextIO, TypeVar
 
 import attrs
 
+from ._constants import DEFAULT_JOB_CONCURRENCY, DEFAULT_PROGRESS_INTERVAL
 from ._input import InputError, ParsedInput, read_input
 from ._progress import Progress, ProgressLogHandler
 from ._report import JobCounts, report_lines, row_outcome, summary_table, write_report
@@ -112,7 +113,7 @@ class JobOptions:
     input_format: str | None = None
     journal_path: Path | None = None
     report_path: Path | None = None
-    concurrency: int = 8
+    concurrency: int = DEFAULT_JOB_CONCURRENCY
     rate_limit: float | None = None
     max_lines_per_request: int | None = None
     policy: PollPolicy = attrs.field(factory=PollPolicy)
@@ -121,7 +122,7 @@ class JobOptions:
     dry_run: bool = False
     force: bool = False
     quiet: bool = False
-    progress_interval: float = 10.0
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL
     #: None: a bar if stderr is a terminal. Tests and the demo may force it.
     progress_tty: bool | None = None
     retry: RetryPolicy | None = None

@@ -13,6 +13,8 @@ import logging
 import time
 from typing import TextIO
 
+from ._constants import DEFAULT_PROGRESS_INTERVAL
+
 __all__ = ["Progress", "ProgressLogHandler"]
 
 _REDRAW = 0.2
@@ -22,7 +24,8 @@ class Progress:
     """Counts requests sent / accepted / resolved out of `total` and shows them."""
 
     def __init__(self, total: int, stream: TextIO, *, enabled: bool = True,
-                 tty: bool | None = None, interval: float = 10.0, already: int = 0) -> None:
+                 tty: bool | None = None, interval: float = DEFAULT_PROGRESS_INTERVAL,
+                 already: int = 0) -> None:
         self.total = total
         self.stream = stream
         self.enabled = enabled

@@ -14,7 +14,6 @@ import ipaddress
 import logging
 import math
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -25,9 +24,19 @@ import attrs
 import backoff
 from yarl import URL
 
+from ._constants import (
+    API_MIN_INTERVAL,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_RETRY_BASE_DELAY,
+    DEFAULT_RETRY_MAX_DELAY,
+    DEFAULT_RETRY_MAX_TIME,
+    USER_AGENT,
+)
 from ._pollguard import PollGuard
 from ._serde import loads, parse_error_body
-from ._version import __version__
 from .auth import Auth
 from .errors import (
     ApiError,
@@ -42,9 +51,6 @@ from .errors import (
 __all__ = ["Response", "RetryPolicy", "Timeout", "Transport", "TransportStats"]
 
 logger = logging.getLogger("mirakl_cancel")
-
-USER_AGENT = (f"mirakl-cancel/{__version__} aiohttp/{aiohttp.__version__} "
-              f"python/{sys.version_info.major}.{sys.version_info.minor}")
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
@@ -69,12 +75,12 @@ class RetryPolicy:
     repeated partial cancel cancels more units.
     """
 
-    max_attempts: int = 5
-    max_time: float = 120.0
-    base_delay: float = 0.5
-    max_delay: float = 30.0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_time: float = DEFAULT_RETRY_MAX_TIME
+    base_delay: float = DEFAULT_RETRY_BASE_DELAY
+    max_delay: float = DEFAULT_RETRY_MAX_DELAY
     #: A Retry-After longer than this surfaces as RateLimitError rather than a silent sleep.
-    max_retry_after: float = 300.0
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
     retry_uncertain_posts: bool = False
 
     def __attrs_post_init__(self) -> None:
@@ -95,8 +101,8 @@ class Timeout:
     concurrency limit or the rate limit has not been sent, so it must not time out.
     """
 
-    connect: float = 10.0
-    read: float = 30.0
+    connect: float = DEFAULT_CONNECT_TIMEOUT
+    read: float = DEFAULT_READ_TIMEOUT
 
 
 @attrs.define
@@ -197,7 +203,7 @@ class Transport:
         retry: RetryPolicy,
         timeout: Timeout,
         session: aiohttp.ClientSession | None,
-        min_poll_interval: float = 60.0,
+        min_poll_interval: float = API_MIN_INTERVAL,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")

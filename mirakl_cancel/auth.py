@@ -13,14 +13,18 @@ from typing import Protocol, runtime_checkable
 
 import aiohttp
 
+from ._constants import (
+    DEFAULT_TOKEN_LIFETIME,
+    DEFAULT_TOKEN_URL,
+    TOKEN_REFRESH_MARGIN,
+    TOKEN_REQUEST_TIMEOUT,
+)
 from ._serde import loads
 from .errors import AuthenticationError, ServerError, TransportError, api_error_class
 
 __all__ = ["Auth", "ClientCredentials", "StaticToken"]
 
 logger = logging.getLogger("mirakl_cancel")
-
-DEFAULT_TOKEN_URL = "https://auth.mirakl.net/oauth/token"
 
 
 @runtime_checkable
@@ -92,7 +96,8 @@ class ClientCredentials:
                  "refresh_margin", "timeout", "token_url")
 
     def __init__(self, client_id: str, client_secret: str, token_url: str = DEFAULT_TOKEN_URL,
-                 *, refresh_margin: float = 60.0, timeout: float = 30.0) -> None:
+                 *, refresh_margin: float = TOKEN_REFRESH_MARGIN,
+                 timeout: float = TOKEN_REQUEST_TIMEOUT) -> None:
         if not client_id or not client_secret:
             raise ValueError("ClientCredentials needs a client_id and a client_secret")
         _check_token_url(token_url)
@@ -175,9 +180,9 @@ class ClientCredentials:
             raise cls(status, code, message)
         if not isinstance(data, dict) or not isinstance(data.get("access_token"), str):
             raise ServerError(status, None, "token endpoint answered without an access_token")
-        expires_in = data.get("expires_in", 3600)
+        expires_in = data.get("expires_in", DEFAULT_TOKEN_LIFETIME)
         try:
             lifetime = float(expires_in)
         except (TypeError, ValueError):
-            lifetime = 3600.0
+            lifetime = DEFAULT_TOKEN_LIFETIME
         return data["access_token"], lifetime

@@ -22,13 +22,22 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._constants import (
+    API_MIN_INTERVAL,
+    DEFAULT_BASE_URL,
+    DEFAULT_FIRST_POLL_DELAY,
+    DEFAULT_JOB_CONCURRENCY,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_PROGRESS_INTERVAL,
+    DEFAULT_TOKEN_URL,
+)
 from ._job import EXIT_BAD_INPUT, EXIT_OK, EXIT_SOME_FAILED, JobOptions, reconcile_job, run_job
 from ._progress import ProgressLogHandler
 from ._report import check_report_path
 from ._transport import check_base_url
 from ._version import __version__
-from .auth import DEFAULT_TOKEN_URL, Auth, ClientCredentials, StaticToken
-from .client import DEFAULT_BASE_URL, MiraklConnectClient, check_min_intervals
+from .auth import Auth, ClientCredentials, StaticToken
+from .client import MiraklConnectClient, check_min_intervals
 from .errors import MiraklError, NotFoundError, ValidationError
 from .models import ActionStatus
 from .reconcile import ReconcilePolicy
@@ -127,11 +136,13 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--token-url", metavar="URL",
                        help=f"OAuth token endpoint for {ENV_CLIENT_ID}/{ENV_CLIENT_SECRET} "
                             f"(env {ENV_TOKEN_URL}; default {DEFAULT_TOKEN_URL})")
-    group.add_argument("--concurrency", type=_positive_int, default=8, metavar="N",
+    group.add_argument("--concurrency", type=_positive_int, default=DEFAULT_JOB_CONCURRENCY,
+                       metavar="N",
                        help="requests in flight at most (default %(default)s)")
     group.add_argument("--rate-limit", type=_positive_seconds, metavar="RPS",
                        help="requests per second at most (default: no client-side limit)")
-    group.add_argument("--min-poll-interval", type=_seconds, default=60.0, metavar="SECONDS",
+    group.add_argument("--min-poll-interval", type=_seconds, default=API_MIN_INTERVAL,
+                       metavar="SECONDS",
                        help="never read one action, nor list orders (reconciliation), more often "
                             "than this (default %(default)s, "
                             "the API's ceiling)")
@@ -139,14 +150,17 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
 
 def _add_tracking(parser: argparse.ArgumentParser) -> None:
     polling = parser.add_argument_group("tracking")
-    polling.add_argument("--poll-interval", type=_seconds, default=300.0, metavar="SECONDS",
+    polling.add_argument("--poll-interval", type=_seconds, default=DEFAULT_POLL_INTERVAL,
+                         metavar="SECONDS",
                          help="read each pending action this often (default %(default)s)")
-    polling.add_argument("--first-poll-delay", type=_seconds, default=60.0, metavar="SECONDS",
+    polling.add_argument("--first-poll-delay", type=_seconds, default=DEFAULT_FIRST_POLL_DELAY,
+                         metavar="SECONDS",
                          help="first read this long after acceptance (default %(default)s)")
     polling.add_argument("--timeout", type=_positive_seconds, metavar="SECONDS",
                          help="stop tracking an action after this long (TIMED_OUT; a re-run "
                               "tracks it on). Default: wait until final")
-    polling.add_argument("--progress-interval", type=_positive_seconds, default=10.0,
+    polling.add_argument("--progress-interval", type=_positive_seconds,
+                         default=DEFAULT_PROGRESS_INTERVAL,
                          metavar="SECONDS",
                          help="when stderr is not a terminal, log progress this often "
                               "(default %(default)s)")

@@ -8,6 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from ._constants import (
+    API_MIN_INTERVAL,
+    DEFAULT_BASE_URL,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_CONCURRENCY,
+    LIST_ORDERS_MAX_IDS,
+)
 from ._pollguard import PollGuard
 from ._serde import (
     parse_action_accepted,
@@ -25,12 +32,6 @@ if TYPE_CHECKING:
     from .batching import CancelOutcome
 
 __all__ = ["DEFAULT_BASE_URL", "MiraklConnectClient"]
-
-DEFAULT_BASE_URL = "https://miraklconnect.com/api"
-#: The API's ceiling for v2-getActionStatus (per action) and v2-listOrders: once a minute.
-API_MIN_INTERVAL = 60.0
-#: The most ids (and orders per page) v2-listOrders takes in one call.
-LIST_ORDERS_MAX_IDS = 100
 
 
 def check_min_intervals(base_url: str, *intervals: float) -> None:
@@ -58,18 +59,19 @@ class MiraklConnectClient:
         *,
         auth: Auth,
         base_url: str = DEFAULT_BASE_URL,
-        max_concurrency: int = 16,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         rate_limit: float | None = None,
         retry: RetryPolicy | None = None,
         timeout: Timeout | float | None = None,
         session: aiohttp.ClientSession | None = None,
-        min_poll_interval: float = 60.0,
-        min_list_interval: float = 60.0,
+        min_poll_interval: float = API_MIN_INTERVAL,
+        min_list_interval: float = API_MIN_INTERVAL,
     ) -> None:
         if not isinstance(auth, Auth):
             raise TypeError("auth must be StaticToken(...) or ClientCredentials(...)")
         if isinstance(timeout, (int, float)):
-            timeout = Timeout(connect=min(float(timeout), 10.0), read=float(timeout))
+            timeout = Timeout(connect=min(float(timeout), DEFAULT_CONNECT_TIMEOUT),
+                              read=float(timeout))
         self._transport = Transport(
             base_url=base_url,
             auth=auth,

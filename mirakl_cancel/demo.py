@@ -26,6 +26,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import TextIO
 
+from ._constants import API_MIN_INTERVAL
 from ._job import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, JobOptions, run_job
 from ._transport import RetryPolicy
 from .auth import ClientCredentials
@@ -145,7 +146,7 @@ def run_demo(args: argparse.Namespace, *, out: TextIO | None = None,
     faults = {} if args.no_faults else {"429": 0.01, "503": 0.01, "502": 0.003,
                                         "drop": 0.003}
     config = SimulatorConfig(time_scale=scale, processing_delay=_PROCESSING,
-                             min_poll_interval=60.0, fault_rates=faults, seed=args.seed)
+                             fault_rates=faults, seed=args.seed)
     directory = args.dir or Path(tempfile.mkdtemp(prefix="mirakl-cancel-demo-"))
     directory.mkdir(parents=True, exist_ok=True)
     input_path = directory / "cancel-lines.csv"
@@ -173,8 +174,8 @@ def run_demo(args: argparse.Namespace, *, out: TextIO | None = None,
             input_path=input_path, base_url=sim.base_url, journal_path=journal_path,
             report_path=report_path, concurrency=8, quiet=args.quiet,
             progress_interval=max(1.0, 300 * scale),
-            policy=PollPolicy(min_interval=60 * scale, interval=120 * scale,
-                              first_delay=60 * scale, timeout=None),
+            policy=PollPolicy(min_interval=API_MIN_INTERVAL * scale, interval=120 * scale,
+                              first_delay=API_MIN_INTERVAL * scale, timeout=None),
             retry=RetryPolicy(max_attempts=6, base_delay=0.05, max_delay=1.0, max_time=30.0),
             reconcile=ReconcilePolicy(settle=_SETTLE * scale, skew=120 * scale, resend=True))
         auth = ClientCredentials(config.client_id, config.client_secret, sim.token_url)

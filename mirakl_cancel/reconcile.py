@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from ._constants import DEFAULT_SETTLE, DEFAULT_SKEW
 from .models import Adjustment, AdjustmentType, Cancelation, CancelRequest, Order, OrderLine
 
 if TYPE_CHECKING:
@@ -46,8 +47,8 @@ class ReconcilePolicy:
     `resend` lets a bulk run send again what was proven NOT_APPLIED.
     """
 
-    settle: float = 900.0
-    skew: float = 120.0
+    settle: float = DEFAULT_SETTLE
+    skew: float = DEFAULT_SKEW
     resend: bool = False
     #: How many times a bulk run may resend a request proven not applied.
     max_rounds: int = 3

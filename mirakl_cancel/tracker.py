@@ -25,6 +25,12 @@ from typing import Any, Protocol
 
 import attrs
 
+from ._constants import (
+    API_MIN_INTERVAL,
+    DEFAULT_FIRST_POLL_DELAY,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_TRACKER_CONCURRENCY,
+)
 from ._scheduler import Clock, LoopClock, TimerHandle
 from .errors import (
     ActionTimeoutError,
@@ -74,9 +80,9 @@ class PollPolicy:
     forever. Tests inject small values to run in milliseconds.
     """
 
-    min_interval: float = 60.0
-    interval: float = 300.0
-    first_delay: float = 60.0
+    min_interval: float = API_MIN_INTERVAL
+    interval: float = DEFAULT_POLL_INTERVAL
+    first_delay: float = DEFAULT_FIRST_POLL_DELAY
     timeout: float | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -234,7 +240,7 @@ class ActionTracker:
         client: StatusClient,
         policy: PollPolicy = DEFAULT_POLICY,
         *,
-        concurrency: int = 8,
+        concurrency: int = DEFAULT_TRACKER_CONCURRENCY,
         clock: Clock | None = None,
     ) -> None:
         if not isinstance(policy, PollPolicy):

@@ -30,7 +30,7 @@ from mirakl_cancel import (
     UncertainDeliveryError,
 )
 from mirakl_cancel import auth as auth_module
-from mirakl_cancel.auth import DEFAULT_TOKEN_URL
+from mirakl_cancel._constants import DEFAULT_TOKEN_URL
 
 # Loopback, so that reads need not be a minute apart (the client allows that only locally).
 BASE = "http://127.0.0.1:9/api"

@@ -32,9 +32,9 @@ from mirakl_cancel import (
     TransportError,
     UncertainDeliveryError,
 )
+from mirakl_cancel._constants import USER_AGENT
 from mirakl_cancel._transport import (
     NO_RETRY,
-    USER_AGENT,
     Transport,
     check_base_url,
     encode_segment,

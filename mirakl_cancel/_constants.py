@@ -1,0 +1,74 @@
+"""Every number the library's behaviour rests on, in one place.
+
+Most are the API's own limits (Mirakl Connect's documentation and OpenAPI bundle), the
+rest are defaults chosen for them. A rule that reads one of these must import it from
+here, never restate the literal: when the API changes a limit, one line changes.
+This module imports nothing from the package, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import aiohttp
+
+from ._version import __version__
+
+# --- The API's limits -------------------------------------------------------------------
+
+#: The API's ceiling for `v2-getActionStatus` (per action) and for `v2-listOrders`:
+#: one call per minute. Intervals below it are allowed only against a loopback server
+#: (the simulator, in scaled time).
+API_MIN_INTERVAL = 60.0
+#: The most ids (and orders per page) `v2-listOrders` takes in one call.
+LIST_ORDERS_MAX_IDS = 100
+
+# --- Endpoints --------------------------------------------------------------------------
+
+DEFAULT_BASE_URL = "https://miraklconnect.com/api"
+DEFAULT_TOKEN_URL = "https://auth.mirakl.net/oauth/token"
+USER_AGENT = (f"mirakl-cancel/{__version__} aiohttp/{aiohttp.__version__} "
+              f"python/{sys.version_info.major}.{sys.version_info.minor}")
+
+# --- Transport (MiraklConnectClient, Timeout, RetryPolicy) -------------------------------
+
+DEFAULT_MAX_CONCURRENCY = 16
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_READ_TIMEOUT = 30.0
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_RETRY_MAX_TIME = 120.0
+DEFAULT_RETRY_BASE_DELAY = 0.5
+DEFAULT_RETRY_MAX_DELAY = 30.0
+#: A Retry-After longer than this surfaces as RateLimitError rather than a silent sleep.
+DEFAULT_MAX_RETRY_AFTER = 300.0
+
+# --- Tokens (ClientCredentials) ---------------------------------------------------------
+
+#: Renew a token this long before it expires, so no request carries one that dies in flight.
+TOKEN_REFRESH_MARGIN = 60.0
+TOKEN_REQUEST_TIMEOUT = 30.0
+#: The lifetime assumed when a token answer has no usable `expires_in` (OAuth2's common one).
+DEFAULT_TOKEN_LIFETIME = 3600.0
+
+# --- Tracking (PollPolicy, ActionTracker) -----------------------------------------------
+
+#: Mirakl's recommended pace for status reads.
+DEFAULT_POLL_INTERVAL = 300.0
+#: A read sooner than this after acceptance would almost surely still say PENDING.
+DEFAULT_FIRST_POLL_DELAY = API_MIN_INTERVAL
+#: Status reads in flight at most, per tracker.
+DEFAULT_TRACKER_CONCURRENCY = 8
+
+# --- Reconciliation (ReconcilePolicy) ---------------------------------------------------
+
+#: Time enough for Mirakl to process an action: after it, no adjustment means not applied.
+DEFAULT_SETTLE = 900.0
+#: Clock difference allowed with the API when dating adjustments.
+DEFAULT_SKEW = 120.0
+
+# --- The file job (CLI) -----------------------------------------------------------------
+
+#: Requests (cancels and reads) in flight at most for `mirakl-cancel run`.
+DEFAULT_JOB_CONCURRENCY = 8
+#: Without a terminal, a progress line this often (seconds).
+DEFAULT_PROGRESS_INTERVAL = 10.0
