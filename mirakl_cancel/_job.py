@@ -35,9 +35,11 @@ import collections
 import contextlib
 import hashlib
 import logging
+import os
 import signal
 import sqlite3
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Sequence
@@ -51,7 +53,14 @@ import attrs
 from ._constants import DEFAULT_JOB_CONCURRENCY, DEFAULT_PROGRESS_INTERVAL
 from ._input import InputError, ParsedInput, read_input
 from ._progress import Progress, ProgressLogHandler
-from ._report import JobCounts, report_lines, row_outcome, summary_table, write_report
+from ._report import (
+    JobCounts,
+    check_report_path,
+    report_lines,
+    row_outcome,
+    summary_table,
+    write_report,
+)
 from ._serde import loads, request_body, structure_request
 from ._transport import RetryPolicy
 from .auth import Auth
@@ -81,7 +90,7 @@ from .reconcile import ReconcilePolicy, SentCancel, Verdict, reconcile
 from .tracker import ActionTracker, PollPolicy, TrackedResult
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SOME_FAILED", "JobOptions",
-           "default_journal_path", "reconcile_job", "run_job"]
+           "check_job_paths", "default_journal_path", "reconcile_job", "run_job"]
 
 _T = TypeVar("_T")
 
@@ -203,6 +212,10 @@ class _JournalingClient(MiraklConnectClient):
     """
 
     journal: Journal | None = None
+    #: Told when each action's next read is due, so a quiet wait can say until when.
+    progress: Progress | None = None
+    #: The tracker's interval between reads of a pending action.
+    read_interval: float = 0.0
 
     async def get_action_status(self, action_id: str, *, retry: bool = True) -> ActionStatus:
         journal = self.journal
@@ -215,6 +228,10 @@ class _JournalingClient(MiraklConnectClient):
         finally:
             if journal is not None:
                 journal.mark_polled(action_id, status=status.raw_status if status else None)
+            if self.progress is not None:
+                final = status is not None and status.is_terminal
+                self.progress.read_done(
+                    action_id, None if final else time.time() + self.read_interval)
 
 
 # --- result mapping: bulk.py owns the outcome rules ----------------------------------------
@@ -269,9 +286,11 @@ class _Run:
         self.reconciled: Counter[str] | None = None
         self.resent_unapplied = 0
 
-    def _resolved(self) -> None:
+    def _resolved(self, *, tracked: bool = False) -> None:
         self.outstanding -= 1
         self.progress.resolved += 1
+        if tracked:
+            self.progress.tracking -= 1
         if self.outstanding <= 0:
             self.all_done.set()
 
@@ -292,6 +311,7 @@ class _Run:
         key = self.by_action.pop(result.action_id, None)
         if key is None:
             return
+        self.progress.forget(result.action_id)
         try:
             request = self._cancel_request(self.journal.request(key))
             outcome, errors = outcome_for_tracking(request, result.action_id, result)
@@ -303,7 +323,7 @@ class _Run:
                 # so it stays ACCEPTED and a re-run tracks it on.
                 self.journal.mark_tracking_stopped(key, outcome, errors)
         finally:
-            self._resolved()  # even if journaling failed: the job must not wait forever
+            self._resolved(tracked=True)  # even if journaling failed: never wait forever
 
     def _track(self, request: JournalRequest | str, action_id: str, order_id: str,
                last_polled_at: float | None) -> None:
@@ -311,6 +331,14 @@ class _Run:
         self.by_action[action_id] = key
         assert self.tracker is not None
         self.tracker.add(action_id, order_id=order_id, last_polled_at=last_polled_at)
+        # When the tracker will read it first (its rule: the first delay from now, and
+        # never within the ceiling of the last read), for the progress line.
+        policy = self.options.policy
+        due = time.time() + policy.first_delay
+        if last_polled_at is not None:
+            due = max(due, last_polled_at + policy.min_interval)
+        self.progress.tracking += 1
+        self.progress.read_due(action_id, due)
 
     @staticmethod
     def _cancel_request(request: JournalRequest) -> CancelRequest:
@@ -382,6 +410,7 @@ class _Run:
             request, resend = queue.popleft()
             try:
                 await self._send(request, resend)
+                self.progress.sends_over += 1
             except Exception as exc:
                 # Whatever failed (journaling an error outcome, a bug), the request must
                 # count as resolved, or the run would wait for it forever; and sending on
@@ -435,7 +464,6 @@ class _Run:
         to_send, to_track = self._select(resume)
         self.resent_unapplied += sum(1 for request, _ in to_send
                                      if request.outcome == "NOT_APPLIED")
-        self.progress.accepted = len(to_track)
         self.progress.resolved = self.progress.total - len(to_send) - len(to_track)
         return await self._pass(to_send, to_track)
 
@@ -446,6 +474,7 @@ class _Run:
         self.outstanding = len(to_send) + len(to_track)
         if self.outstanding == 0:
             return False
+        self.progress.to_send = self.progress.sends_over + len(to_send)
         self.all_done.clear()
         tracker = ActionTracker(self.client, opts.policy, concurrency=opts.concurrency)
         self.tracker = tracker
@@ -690,13 +719,79 @@ class _SignalStop:
             loop.remove_signal_handler(signum)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    with contextlib.suppress(OSError):
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def _check_writable(path: Path, what: str) -> None:
+    """ValueError unless `path` can be created (or replaced), found without touching it.
+
+    A probe file is created beside it and removed: the only sure test of a directory's
+    permissions, and the way the report and journal are written (a file in the same
+    directory), so nothing that exists is opened, truncated or replaced.
+    """
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory: give a file path")
+    directory = path.parent
+    if not directory.is_dir():
+        raise ValueError(f"{what} {path}: the directory {directory} does not exist")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{what} {path} is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=directory)
+    except OSError as exc:
+        raise ValueError(f"{what} {path} cannot be written: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_job_paths(options: JobOptions) -> None:
+    """Every file check `run`/`reconcile` can fail, done before anything is sent.
+
+    The input must be a readable file; the report and the journal must be writable, and
+    no two of the three may be the same file (a report written over its input, or over
+    the journal, would destroy it). Raises ValueError with the reason.
+    """
+    path = options.input_path
+    if path is not None:
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory: give the CSV or JSONL file to read")
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"{path} is not readable")
+    journal = options.journal_path
+    if journal is None and path is not None:
+        journal = default_journal_path(path)
+    report = options.report_path
+    named = [("the input", path), ("the journal", journal), ("--report", report)]
+    for i, (name_a, a) in enumerate(named):
+        for name_b, b in named[i + 1:]:
+            if a is not None and b is not None and _same_file(a, b):
+                raise ValueError(f"{name_b} {b} is the same file as {name_a}: it would be "
+                                 "overwritten; give it another path")
+    if journal is not None and not (options.dry_run and not journal.exists()):
+        if path is None and not journal.is_file():
+            raise ValueError(f"{journal}: no such journal")
+        _check_writable(journal, "journal")
+    if report is not None:
+        check_report_path(report)
+        _check_writable(report, "report")
+
+
 def _open_job(options: JobOptions, err: TextIO,
               out: TextIO) -> tuple[Journal | None, bool, int]:
     """Open (or create) the job's journal; returns (journal, resumed, exit code if not)."""
     path = options.input_path
-    if path is None or not path.is_file():
-        print(f"error: {path}: no such file", file=err)
+    try:
+        check_job_paths(options)
+    except ValueError as exc:
+        print(f"error: {exc}", file=err)
         return None, False, EXIT_BAD_INPUT
+    assert path is not None
     journal_path = options.journal_path or default_journal_path(path)
     existing = journal_path.exists() and not options.dry_run
     journal: Journal | None = None
@@ -786,16 +881,20 @@ def _finish(journal: Journal, options: JobOptions, counts: JobCounts, out: TextI
         counts.rows_by_outcome[line.outcome] += 1
     for request in journal.requests():
         counts.requests_by_outcome[row_outcome(request)[0]] += 1
+    report_failed = False
     if options.report_path is not None:
         try:
             write_report(options.report_path, lines)
         except OSError as exc:
+            report_failed = True
             print(f"error: cannot write the report {options.report_path}: {exc}", file=err)
     print(summary_table(counts), file=out, flush=True)
-    if options.report_path is not None:
+    if options.report_path is not None and not report_failed:
         print(f"report: {options.report_path}", file=out)
     if counts.interrupted:
         return EXIT_INTERRUPTED
+    if report_failed:  # checked writable before the run, yet lost: the operator must know
+        return EXIT_SOME_FAILED
     return EXIT_OK if lines and all(line.outcome == "SUCCEEDED" for line in lines) \
         else EXIT_SOME_FAILED
 
@@ -818,6 +917,8 @@ async def _run_async(options: JobOptions, auth: Auth, journal: Journal, resumed:
         # v2-listOrders (reconciliation) has the same once-a-minute ceiling as a status read.
         min_list_interval=options.policy.min_interval)
     client.journal = journal
+    client.progress = progress
+    client.read_interval = options.policy.interval
     run = _Run(options, journal, client, progress, err)
     stopper = _SignalStop(run, err)
     interrupted = False
@@ -883,8 +984,10 @@ def reconcile_job(options: JobOptions, auth: Auth | None, *, out: TextIO | None 
     err = err or sys.stderr
     path = options.journal_path
     assert path is not None and options.reconcile is not None
-    if not path.is_file():
-        print(f"error: {path}: no such journal", file=err)
+    try:
+        check_job_paths(options)
+    except ValueError as exc:
+        print(f"error: {exc}", file=err)
         return EXIT_BAD_INPUT
     try:
         journal = Journal.open(path)
