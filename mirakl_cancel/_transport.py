@@ -35,6 +35,7 @@ from ._constants import (
     DEFAULT_RETRY_MAX_TIME,
     USER_AGENT,
 )
+from ._hooks import Call, Hooks, RateLimitEvent, RequestEvent, ResponseEvent, RetryEvent
 from ._pollguard import PollGuard
 from ._serde import loads, parse_error_body
 from .auth import Auth
@@ -204,6 +205,7 @@ class Transport:
         timeout: Timeout,
         session: aiohttp.ClientSession | None,
         min_poll_interval: float = API_MIN_INTERVAL,
+        hooks: Hooks | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -226,6 +228,7 @@ class Transport:
         self._next_slot = 0.0
         #: Spacing of reads of one action (the API's once-a-minute ceiling).
         self.poll_guard = PollGuard(min_poll_interval)
+        self.hooks = hooks if hooks is not None else Hooks()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -300,6 +303,7 @@ class Transport:
         poll_key: str | None = None,
         guard: PollGuard | None = None,
         on_send: Callable[[], None] | None = None,
+        call: Call | None = None,
     ) -> Response:
         """Perform one logical request, retrying what is safe to retry.
 
@@ -307,7 +311,8 @@ class Transport:
         or the order listing): every attempt for it, retries included, waits for
         `guard` (the action poll guard by default) and is recorded there. `on_send` is
         called right before each attempt leaves (after every wait), e.g. to journal that
-        a cancel is about to be sent.
+        a cancel is about to be sent. `call` is given when hooks are registered: each
+        attempt, answer, retry and 429 pause is then reported to them.
         """
         policy = retry or self.retry
         guard = guard or self.poll_guard
@@ -320,14 +325,14 @@ class Transport:
             try:
                 if poll_key is None:
                     return await self._attempt(
-                        method, url, body, params, idempotent, expected, on_send)
+                        method, url, body, params, idempotent, expected, on_send, call)
                 await guard.wait(poll_key)
                 # Claim the slot before sending (no await in between), so that a concurrent
                 # read of the same key waits too; the end of the attempt is recorded below.
                 guard.record(poll_key)
                 try:
                     return await self._attempt(
-                        method, url, body, params, idempotent, expected, on_send)
+                        method, url, body, params, idempotent, expected, on_send, call)
                 finally:
                     guard.record(poll_key)
             except _AuthExpired as expired:
@@ -350,12 +355,16 @@ class Transport:
                 if isinstance(error, RateLimitError):
                     # Whoever got the 429, the whole client holds back (even if we give up).
                     self.pause(delay)
+                    if call is not None:
+                        self.hooks.emit("rate_limit", RateLimitEvent(call, attempt, delay))
                 if retry.retry_after is not None and retry.retry_after > policy.max_retry_after:
                     raise error from None
                 elapsed = time.monotonic() - started
                 if attempt >= policy.max_attempts or elapsed + delay > policy.max_time:
                     raise error from None
                 self.stats.retries += 1
+                if call is not None:
+                    self.hooks.emit("retry", RetryEvent(call, attempt, delay, _describe(error)))
                 logger.info("retrying %s %s in %.2fs after %s (attempt %d of %d)",
                             method, url.path, delay, _describe(error), attempt + 1,
                             policy.max_attempts)
@@ -371,6 +380,7 @@ class Transport:
         idempotent: bool,
         expected: Sequence[int],
         on_send: Callable[[], None] | None = None,
+        call: Call | None = None,
     ) -> Response:
         session = self.session
         async with self._semaphore:
@@ -388,6 +398,10 @@ class Transport:
             self.stats.requests += 1
             if on_send is not None:
                 on_send()
+            if call is not None:
+                call.attempts += 1
+                self.hooks.emit("request", RequestEvent(call, call.attempts))
+                sent = time.monotonic()
             try:
                 async with session.request(
                     method, url, data=body, params=params, headers=headers,
@@ -402,7 +416,14 @@ class Transport:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if call is not None:
+                    self.hooks.emit("response", ResponseEvent(
+                        call, call.attempts, None, time.monotonic() - sent, type(exc).__name__))
                 raise self._map_failure(exc, method, url, idempotent) from None
+        if call is not None:
+            call.status = status
+            self.hooks.emit("response", ResponseEvent(
+                call, call.attempts, status, time.monotonic() - sent))
         if status in expected:
             try:
                 return Response(status, loads(raw) if raw else None)

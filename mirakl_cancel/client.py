@@ -15,6 +15,7 @@ from ._constants import (
     DEFAULT_MAX_CONCURRENCY,
     LIST_ORDERS_MAX_IDS,
 )
+from ._hooks import ROUTE_CANCEL, ROUTE_GET_ACTION_STATUS, ROUTE_LIST_ORDERS, Call, Hooks
 from ._pollguard import PollGuard
 from ._serde import (
     parse_action_accepted,
@@ -66,6 +67,7 @@ class MiraklConnectClient:
         session: aiohttp.ClientSession | None = None,
         min_poll_interval: float = API_MIN_INTERVAL,
         min_list_interval: float = API_MIN_INTERVAL,
+        hooks: Hooks | None = None,
     ) -> None:
         if not isinstance(auth, Auth):
             raise TypeError("auth must be StaticToken(...) or ClientCredentials(...)")
@@ -81,6 +83,7 @@ class MiraklConnectClient:
             timeout=timeout or Timeout(),
             session=session,
             min_poll_interval=min_poll_interval,
+            hooks=hooks,
         )
         check_min_intervals(base_url, min_poll_interval, min_list_interval)
         self.base_url = base_url.rstrip("/")
@@ -118,6 +121,12 @@ class MiraklConnectClient:
         return self._transport.poll_guard.min_interval
 
     @property
+    def hooks(self) -> Hooks:
+        """The hooks called on every request, answer, retry, 429 pause, uncertain cancel
+        and (through trackers using this client) tracked action: `client.hooks.add(...)`."""
+        return self._transport.hooks
+
+    @property
     def transport(self) -> Transport:
         """The transport (for extensions that add endpoints, e.g. reconciliation)."""
         return self._transport
@@ -148,11 +157,20 @@ class MiraklConnectClient:
         """
         if not isinstance(request, CancelRequest):
             raise TypeError("cancel() takes a CancelRequest")
+        hooks = self._transport.hooks
+        if not hooks.active:
+            return await self._cancel(request, on_send, None)
+        call = Call(ROUTE_CANCEL, "POST", order_id=request.order_id,
+                    lines=len(request.cancelations))
+        return await hooks.observe(call, self._cancel(request, on_send, call))
+
+    async def _cancel(self, request: CancelRequest, on_send: Callable[[], None] | None,
+                      call: Call | None) -> ActionAccepted:
         url = self._transport.url("v2", "orders", request.order_id, "cancel")
         try:
             response = await self._transport.request(
                 "POST", url, body=request_body(request), idempotent=False, expected=(202, 200),
-                on_send=on_send)
+                on_send=on_send, call=call)
         except UncertainDeliveryError as exc:
             exc.order_id = request.order_id
             raise
@@ -174,10 +192,18 @@ class MiraklConnectClient:
         """
         if not isinstance(action_id, str) or not action_id:
             raise ValidationError([ValidationIssue("action_id", "must be a non-empty string")])
+        hooks = self._transport.hooks
+        if not hooks.active:
+            return await self._get_action_status(action_id, retry, None)
+        call = Call(ROUTE_GET_ACTION_STATUS, "GET", action_id=action_id)
+        return await hooks.observe(call, self._get_action_status(action_id, retry, call))
+
+    async def _get_action_status(self, action_id: str, retry: bool,
+                                 call: Call | None) -> ActionStatus:
         url = self._transport.url("v2", "orders", "actions", action_id)
         response = await self._transport.request(
             "GET", url, idempotent=True, poll_key=action_id,
-            retry=None if retry else NO_RETRY)
+            retry=None if retry else NO_RETRY, call=call)
         try:
             return parse_action_status(response.data)
         except ValueError as exc:
@@ -192,6 +218,13 @@ class MiraklConnectClient:
         ids = list(dict.fromkeys(order_ids))
         if any(not isinstance(i, str) or not i for i in ids):
             raise ValidationError([ValidationIssue("order_ids", "must be non-empty strings")])
+        hooks = self._transport.hooks
+        if not hooks.active:
+            return await self._list_orders(ids, None)
+        call = Call(ROUTE_LIST_ORDERS, "GET")
+        return await hooks.observe(call, self._list_orders(ids, call))
+
+    async def _list_orders(self, ids: list[str], call: Call | None) -> list[Order]:
         url = self._transport.url("v2", "orders")
         orders: list[Order] = []
         for start in range(0, len(ids), LIST_ORDERS_MAX_IDS):
@@ -203,7 +236,7 @@ class MiraklConnectClient:
                 params.append(("limit", str(LIST_ORDERS_MAX_IDS)))
                 response = await self._transport.request(
                     "GET", url, params=params, idempotent=True,
-                    poll_key="v2-listOrders", guard=self._list_guard)
+                    poll_key="v2-listOrders", guard=self._list_guard, call=call)
                 try:
                     page, page_token = parse_orders_page(response.data)
                 except ValueError as exc:

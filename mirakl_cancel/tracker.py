@@ -31,6 +31,7 @@ from ._constants import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_TRACKER_CONCURRENCY,
 )
+from ._hooks import ActionFinalEvent, ActionTrackedEvent, Hooks, PollEvent
 from ._scheduler import Clock, LoopClock, TimerHandle
 from .errors import (
     ActionTimeoutError,
@@ -251,6 +252,9 @@ class ActionTracker:
         self.policy = policy
         self.concurrency = concurrency
         self.stats = TrackerStats()
+        hooks = getattr(client, "hooks", None)
+        #: The client's hooks (a test fake may have none): tracked, polled, final.
+        self._hooks: Hooks | None = hooks if isinstance(hooks, Hooks) else None
         self._clock: Clock = clock or LoopClock()
         self._min = max(policy.min_interval, client.min_poll_interval)
         self._interval = max(policy.interval, self._min)
@@ -422,6 +426,9 @@ class ActionTracker:
         due = max(due, self.client.transport.poll_guard.ready_at(action_id))
         self._ensure_started()
         self._push(record, due)
+        hooks = self._hooks
+        if hooks is not None and hooks.active:
+            hooks.emit("action_tracked", ActionTrackedEvent(action_id, order_id))
         return record
 
     # --- results ----------------------------------------------------------------------
@@ -483,6 +490,9 @@ class ActionTracker:
                 on_result(result)
             except Exception:
                 logger.exception("a tracker result listener failed")
+        hooks = self._hooks
+        if hooks is not None and hooks.active:
+            hooks.emit("action_final", ActionFinalEvent(result))
         if self._closing and not self._actions:
             self._wake()
 
@@ -544,7 +554,11 @@ class ActionTracker:
                 continue
             if len(self._in_flight) >= self.concurrency:
                 return
-            heapq.heappop(heap)
+            due = heapq.heappop(heap)[0]
+            hooks = self._hooks
+            if hooks is not None and hooks.active:
+                hooks.emit("poll", PollEvent(record.action_id, record.order_id, record.polls,
+                                             max(now - due, 0.0)))
             record.state = _IN_FLIGHT
             task = asyncio.get_running_loop().create_task(self._poll(record))
             self._in_flight.add(task)
