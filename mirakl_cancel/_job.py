@@ -138,6 +138,10 @@ class JobOptions:
     http_timeout: float | None = None
     #: Reconcile UNCERTAIN requests after the run (`resend`: --resend-unapplied).
     reconcile: ReconcilePolicy | None = None
+    #: The exact command that resumes this job, printed when a run stops early.
+    resume_command: str | None = None
+    #: The command that settles the job's UNCERTAIN cancels later (`mirakl-cancel reconcile`).
+    reconcile_command: str | None = None
 
 
 # --- planning ------------------------------------------------------------------------
@@ -285,6 +289,13 @@ class _Run:
         #: Verdicts given this run, when reconciliation ran.
         self.reconciled: Counter[str] | None = None
         self.resent_unapplied = 0
+        #: A signal stopped reconciliation (its settling wait or its reads).
+        self.reconcile_interrupted = False
+        #: Requests of this run whose POST reached the API (answered, or maybe processed).
+        self.reached = 0
+        #: Sending stopped because no connection could be made at all.
+        self.unreachable = False
+        self._connect_failures: set[str] = set()
 
     def _resolved(self, *, tracked: bool = False) -> None:
         self.outstanding -= 1
@@ -369,6 +380,18 @@ class _Run:
             accepted = await self.client.cancel(cancel, on_send=on_send)
         except MiraklError as exc:
             outcome, errors = outcome_for_send_error(cancel, exc)
+            if isinstance(exc, ConnectError):
+                self._connect_failed(exc)
+                if marked and request.state is RequestState.PENDING:
+                    # No connection was ever made: the cancel never left. Undo the send
+                    # mark (and the count), so the journal says nothing reached a server
+                    # and a re-run may go to a corrected base URL.
+                    self.journal.mark_not_sent(request.key)
+                    marked = False
+                    self.posts_sent -= 1
+                    self.progress.sent -= 1
+            else:
+                self.reached += marked
             if not marked:
                 # No attempt left (no token, a long 429 pause...): the API never saw it. A
                 # fresh request is final for this run but resendable; a resend keeps its
@@ -402,8 +425,24 @@ class _Run:
                               f"{request.order_id} was accepted as action {accepted.action_id}")
             self._resolved()
             return
+        self.reached += 1
         self.progress.accepted += 1
         self._track(request, accepted.action_id, request.order_id, None)
+
+    def _connect_failed(self, error: ConnectError) -> None:
+        """Say why a connection failed, as it happens (once per reason); stop sending if
+        nothing of this run ever reached the API: every other request would fail alike."""
+        reason = str(error)
+        if reason not in self._connect_failures:
+            self._connect_failures.add(reason)
+            self._note(f"error: {reason} (base URL {self.options.base_url})")
+        if not self.reached:
+            self.unreachable = True
+            self.request_stop(
+                f"stopping: no connection could be made to {self.options.base_url}, so no "
+                "cancel was sent. Check the base URL (--base-url, MIRAKL_CONNECT_BASE_URL) "
+                "and the network, then run again: the journal is not tied to a URL that "
+                "nothing reached")
 
     async def _sender(self, queue: collections.deque[tuple[JournalRequest, bool]]) -> None:
         while queue and not self.stop.is_set():
@@ -538,6 +577,7 @@ class _Run:
                 return False
             unapplied, interrupted = await self._reconcile_round(rows, policy)
             if interrupted:
+                self.reconcile_interrupted = True
                 return True
             if not (policy.resend and unapplied) or round_number > policy.max_rounds:
                 return False
@@ -578,20 +618,28 @@ class _Run:
             self._note(f"reconciling {len(sent)} uncertain cancel(s): waiting {wait:.0f}s, "
                        f"until {until}, for the settling window ({policy.settle:g}s after the "
                        "last send) to pass; Ctrl-C leaves them UNCERTAIN")
+            self.progress.restart()
+            self.progress.waiting = (f"{len(sent):,} uncertain: settling until {until}; "
+                                     "Ctrl-C leaves them UNCERTAIN")
             if await _unless(self.interrupt, asyncio.sleep(wait)) is _INTERRUPTED:
+                await self.progress.stop()
                 return [], True
         else:
             self._note(f"reconciling {len(sent)} uncertain cancel(s)")
+            self.progress.restart()
+        self.progress.waiting = f"reading the orders of {len(sent):,} uncertain cancel(s)"
         others = self._rivals({s.request.order_id for s in sent}, set(keys))
         try:
             verdicts = await _unless(self.interrupt,
                                      reconcile(self.client, sent, others=others, policy=policy))
         except MiraklError as exc:
+            await self.progress.stop()
             for key in keys:
                 self._record(self.journal.request(key), Verdict.UNCERTAIN,
                              f"reconciliation failed: {exc}")
             self._note(f"reconciliation failed: {exc}; the cancels stay UNCERTAIN")
             return [], False
+        await self.progress.stop()
         if verdicts is _INTERRUPTED:
             return [], True
         assert isinstance(verdicts, list)
@@ -809,8 +857,15 @@ def _open_job(options: JobOptions, err: TextIO,
                 problems.append(f"{path} changed since the journal was created "
                                 f"({job.created_at})")
             if job.base_url.rstrip("/") != options.base_url.rstrip("/"):
-                problems.append(f"the journal's actions were sent to {job.base_url}, not "
-                                f"{options.base_url}")
+                if journal.ever_sent():
+                    problems.append(f"the journal's actions were sent to {job.base_url}, "
+                                    f"not {options.base_url}")
+                else:
+                    # Nothing ever reached the old URL (every connection was refused): the
+                    # job is free to go where the operator now points it.
+                    journal.set_base_url(options.base_url)
+                    print(f"note: nothing of this job ever reached {job.base_url}; it now "
+                          f"goes to {options.base_url}", file=err)
             if problems and not options.force:
                 journal.close()
                 for problem in problems:
@@ -875,7 +930,7 @@ def _open_job(options: JobOptions, err: TextIO,
 
 
 def _finish(journal: Journal, options: JobOptions, counts: JobCounts, out: TextIO,
-            err: TextIO) -> int:
+            err: TextIO, notes: Sequence[str] = ()) -> int:
     lines = report_lines(journal.rows())
     for line in lines:
         counts.rows_by_outcome[line.outcome] += 1
@@ -891,6 +946,9 @@ def _finish(journal: Journal, options: JobOptions, counts: JobCounts, out: TextI
     print(summary_table(counts), file=out, flush=True)
     if options.report_path is not None and not report_failed:
         print(f"report: {options.report_path}", file=out)
+    for note in notes:
+        print(note, file=out)
+    out.flush()
     if counts.interrupted:
         return EXIT_INTERRUPTED
     if report_failed:  # checked writable before the run, yet lost: the operator must know
@@ -946,7 +1004,30 @@ async def _run_async(options: JobOptions, auth: Auth, journal: Journal, resumed:
                        rate_limited=stats.rate_limited, resumed=resumed,
                        interrupted=interrupted, reconciled=run.reconciled,
                        resent_unapplied=run.resent_unapplied)
-    return _finish(journal, options, counts, out, err)
+    return _finish(journal, options, counts, out, err,
+                   _closing_notes(run, journal, interrupted, counts))
+
+
+def _closing_notes(run: _Run, journal: Journal, interrupted: bool,
+                   counts: JobCounts) -> list[str]:
+    """What an operator must be told after the summary of a run that did not finish:
+    what stays UNCERTAIN after an interrupted reconciliation, and the exact command
+    that takes the job on from where it stopped."""
+    options = run.options
+    notes: list[str] = []
+    if run.reconcile_interrupted:
+        if not counts.reconciled:
+            counts.reconciled = None  # not "no uncertain cancel": there were, unjudged
+        states = journal.counts()
+        left = states[RequestState.UNCERTAIN] + states[RequestState.SENDING]
+        later = f": {options.reconcile_command}" if options.reconcile_command else ""
+        notes.append(f"reconciliation interrupted: {left} cancel(s) stay UNCERTAIN (not "
+                     "sent again); settle them later, once their settling window has "
+                     f"passed, with{later or ' mirakl-cancel reconcile'}")
+    if (interrupted or run.stop_reason) and options.resume_command:
+        fixed = " (with the base URL corrected)" if run.unreachable else ""
+        notes.append(f"to resume this job, run{fixed}: {options.resume_command}")
+    return notes
 
 
 def _missing_credentials(err: TextIO) -> int:

@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +32,15 @@ from ._constants import (
     DEFAULT_PROGRESS_INTERVAL,
     DEFAULT_TOKEN_URL,
 )
-from ._job import EXIT_BAD_INPUT, EXIT_OK, EXIT_SOME_FAILED, JobOptions, reconcile_job, run_job
+from ._job import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    JobOptions,
+    default_journal_path,
+    reconcile_job,
+    run_job,
+)
 from ._progress import ProgressLogHandler
 from ._report import check_report_path
 from ._transport import check_base_url
@@ -358,6 +367,45 @@ def _job_settings(args: argparse.Namespace, command: str,
     return base_url, policy, reconciling
 
 
+_TOKEN_PLACEHOLDER = "<TOKEN>"
+
+
+def _command_line(argv: Sequence[str]) -> str:
+    """`argv` as a command to paste again, with any `--token` value replaced (a secret
+    is never printed, even back to the user who typed it)."""
+    words: list[str] = []
+    hide = False
+    for word in argv:
+        if hide:
+            words.append(_TOKEN_PLACEHOLDER)
+            hide = False
+        elif word == "--token":
+            words.append(word)
+            hide = True
+        elif word.startswith("--token="):
+            words.append(f"--token={_TOKEN_PLACEHOLDER}")
+        else:
+            words.append(word)
+    return shlex.join(["mirakl-cancel", *words])
+
+
+def _reconcile_command_line(args: argparse.Namespace, journal: Path) -> str:
+    """The `mirakl-cancel reconcile` command that settles this job's UNCERTAIN cancels
+    later, with the connection and reconciliation flags the run was given."""
+    words = ["reconcile", "--journal", str(journal)]
+    for flag, value in (("--base-url", args.base_url), ("--token-url", args.token_url),
+                        ("--settle", args.settle), ("--skew", args.skew)):
+        if value is not None:
+            words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    if args.min_poll_interval != API_MIN_INTERVAL:
+        words += ["--min-poll-interval", f"{args.min_poll_interval:g}"]
+    if args.token:
+        words += ["--token", _TOKEN_PLACEHOLDER]
+    if args.resend_unapplied:
+        words.append("--resend-unapplied")
+    return _command_line(words)
+
+
 def _run_command(args: argparse.Namespace) -> int:
     handler = _setup_logging(args.verbose, args.quiet)
     settings = _job_settings(args, "run", args.reconcile)
@@ -376,7 +424,10 @@ def _run_command(args: argparse.Namespace) -> int:
         rate_limit=args.rate_limit, max_lines_per_request=args.max_lines_per_request,
         policy=policy, resend_uncertain=args.resend_uncertain,
         skip_invalid=args.skip_invalid, dry_run=args.dry_run, force=args.force,
-        quiet=args.quiet, progress_interval=args.progress_interval, reconcile=reconciling)
+        quiet=args.quiet, progress_interval=args.progress_interval, reconcile=reconciling,
+        resume_command=_command_line(args.argv),
+        reconcile_command=_reconcile_command_line(
+            args, args.journal or default_journal_path(args.file)))
     return run_job(options, auth, log_handler=handler)
 
 
@@ -394,7 +445,8 @@ def _reconcile_command(args: argparse.Namespace) -> int:
         input_path=None, base_url=base_url, journal_path=args.journal,
         report_path=args.report, concurrency=args.concurrency, rate_limit=args.rate_limit,
         policy=policy, force=args.force, quiet=args.quiet,
-        progress_interval=args.progress_interval, reconcile=reconciling)
+        progress_interval=args.progress_interval, reconcile=reconciling,
+        reconcile_command=_command_line(args.argv))
     return reconcile_job(options, auth, log_handler=handler)
 
 
@@ -463,10 +515,12 @@ def _status_command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: parse `argv` (default sys.argv[1:]) and run; returns the code."""
     parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(words)
     except SystemExit as exc:  # --help, --version, usage errors (2)
         return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    args.argv = words
     if args.command == "run":
         return _run_command(args)
     if args.command == "status":

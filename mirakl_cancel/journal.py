@@ -371,6 +371,20 @@ class Journal:
                        input_format=row["input_format"], base_url=row["base_url"],
                        created_at=row["created_at"], options=json.loads(row["options"]))
 
+    def set_base_url(self, base_url: str) -> None:
+        """Point the job at another API root. Only for a job none of whose requests ever
+        reached a server (the caller checks, see `ever_sent`): e.g. a first run against a
+        mistyped URL, where every connection was refused."""
+        with self._transaction(durable=True) as db:
+            db.execute("UPDATE job SET base_url = ?", (base_url,))
+
+    def ever_sent(self) -> bool:
+        """Whether any request may ever have reached a server (it has a send time or an
+        action id). A request whose every attempt failed to connect has neither."""
+        row = self._db.execute("SELECT 1 FROM requests WHERE sent_at IS NOT NULL OR "
+                               "action_id IS NOT NULL LIMIT 1").fetchone()
+        return row is not None
+
     def create_job(self, *, input_path: str, input_sha256: str, input_format: str,
                    base_url: str, requests: Sequence[PlannedRequest],
                    rows: Iterable[PlannedRow], options: dict[str, Any] | None = None) -> None:

@@ -7,16 +7,22 @@ as well as by what the CLI printed.
 
 from __future__ import annotations
 
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_cli import SCALE, cli, env_for, poll_flags, write_csv
+from test_cli import SCALE, cli, env_for, poll_flags, read_report, write_csv
 
 from mirakl_cancel import _job
 from mirakl_cancel._job import JobOptions, run_job
 from mirakl_cancel.auth import StaticToken
-from mirakl_cancel.simulator import SimulatorConfig, ThreadedSimulator
+from mirakl_cancel.simulator import Fault, SimulatorConfig, ThreadedSimulator
 from mirakl_cancel.tracker import PollPolicy
 
 
@@ -110,3 +116,92 @@ def test_a_report_lost_after_the_run_is_a_failure(
     assert code == 1  # every row SUCCEEDED, but the report the operator asked for is lost
     assert "cannot write the report" in captured.err and "No space left" in captured.err
     assert "report: " not in captured.out
+
+
+def _free_port() -> int:
+    """A loopback port nothing listens on (bound, then released: connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_wrong_base_url_then_the_fixed_one_resumes_without_force(
+        sim: ThreadedSimulator, source: Path, tmp_path: Path) -> None:
+    wrong = f"http://127.0.0.1:{_free_port()}"
+    report = tmp_path / "r.jsonl"
+    args = ["run", str(source), "--report", str(report), *poll_flags(SCALE)]
+    env = env_for(sim)
+    first = cli(*args, "--base-url", wrong, env=env)
+    assert first.returncode == 1, first.stderr
+    # The reason is on screen as it happens, not only in the report...
+    assert f"(base URL {wrong})" in first.stderr and "Connect call failed" in first.stderr
+    assert "stopping: no connection could be made" in first.stderr
+    # ...nothing is counted as sent, and the summary says how to go on.
+    assert "0 cancel request(s) sent this run" in first.stdout
+    assert "to resume this job, run (with the base URL corrected): mirakl-cancel run" \
+        in first.stdout
+    assert not sim.stats_snapshot()["posts_per_order"]  # (the token came from the sim)
+
+    fixed = cli(*args, "--base-url", sim.base_url, env=env)
+    assert fixed.returncode == 0, fixed.stderr
+    assert f"nothing of this job ever reached {wrong}" in fixed.stderr
+    assert "refusing" not in fixed.stderr
+    assert {line["outcome"] for line in read_report(report)} == {"SUCCEEDED"}
+    stats = sim.stats_snapshot()
+    assert stats["duplicate_posts"] == 0 and set(stats["posts_per_order"].values()) == {1}
+
+    # Now that cancels did reach the API, the journal is tied to it.
+    again = cli(*args, "--base-url", wrong, env=env)
+    assert again.returncode == 2
+    assert f"the journal's actions were sent to {sim.base_url}" in again.stderr
+
+
+def test_an_interrupted_run_ends_with_the_command_to_resume(tmp_path: Path) -> None:
+    config = SimulatorConfig(time_scale=SCALE, processing_delay=(1.0, 5.0), seed=5)
+    with ThreadedSimulator(config) as sim:
+        source = tmp_path / "lines.csv"
+        write_csv(source, sim.generate_orders(40, (1, 2), wrong_state_ratio=0))
+        args = ["run", str(source), "--rate-limit", "40", "--token", "s3cr3t-token",
+                *poll_flags(SCALE)]
+        env = {k: v for k, v in env_for(sim).items() if "CLIENT" not in k}
+        env["MIRAKL_TOKEN_URL"] = sim.token_url
+        proc = subprocess.Popen([sys.executable, "-m", "mirakl_cancel.cli", *args,
+                                 "--token", sim.token], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while len(sim.stats.posts_per_order) < 5 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    (line,) = [x for x in out.splitlines() if x.startswith("to resume this job, run: ")]
+    command = line.removeprefix("to resume this job, run: ")
+    assert shlex.split(command)[:3] == ["mirakl-cancel", "run", str(source)]
+    assert "--token '<TOKEN>'" in command or "--token <TOKEN>" in command
+    assert sim.token not in out + err and "s3cr3t-token" not in out + err
+
+
+def test_ctrl_c_in_the_settling_wait_says_what_stays_uncertain(tmp_path: Path) -> None:
+    config = SimulatorConfig(time_scale=SCALE, processing_delay=(1.0, 5.0), seed=16)
+    with ThreadedSimulator(config) as sim:
+        orders = sim.generate_orders(3, (1, 1), wrong_state_ratio=0)
+        source = tmp_path / "lines.csv"
+        write_csv(source, orders)
+        sim.inject(Fault.drop_after_read(), route="cancel", count=1)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mirakl_cancel.cli", "run", str(source), "--reconcile",
+             "--settle", "600", *poll_flags(SCALE)],
+            env=env_for(sim), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "settling window" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert "no uncertain cancel to reconcile" not in out
+    journal = tmp_path / "lines.csv.journal.sqlite"
+    assert ("reconciliation interrupted: 1 cancel(s) stay UNCERTAIN (not sent again); "
+            "settle them later, once their settling window has passed, with: "
+            f"mirakl-cancel reconcile --journal {journal} --settle 600") in out
+    assert "to resume this job, run: mirakl-cancel run" in out
