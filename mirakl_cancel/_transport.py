@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import ipaddress
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import attrs
@@ -38,6 +35,7 @@ from ._constants import (
 from ._hooks import Call, Hooks, RateLimitEvent, RequestEvent, ResponseEvent, RetryEvent
 from ._pollguard import PollGuard
 from ._serde import loads, parse_error_body
+from ._urls import check_base_url, encode_segment
 from .auth import Auth
 from .errors import (
     ApiError,
@@ -52,19 +50,6 @@ from .errors import (
 __all__ = ["Response", "RetryPolicy", "Timeout", "Transport", "TransportStats"]
 
 logger = logging.getLogger("mirakl_cancel")
-
-_LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
-
-
-def _is_loopback(host: str) -> bool:
-    """Whether `host` names this machine: `localhost` or a loopback IP (not `127.evil.com`)."""
-    if host.lower() in _LOOPBACK:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
 
 @attrs.frozen
 class RetryPolicy:
@@ -155,40 +140,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if math.isnan(seconds):
         return None
     return max(seconds, 0.0)
-
-
-#: A segment of unreserved characters only, which `quote(..., safe="")` leaves as it is.
-_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+").fullmatch
-
-
-def encode_segment(value: str) -> str:
-    """Percent-encode one path segment so that no id can reach another route.
-
-    Everything but unreserved characters is encoded, and a segment made only of dots
-    is encoded too, since `.` and `..` would otherwise be resolved as path steps.
-    """
-    if _UNRESERVED(value) is not None and value.strip("."):
-        return value  # nothing to encode: the common case, without quote()'s cost
-    encoded = quote(value, safe="")
-    if encoded and set(encoded) == {"."}:
-        encoded = encoded.replace(".", "%2E")
-    return encoded
-
-
-def is_loopback_url(url: str) -> bool:
-    """Whether `url` points at this machine (the simulator), where scaled time is allowed."""
-    return _is_loopback(URL(url).host or "")
-
-
-def check_base_url(base_url: str) -> URL:
-    """Refuse plain http except on loopback, where the simulator lives."""
-    url = URL(base_url.rstrip("/"))
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
-    if url.scheme == "http" and not _is_loopback(url.host):
-        raise ValueError("plain http is only allowed for loopback hosts: tokens would travel "
-                         f"in clear text to {url.host}")
-    return url
 
 
 class Transport:

@@ -12,6 +12,7 @@ import time
 from typing import Protocol, runtime_checkable
 
 import aiohttp
+from yarl import URL
 
 from ._constants import (
     DEFAULT_TOKEN_LIFETIME,
@@ -20,6 +21,7 @@ from ._constants import (
     TOKEN_REQUEST_TIMEOUT,
 )
 from ._serde import loads
+from ._urls import is_loopback_host
 from .errors import AuthenticationError, ServerError, TransportError, api_error_class
 
 __all__ = ["Auth", "ClientCredentials", "StaticToken"]
@@ -70,17 +72,13 @@ def _check_token_url(token_url: str) -> None:
     The base URL gets the same rule (`check_base_url`); the token URL carries an even
     more precious secret, so plain http is allowed only on loopback (the simulator).
     """
-    from yarl import URL
-
-    from ._transport import _is_loopback  # imported here: _transport imports this module
-
     try:
         url = URL(token_url)
     except (TypeError, ValueError):
         raise ValueError(f"token_url must be an http(s) URL, not {token_url!r}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"token_url must be an http(s) URL, not {token_url!r}")
-    if url.scheme == "http" and not _is_loopback(url.host):
+    if url.scheme == "http" and not is_loopback_host(url.host):
         raise ValueError("plain http is only allowed for loopback hosts: the client secret "
                          f"would travel in clear text to {url.host}")
 

@@ -43,7 +43,7 @@ from ._job import (
 )
 from ._progress import ProgressLogHandler
 from ._report import check_report_path
-from ._transport import check_base_url
+from ._urls import check_base_url
 from ._version import __version__
 from .auth import Auth, ClientCredentials, StaticToken
 from .client import MiraklConnectClient, check_min_intervals

@@ -24,7 +24,8 @@ from ._serde import (
     request_body,
     structure_request,
 )
-from ._transport import NO_RETRY, RetryPolicy, Timeout, Transport, TransportStats, is_loopback_url
+from ._transport import NO_RETRY, RetryPolicy, Timeout, Transport, TransportStats
+from ._urls import is_loopback_url
 from .auth import Auth
 from .errors import ServerError, UncertainDeliveryError, ValidationError, ValidationIssue
 from .models import ActionAccepted, ActionStatus, Cancelation, CancelRequest, Order

@@ -36,10 +36,9 @@ from mirakl_cancel._constants import USER_AGENT
 from mirakl_cancel._transport import (
     NO_RETRY,
     Transport,
-    check_base_url,
-    encode_segment,
     parse_retry_after,
 )
+from mirakl_cancel._urls import check_base_url, encode_segment
 
 # Loopback, so that backoff can be observed without the once-a-minute poll guard (which
 # the client lets go below 60 s only locally).

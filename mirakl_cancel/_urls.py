@@ -1,0 +1,62 @@
+"""URLs the client builds and the hosts it trusts: one home for both rules.
+
+Ids are percent-encoded as one path segment each, so that no id can reach another
+route; plain http (and scaled time) is allowed only towards this machine, where the
+simulator lives, so that no token or secret travels in clear text to a remote host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from urllib.parse import quote
+
+from yarl import URL
+
+__all__ = ["check_base_url", "encode_segment", "is_loopback_host", "is_loopback_url"]
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` names this machine: `localhost` or a loopback IP (not `127.evil.com`)."""
+    if host.lower() in _LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+#: A segment of unreserved characters only, which `quote(..., safe="")` leaves as it is.
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+").fullmatch
+
+
+def encode_segment(value: str) -> str:
+    """Percent-encode one path segment so that no id can reach another route.
+
+    Everything but unreserved characters is encoded, and a segment made only of dots
+    is encoded too, since `.` and `..` would otherwise be resolved as path steps.
+    """
+    if _UNRESERVED(value) is not None and value.strip("."):
+        return value  # nothing to encode: the common case, without quote()'s cost
+    encoded = quote(value, safe="")
+    if encoded and set(encoded) == {"."}:
+        encoded = encoded.replace(".", "%2E")
+    return encoded
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether `url` points at this machine (the simulator), where scaled time is allowed."""
+    return is_loopback_host(URL(url).host or "")
+
+
+def check_base_url(base_url: str) -> URL:
+    """Refuse plain http except on loopback, where the simulator lives."""
+    url = URL(base_url.rstrip("/"))
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
+    if url.scheme == "http" and not is_loopback_host(url.host):
+        raise ValueError("plain http is only allowed for loopback hosts: tokens would travel "
+                         f"in clear text to {url.host}")
+    return url
