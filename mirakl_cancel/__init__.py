@@ -1,7 +1,11 @@
 """mirakl-cancel: cancel order lines on Mirakl Connect at volume, and follow each
 cancellation to its final state, without ever cancelling twice or polling too fast.
+
+Every public name is importable from here, and only these (`__all__` is closed and
+pinned by tests/test_exported_members.py); the modules behind them may move.
 """
 
+from ._constants import DEFAULT_BASE_URL
 from ._hooks import (
     ActionFinalEvent,
     ActionTrackedEvent,
@@ -20,9 +24,9 @@ from ._hooks import (
 from ._transport import RetryPolicy, Timeout, TransportStats
 from ._version import __version__
 from .auth import Auth, ClientCredentials, StaticToken
-from .batching import CancelBatcher, CancelOutcome, LineCancel, cancel_many, group_by_order
+from .batching import CancelBatcher, CancelOutcome, LineCancel, group_by_order
 from .bulk import CancelResult, Outcome, cancel_and_track
-from .client import DEFAULT_BASE_URL, MiraklConnectClient
+from .client import MiraklConnectClient
 from .errors import (
     ActionTimeoutError,
     ApiError,
@@ -50,7 +54,6 @@ from .models import (
     Cancelation,
     CancelReason,
     CancelRequest,
-    ErrorBody,
     Money,
     Order,
     OrderLine,
@@ -86,7 +89,6 @@ __all__ = [
     "Cancelation",
     "ClientCredentials",
     "ConnectError",
-    "ErrorBody",
     "ErrorItem",
     "Hooks",
     "LineCancel",
@@ -125,7 +127,18 @@ __all__ = [
     "Verdict",
     "__version__",
     "cancel_and_track",
-    "cancel_many",
     "group_by_order",
     "reconcile",
 ]
+
+# Public types present themselves as `mirakl_cancel.X` (in reprs, tracebacks, docs and
+# pickles), not as the private module that happens to define them today: moving code
+# between modules must not change what users see or pickle.
+def _present_as_package() -> None:
+    for name in __all__:
+        value = globals()[name]
+        if isinstance(value, type) or callable(value):
+            value.__module__ = __name__
+
+
+_present_as_package()

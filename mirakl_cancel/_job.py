@@ -61,10 +61,11 @@ from ._report import (
     summary_table,
     write_report,
 )
+from ._sending import CancelOutcome
 from ._serde import loads, request_body, structure_request
 from ._transport import RetryPolicy
 from .auth import Auth
-from .batching import CancelOutcome, group_by_order
+from .batching import group_by_order
 from .bulk import result_from_outcome, result_from_tracking
 from .client import MiraklConnectClient
 from .errors import (

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, TypeVar
 
+import attrs
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
@@ -29,7 +30,6 @@ from .models import (
     Cancelation,
     CancelReason,
     CancelRequest,
-    ErrorBody,
     Money,
     Order,
     OrderLine,
@@ -219,6 +219,20 @@ def parse_action_status(data: object) -> ActionStatus:
         errors=errors,
         raw_status=raw_status,
     )
+
+
+@attrs.frozen
+class ErrorBody:
+    """The API's `Error` body, as parsed (tolerantly) from a 4xx/5xx answer.
+
+    Internal: what users see of it is the `ApiError` it becomes (code, message,
+    errors, extensions).
+    """
+
+    code: str | None
+    message: str
+    errors: tuple[ErrorItem, ...] = ()
+    extensions: dict[str, Any] = attrs.field(factory=dict)
 
 
 def parse_error_body(data: object) -> ErrorBody | None:

@@ -1,27 +1,26 @@
-"""Many cancels at once: grouping lines per order, sending them concurrently, and a
-lingering batcher for workers that receive cancel intents one at a time.
+"""Many cancels at once: grouping lines per order, and a lingering batcher for workers
+that receive cancel intents one at a time (the concurrent sending itself is
+`client.cancel_many`, in `_sending`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from datetime import datetime, timezone
+from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 import attrs
 
-from .errors import MiraklError
-from .models import ActionAccepted, Cancelation, CancelRequest
+from ._sending import CancelOutcome, send_one
+from .models import Cancelation, CancelRequest
 
 if TYPE_CHECKING:
     from .client import MiraklConnectClient
     from .tracker import ActionTracker
 
-__all__ = ["CancelBatcher", "CancelOutcome", "LineCancel", "cancel_many", "group_by_order"]
+__all__ = ["CancelBatcher", "CancelOutcome", "LineCancel", "group_by_order"]
 
 logger = logging.getLogger("mirakl_cancel")
 
@@ -32,23 +31,6 @@ class LineCancel:
 
     order_id: str
     cancelation: Cancelation
-
-
-@attrs.frozen
-class CancelOutcome:
-    """What became of one request: accepted (with its action) or an error, never both."""
-
-    request: CancelRequest
-    accepted: ActionAccepted | None = None
-    error: MiraklError | None = None
-    #: When the first attempt left (UTC): the earliest moment the cancel could apply,
-    #: which reconciliation needs to tell our adjustment from older ones.
-    sent_at: datetime | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Whether the API accepted the request (its action may still fail later)."""
-        return self.accepted is not None
 
 
 def group_by_order(
@@ -72,88 +54,6 @@ def group_by_order(
         for start in range(0, len(cancelations), step):
             requests.append(CancelRequest(order_id, cancelations[start:start + step]))
     return requests
-
-
-async def send_one(client: MiraklConnectClient, request: CancelRequest) -> CancelOutcome:
-    """Send one request and turn any failure into an outcome."""
-    sent_at = datetime.now(timezone.utc)
-    try:
-        return CancelOutcome(request, accepted=await client.cancel(request), sent_at=sent_at)
-    except MiraklError as exc:
-        return CancelOutcome(request, error=exc, sent_at=sent_at)
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # a bug must not lose the other requests' outcomes
-        error = MiraklError(f"unexpected {type(exc).__name__}: {exc}")
-        error.__cause__ = exc
-        return CancelOutcome(request, error=error, sent_at=sent_at)
-
-
-async def cancel_many(
-    client: MiraklConnectClient,
-    requests: Iterable[CancelRequest] | AsyncIterable[CancelRequest],
-    *,
-    concurrency: int | None = None,
-) -> AsyncIterator[CancelOutcome]:
-    """Send requests concurrently and yield one outcome per request as each completes.
-
-    A fixed pool of workers pulls from `requests` lazily, so a generator of a million
-    requests costs a million outcomes over time, not a million tasks at once. Stopping
-    the iteration early abandons the cancels in flight: they may have been processed, so
-    each is logged (WARNING) with its order id, to be checked before any resend.
-    """
-    workers = concurrency or client.max_concurrency
-    results: asyncio.Queue[CancelOutcome | None] = asyncio.Queue()
-
-    if isinstance(requests, AsyncIterable):
-        source = aiter(requests)
-        lock = asyncio.Lock()  # an async iterator must not be advanced concurrently
-
-        async def pull() -> CancelRequest | None:
-            async with lock:
-                try:
-                    return await anext(source)
-                except StopAsyncIteration:
-                    return None
-    else:
-        items = iter(requests)  # a plain iterator needs no lock: next() never yields
-
-        async def pull() -> CancelRequest | None:
-            return next(items, None)
-
-    in_flight: list[CancelRequest | None] = [None] * workers
-
-    async def worker(slot: int) -> None:
-        try:
-            while (request := await pull()) is not None:
-                in_flight[slot] = request
-                outcome = await send_one(client, request)
-                in_flight[slot] = None
-                results.put_nowait(outcome)
-        finally:
-            results.put_nowait(None)
-
-    tasks = [asyncio.create_task(worker(slot)) for slot in range(workers)]
-    try:
-        running = len(tasks)
-        while running:
-            outcome = await results.get()
-            if outcome is None:
-                running -= 1
-            else:
-                yield outcome
-        for task in tasks:
-            task.result()  # surface an error of the source iterable itself
-    finally:
-        for task in tasks:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for request in in_flight:
-            if request is not None:
-                logger.warning("the cancel of order %s was in flight when sending stopped: "
-                               "it may have been processed; check it before resending",
-                               request.order_id)
 
 
 class _Batch:

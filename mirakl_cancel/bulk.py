@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import attrs
 
-from .batching import CancelOutcome, cancel_many
+from ._sending import CancelOutcome, send_many
 from .errors import (
     ActionTimeoutError,
     ApiError,
@@ -330,7 +330,7 @@ async def _run(
 
     async def feed() -> None:
         try:
-            async for outcome in cancel_many(client, requests, concurrency=concurrency):
+            async for outcome in send_many(client, requests, concurrency=concurrency):
                 accepted = outcome.accepted
                 sent_at = outcome.sent_at or datetime.now(timezone.utc)
                 if accepted is None:

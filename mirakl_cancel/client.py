@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 
@@ -17,6 +17,7 @@ from ._constants import (
 )
 from ._hooks import ROUTE_CANCEL, ROUTE_GET_ACTION_STATUS, ROUTE_LIST_ORDERS, Call, Hooks
 from ._pollguard import PollGuard
+from ._sending import CancelOutcome, send_many
 from ._serde import (
     parse_action_accepted,
     parse_action_status,
@@ -29,9 +30,6 @@ from ._urls import is_loopback_url
 from .auth import Auth
 from .errors import ServerError, UncertainDeliveryError, ValidationError, ValidationIssue
 from .models import ActionAccepted, ActionStatus, Cancelation, CancelRequest, Order
-
-if TYPE_CHECKING:
-    from .batching import CancelOutcome
 
 __all__ = ["DEFAULT_BASE_URL", "MiraklConnectClient"]
 
@@ -249,13 +247,16 @@ class MiraklConnectClient:
         return orders
 
     def cancel_many(
-        self, requests: Iterable[CancelRequest] | AsyncIterable[CancelRequest]
+        self, requests: Iterable[CancelRequest] | AsyncIterable[CancelRequest], *,
+        concurrency: int | None = None,
     ) -> AsyncIterator[CancelOutcome]:
         """Send many cancels concurrently; yield one CancelOutcome per request as each ends.
 
-        A refused or failed request is an outcome too, never an exception that would
-        lose the others.
+        This is the one way to send many. A refused or failed request is an outcome too,
+        never an exception that would lose the others. At most `concurrency` (default
+        `max_concurrency`) are in flight; `requests` is pulled lazily, so a generator of a
+        million requests never makes a million tasks. Stopping the iteration early
+        abandons the cancels in flight: each is logged (WARNING) with its order id, since
+        it may have been processed.
         """
-        from .batching import cancel_many
-
-        return cancel_many(self, requests)
+        return send_many(self, requests, concurrency=concurrency)

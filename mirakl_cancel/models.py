@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from .errors import ErrorItem, ValidationError, ValidationIssue
+from .errors import ValidationError, ValidationIssue
 
 __all__ = [
     "ActionAccepted",
@@ -28,7 +28,6 @@ __all__ = [
     "CancelReason",
     "CancelRequest",
     "Cancelation",
-    "ErrorBody",
     "Money",
     "Order",
     "OrderLine",
@@ -269,16 +268,6 @@ class ActionStatus:
     def is_terminal(self) -> bool:
         """Whether polling this action again can change nothing."""
         return self.state in (ActionState.SUCCESS, ActionState.FAILED)
-
-
-@attrs.frozen
-class ErrorBody:
-    """The API's `Error` body, as parsed (tolerantly) from a 4xx/5xx answer."""
-
-    code: str | None
-    message: str
-    errors: tuple[ErrorItem, ...] = ()
-    extensions: dict[str, Any] = attrs.field(factory=dict)
 
 
 def prefix_issues(prefix: str, issues: Sequence[ValidationIssue]) -> list[ValidationIssue]:

@@ -10,7 +10,8 @@ from decimal import Decimal
 import pytest
 
 from mirakl_cancel import MiraklConnectClient, RetryPolicy, StaticToken
-from mirakl_cancel.batching import CancelBatcher, CancelOutcome, cancel_many
+from mirakl_cancel._sending import send_many
+from mirakl_cancel.batching import CancelBatcher, CancelOutcome
 from mirakl_cancel.errors import NotFoundError, ValidationError
 from mirakl_cancel.models import (
     ActionAccepted,
@@ -210,7 +211,7 @@ async def test_stopping_cancel_many_early_names_the_cancels_in_flight(
             raise AssertionError("never answered")
 
     requests = [CancelRequest("FAST", [line("F-1")]), CancelRequest("SLOW", [line("S-1")])]
-    outcomes = cancel_many(Slow(), requests)  # type: ignore[arg-type]
+    outcomes = send_many(Slow(), requests)
     async with contextlib.aclosing(outcomes):
         first = await anext(outcomes)
         await started.wait()

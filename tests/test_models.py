@@ -20,8 +20,9 @@ from mirakl_cancel import (
     Tax,
     ValidationError,
 )
+from mirakl_cancel._serde import ErrorBody
 from mirakl_cancel.errors import ValidationIssue
-from mirakl_cancel.models import ErrorBody, prefix_issues
+from mirakl_cancel.models import prefix_issues
 
 EUR = "EUR"
 

@@ -1,0 +1,132 @@
+"""Sending many cancels concurrently, each ending as a `CancelOutcome`.
+
+It sits below the client (which offers it as `client.cancel_many`) and below the
+batcher and the bulk run (which use it), and knows only the `Canceller` protocol:
+so the client does not import the layers built on it, and tests can give a fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from datetime import datetime, timezone
+from typing import Protocol
+
+import attrs
+
+from .errors import MiraklError
+from .models import ActionAccepted, CancelRequest
+
+__all__ = ["CancelOutcome", "Canceller", "send_many", "send_one"]
+
+logger = logging.getLogger("mirakl_cancel")
+
+
+class Canceller(Protocol):
+    """What sending needs from a client: one cancel, and how many may be in flight."""
+
+    @property
+    def max_concurrency(self) -> int: ...
+
+    async def cancel(self, request: CancelRequest) -> ActionAccepted: ...
+
+
+@attrs.frozen
+class CancelOutcome:
+    """What became of one request: accepted (with its action) or an error, never both."""
+
+    request: CancelRequest
+    accepted: ActionAccepted | None = None
+    error: MiraklError | None = None
+    #: When the first attempt left (UTC): the earliest moment the cancel could apply,
+    #: which reconciliation needs to tell our adjustment from older ones.
+    sent_at: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the API accepted the request (its action may still fail later)."""
+        return self.accepted is not None
+
+
+async def send_one(client: Canceller, request: CancelRequest) -> CancelOutcome:
+    """Send one request and turn any failure into an outcome."""
+    sent_at = datetime.now(timezone.utc)
+    try:
+        return CancelOutcome(request, accepted=await client.cancel(request), sent_at=sent_at)
+    except MiraklError as exc:
+        return CancelOutcome(request, error=exc, sent_at=sent_at)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a bug must not lose the other requests' outcomes
+        error = MiraklError(f"unexpected {type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        return CancelOutcome(request, error=error, sent_at=sent_at)
+
+
+async def send_many(
+    client: Canceller,
+    requests: Iterable[CancelRequest] | AsyncIterable[CancelRequest],
+    *,
+    concurrency: int | None = None,
+) -> AsyncIterator[CancelOutcome]:
+    """Send requests concurrently and yield one outcome per request as each completes.
+
+    A fixed pool of workers pulls from `requests` lazily, so a generator of a million
+    requests costs a million outcomes over time, not a million tasks at once. Stopping
+    the iteration early abandons the cancels in flight: they may have been processed, so
+    each is logged (WARNING) with its order id, to be checked before any resend.
+    """
+    workers = concurrency or client.max_concurrency
+    results: asyncio.Queue[CancelOutcome | None] = asyncio.Queue()
+
+    if isinstance(requests, AsyncIterable):
+        source = aiter(requests)
+        lock = asyncio.Lock()  # an async iterator must not be advanced concurrently
+
+        async def pull() -> CancelRequest | None:
+            async with lock:
+                try:
+                    return await anext(source)
+                except StopAsyncIteration:
+                    return None
+    else:
+        items = iter(requests)  # a plain iterator needs no lock: next() never yields
+
+        async def pull() -> CancelRequest | None:
+            return next(items, None)
+
+    in_flight: list[CancelRequest | None] = [None] * workers
+
+    async def worker(slot: int) -> None:
+        try:
+            while (request := await pull()) is not None:
+                in_flight[slot] = request
+                outcome = await send_one(client, request)
+                in_flight[slot] = None
+                results.put_nowait(outcome)
+        finally:
+            results.put_nowait(None)
+
+    tasks = [asyncio.create_task(worker(slot)) for slot in range(workers)]
+    try:
+        running = len(tasks)
+        while running:
+            outcome = await results.get()
+            if outcome is None:
+                running -= 1
+            else:
+                yield outcome
+        for task in tasks:
+            task.result()  # surface an error of the source iterable itself
+    finally:
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for request in in_flight:
+            if request is not None:
+                logger.warning("the cancel of order %s was in flight when sending stopped: "
+                               "it may have been processed; check it before resending",
+                               request.order_id)
