@@ -163,19 +163,35 @@ def detect_format(path: Path, explicit: str | None = None) -> InputFormat:
                      "use --format csv or --format jsonl")
 
 
-def read_input(path: Path, fmt: str | None = None) -> ParsedInput:
-    """Read and check a whole file; raises InputError only when it cannot be read at all."""
+def read_input(path: Path, fmt: str | None = None, *, encoding: str | None = None,
+               decimal_comma: bool | None = None) -> ParsedInput:
+    """Read and check a whole file; raises InputError only when it cannot be read at all.
+
+    `encoding`: the file's text encoding (default UTF-8, with or without a BOM), e.g.
+    `cp1252` for a Windows spreadsheet export. `decimal_comma` (CSV): True reads amounts
+    written `12,34` (and `1.234,56`); None detects it (see `parse_csv`); False never.
+    """
     kind = detect_format(path, fmt)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    codec = encoding or "utf-8-sig"  # tolerate the BOM that spreadsheet exports add
     try:
-        text = data.decode("utf-8-sig")  # tolerate the BOM that spreadsheet exports add
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") \
+        text = data.decode(codec)
+    except LookupError:
+        raise InputError(f"unknown encoding {encoding!r} (e.g. utf-8, cp1252, latin-1)") \
             from None
-    return parse_csv(text) if kind is InputFormat.CSV else parse_jsonl(text)
+    except UnicodeDecodeError as exc:
+        named = encoding or "UTF-8"
+        raise InputError(f"{path} is not {named} text (byte {exc.start}): save it as UTF-8, "
+                         "or give its encoding, e.g. --encoding cp1252 for a Windows "
+                         "spreadsheet export") from None
+    if encoding and text.startswith("\ufeff"):
+        text = text[1:]
+    if kind is InputFormat.CSV:
+        return parse_csv(text, decimal_comma=decimal_comma)
+    return parse_jsonl(text)
 
 
 # --- field checks shared by both formats ----------------------------------------------
@@ -446,12 +462,91 @@ def _delimiter(header_line: str) -> str:
     return best if counts[best] > 0 else ","
 
 
-def parse_csv(text: str) -> ParsedInput:
-    """Check a CSV document with a header row (see `COLUMNS`)."""
+#: Amount columns of a CSV, and those holding `CODE:AMOUNT;...` tax lists.
+_AMOUNT_COLUMNS = ("price_amount", "shipping_amount")
+_TAX_COLUMNS = ("taxes", "shipping_taxes")
+#: `12,34` / `1234` / `1.234,56`: an amount written with a decimal comma.
+_COMMA_AMOUNT = re.compile(r"[0-9]{1,3}(?:\.[0-9]{3})+(?:,[0-9]+)?|[0-9]+(?:,[0-9]+)?")
+_COMMA_ONLY = re.compile(r"[0-9]+,[0-9]+")
+_PLAIN_INTEGER = re.compile(r"[0-9]+")
+
+
+def _amount_texts(fields: Mapping[str, str | None]) -> Iterator[str]:
+    """Every amount written in one CSV row (prices and each tax amount)."""
+    for name in _AMOUNT_COLUMNS:
+        value = (fields.get(name) or "").strip()
+        if value:
+            yield value
+    for name in _TAX_COLUMNS:
+        for part in (fields.get(name) or "").split(";"):
+            amount = part.partition(":")[2].strip()
+            if amount:
+                yield amount
+
+
+def _comma_decimal(text: str) -> str | None:
+    """`1.234,56` -> `1234.56`; None when `text` is not a decimal-comma amount (then the
+    usual amount check reports it). A bare `1.234` is refused: with decimal commas the
+    dot only groups thousands, and a refund of 1.234 or of 1234 must not be a guess."""
+    value = text.strip()
+    if not _COMMA_AMOUNT.fullmatch(value) or ("." in value and "," not in value):
+        return None
+    return value.replace(".", "").replace(",", ".")
+
+
+def _detect_decimal_comma(delimiter: str, rows: list[dict[str, str | None]]) -> bool:
+    """Safe detection: a `;`-separated file whose every amount is a whole number or
+    uses a decimal comma (`12,34`), and at least one uses it. Anything with a dot, or a
+    grouped `1.234,5`, is left to the explicit `--decimal-comma`."""
+    if delimiter != ";":
+        return False
+    seen_comma = False
+    for fields in rows:
+        for value in _amount_texts(fields):
+            if _COMMA_ONLY.fullmatch(value):
+                seen_comma = True
+            elif not _PLAIN_INTEGER.fullmatch(value):
+                return False
+    return seen_comma
+
+
+def _apply_decimal_comma(r: _Row, fields: dict[str, str | None]) -> None:
+    """Rewrite the amounts of one row from decimal commas to the dot the checks read."""
+    for name in _AMOUNT_COLUMNS:
+        value = fields.get(name)
+        if value and value.strip():
+            converted = _comma_decimal(value)
+            if converted is None:
+                r.error(name, f"{value.strip()!r} is not an amount with a decimal comma "
+                              "(--decimal-comma: 12,34 or 1.234,56)")
+            else:
+                fields[name] = converted
+    for name in _TAX_COLUMNS:
+        value = fields.get(name)
+        if not value or not value.strip():
+            continue
+        parts = []
+        for part in value.split(";"):
+            code, sep, amount = part.partition(":")
+            converted = _comma_decimal(amount) if sep and amount.strip() else amount
+            if converted is None:
+                r.error(name, f"{amount.strip()!r} is not an amount with a decimal comma "
+                              "(--decimal-comma: 12,34 or 1.234,56)")
+                converted = amount
+            parts.append(f"{code}{sep}{converted}")
+        fields[name] = ";".join(parts)
+
+
+def parse_csv(text: str, *, decimal_comma: bool | None = False) -> ParsedInput:
+    """Check a CSV document with a header row (see `COLUMNS`).
+
+    `decimal_comma`: True reads amounts written with a decimal comma (`12,34`, also
+    grouped `1.234,56`); None detects it, safely (`_detect_decimal_comma`); False: dots.
+    """
     issues: list[InputIssue] = []
     first_line = text.split("\n", 1)[0]
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(first_line),
-                        strict=True)
+    delimiter = _delimiter(first_line)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader, None)
     except csv.Error as exc:
@@ -474,6 +569,13 @@ def parse_csv(text: str) -> ParsedInput:
                                  None, 1, warning=True))
     if any(not i.warning for i in issues):
         return ParsedInput(InputFormat.CSV, (), (), tuple(issues))
+    if decimal_comma is None:
+        decimal_comma = _detect_decimal_comma(delimiter, _peek_rows(text, delimiter, names))
+        if decimal_comma:
+            issues.append(InputIssue(
+                "amounts read with a decimal comma (12,34 = 12.34): the file is "
+                "semicolon-separated and every amount uses one; --decimal-comma says so "
+                "explicitly", None, None, warning=True))
 
     results: list[InputRow | InvalidRow] = []
     row_number = 0
@@ -498,6 +600,8 @@ def parse_csv(text: str) -> ParsedInput:
             r.error(None, f"has {len(cells)} fields but the header has {len(names)} "
                           "(an unquoted separator in a value?)")
         fields = {name: cells[i] if i < len(cells) else None for i, name in enumerate(names)}
+        if decimal_comma:
+            _apply_decimal_comma(r, fields)
         result = _check_row(r, fields, jsonl=False)
         if r.issues and isinstance(result, InputRow):  # the field-count error
             result = InvalidRow(r.row, r.line, result.order_id,
@@ -505,6 +609,21 @@ def parse_csv(text: str) -> ParsedInput:
                                 result.cancelation.quantity, tuple(r.issues))
         results.append(result)
     return _finish(InputFormat.CSV, results, issues)
+
+
+def _peek_rows(text: str, delimiter: str, names: list[str]) -> list[dict[str, str | None]]:
+    """The data rows as dicts, for detection only (a broken row ends the peek: the real
+    pass reports it)."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    rows: list[dict[str, str | None]] = []
+    try:
+        next(reader, None)
+        for cells in reader:
+            rows.append({name: cells[i] if i < len(cells) else None
+                         for i, name in enumerate(names)})
+    except csv.Error:
+        pass
+    return rows
 
 
 # --- JSONL -----------------------------------------------------------------------------

@@ -121,6 +121,9 @@ class JobOptions:
     input_path: Path | None
     base_url: str
     input_format: str | None = None
+    #: The input's text encoding (None: UTF-8), and its decimal comma (None: detected).
+    encoding: str | None = None
+    decimal_comma: bool | None = None
     journal_path: Path | None = None
     report_path: Path | None = None
     concurrency: int = DEFAULT_JOB_CONCURRENCY
@@ -883,7 +886,8 @@ def _open_job(options: JobOptions, err: TextIO,
             return journal, True, EXIT_OK
     # A new job: check the input first; nothing is sent unless it is clean.
     try:
-        parsed = read_input(path, options.input_format)
+        parsed = read_input(path, options.input_format, encoding=options.encoding,
+                            decimal_comma=options.decimal_comma)
     except InputError as exc:
         if journal is not None:
             journal.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import json
 import logging
 import os
@@ -106,6 +107,14 @@ credentials: as for run ({ENV_TOKEN}, or {ENV_CLIENT_ID} + {ENV_CLIENT_SECRET});
 exit codes: 0 all rows SUCCEEDED, 1 some did not, 2 bad usage/journal/credentials,
   130 interrupted (unjudged cancels stay UNCERTAIN).
 """
+
+
+def _encoding(text: str) -> str:
+    try:
+        return codecs.lookup(text).name
+    except LookupError:
+        raise argparse.ArgumentTypeError(
+            f"unknown encoding {text!r} (e.g. utf-8, cp1252, latin-1)") from None
 
 
 def _positive_int(text: str) -> int:
@@ -217,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("file", type=Path, metavar="FILE", help="CSV (header row) or JSONL")
     run.add_argument("--format", choices=("csv", "jsonl"),
                      help="input format (default: from the extension)")
+    run.add_argument("--encoding", type=_encoding, metavar="CODEC",
+                     help="the input's text encoding, e.g. cp1252 for a Windows spreadsheet "
+                          "export (default: UTF-8, with or without a BOM)")
+    run.add_argument("--decimal-comma", action="store_true", default=None,
+                     help="CSV amounts use a decimal comma: 12,34 and 1.234,56 (default: "
+                          "detected when a semicolon-separated file writes every amount "
+                          "that way; otherwise amounts use a dot)")
     run.add_argument("--dry-run", action="store_true",
                      help="check the input and print what would be sent; send nothing")
     run.add_argument("--skip-invalid", action="store_true",
@@ -420,6 +436,7 @@ def _run_command(args: argparse.Namespace) -> int:
             return EXIT_BAD_INPUT
     options = JobOptions(
         input_path=args.file, base_url=base_url, input_format=args.format,
+        encoding=args.encoding, decimal_comma=args.decimal_comma,
         journal_path=args.journal, report_path=args.report, concurrency=args.concurrency,
         rate_limit=args.rate_limit, max_lines_per_request=args.max_lines_per_request,
         policy=policy, resend_uncertain=args.resend_uncertain,

@@ -14,12 +14,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from test_cli import SCALE, cli, env_for, poll_flags, read_report, write_csv
 
 from mirakl_cancel import _job
+from mirakl_cancel._input import parse_csv
 from mirakl_cancel._job import JobOptions, run_job
 from mirakl_cancel.auth import StaticToken
 from mirakl_cancel.simulator import Fault, SimulatorConfig, ThreadedSimulator
@@ -205,3 +207,61 @@ def test_ctrl_c_in_the_settling_wait_says_what_stays_uncertain(tmp_path: Path) -
             "settle them later, once their settling window has passed, with: "
             f"mirakl-cancel reconcile --journal {journal} --settle 600") in out
     assert "to resume this job, run: mirakl-cancel run" in out
+
+
+# --- European spreadsheet exports --------------------------------------------------------
+
+_EU_HEADER = ("order_id;order_line_id;quantity;reason;price_amount;price_currency;"
+              "shipping_amount;taxes\r\n")
+
+
+def test_a_semicolon_export_with_decimal_commas_is_detected_and_exact() -> None:
+    text = _EU_HEADER + "O1;O1-1;1;RETURN;19,99;EUR;4;TVA:3,33\r\nO2;O2-1;1;RETURN;5;EUR;0,5;\r\n"
+    parsed = parse_csv(text, decimal_comma=None)
+    assert parsed.errors == ()
+    first, second = (row.cancelation for row in parsed.rows)
+    assert str(first.price.amount) == "19.99" and str(first.taxes[0].amount.amount) == "3.33"
+    assert str(second.shipping_price.amount) == "0.5"
+    assert any("decimal comma" in w.message for w in parsed.warnings)
+    # The same file without detection is refused amount by amount, as before.
+    assert {i.field for i in parse_csv(text).errors} >= {"price_amount"}
+
+
+@pytest.mark.parametrize("amount", ["1.234,5", "12.34", "1.234"])
+def test_detection_never_guesses_at_a_dot(amount: str) -> None:
+    """A dot with commas elsewhere is ambiguous (thousands? decimals?): not detected."""
+    text = _EU_HEADER + f"O1;O1-1;1;RETURN;{amount};EUR;0;\r\nO2;O2-1;1;RETURN;2,50;EUR;0;\r\n"
+    parsed = parse_csv(text, decimal_comma=None)
+    assert not any("decimal comma" in w.message for w in parsed.warnings)
+    assert any(i.row == 2 and i.field == "price_amount" for i in parsed.errors)
+
+
+def test_the_option_reads_grouped_amounts_and_still_refuses_a_bare_dot() -> None:
+    text = (_EU_HEADER + "O1;O1-1;1;RETURN;1.234,5;EUR;0;TVA:205,75\r\n"
+            "O2;O2-1;1;RETURN;1.234;EUR;0;\r\nO3;O3-1;1;RETURN;12.5;EUR;0;\r\n")
+    parsed = parse_csv(text, decimal_comma=True)
+    (row,) = parsed.rows
+    assert row.cancelation.price.amount == Decimal("1234.5")
+    assert row.cancelation.taxes[0].amount.amount == Decimal("205.75")
+    assert [(i.row, i.field) for i in parsed.errors] == [(2, "price_amount"),
+                                                         (3, "price_amount")]
+    assert "'1.234' is not an amount with a decimal comma" in str(parsed.errors[0])
+
+
+def test_a_windows_1252_export_through_the_cli(sim: ThreadedSimulator, tmp_path: Path) -> None:
+    (order,) = sim.generate_orders(1, (1, 1), wrong_state_ratio=0)
+    line = order.lines[0]
+    path = tmp_path / "export.csv"
+    path.write_bytes((_EU_HEADER.replace("reason", "reason;note")
+                      + f"{order.id};{line.id};1;RETURN;caf\u00e9 \u20ac;"
+                      f"{str(line.price).replace('.', ',')};{line.currency};0;TVA:1,00\r\n")
+                     .encode("cp1252"))
+    as_utf8 = cli("run", str(path), "--dry-run", env=env_for(sim))
+    assert as_utf8.returncode == 2 and "--encoding cp1252" in as_utf8.stderr
+    result = cli("run", str(path), "--dry-run", "--encoding", "cp1252", env=env_for(sim))
+    assert result.returncode == 0, result.stderr
+    assert "amounts read with a decimal comma" in result.stderr
+    assert f"{line.price + Decimal('1.00')} {line.currency}" in result.stdout
+    bad = cli("run", str(path), "--encoding", "klingon", env=env_for(sim))
+    assert bad.returncode == 2 and "unknown encoding 'klingon'" in bad.stderr
+    assert _nothing_sent(sim)
