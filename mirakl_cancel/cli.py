@@ -209,8 +209,17 @@ def _add_logging(parser: argparse.ArgumentParser) -> None:
                         help="no progress display and no notes; the summary still prints")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line (also used to render the README's usage text)."""
+#: The commands that load the simulator (and aiohttp.web): only they may import it.
+_SIMULATOR_COMMANDS = ("simulator", "demo")
+
+
+def build_parser(*, load: Sequence[str] = _SIMULATOR_COMMANDS) -> argparse.ArgumentParser:
+    """The whole command line (also used to render the README's usage text).
+
+    The options of the commands named in `load` are registered by their own modules,
+    which import the simulator; `main` loads only the command being run, so that `run`,
+    `status` and `reconcile` start without importing the simulator or aiohttp.web.
+    """
     parser = argparse.ArgumentParser(
         prog="mirakl-cancel", description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -280,21 +289,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection(status)
     _add_logging(status)
 
-    from .simulator._cli import add_arguments as add_simulator_arguments
-
     simulator = sub.add_parser(
         "simulator", help="serve a local Mirakl Connect simulator",
         description="Run a local Mirakl Connect simulator until SIGINT/SIGTERM.")
-    add_simulator_arguments(simulator)
+    if "simulator" in load:
+        from .simulator._cli import add_arguments as add_simulator_arguments
 
-    from .demo import add_arguments as add_demo_arguments
+        add_simulator_arguments(simulator)
 
     demo = sub.add_parser(
         "demo", help="run a whole bulk job against the embedded simulator",
         description="Start the simulator in-process with scaled time, generate a realistic "
                     "job, and run it exactly as `run` would: journal, progress, report. No "
                     "credentials, no network beyond 127.0.0.1.")
-    add_demo_arguments(demo)
+    if "demo" in load:
+        from .demo import add_arguments as add_demo_arguments
+
+        add_demo_arguments(demo)
     return parser
 
 
@@ -531,8 +542,11 @@ def _status_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: parse `argv` (default sys.argv[1:]) and run; returns the code."""
-    parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
+    # The top-level parser has only flags without values, so the command is the first
+    # word that is not a flag.
+    command = next((word for word in words if not word.startswith("-")), None)
+    parser = build_parser(load=[command] if command in _SIMULATOR_COMMANDS else [])
     try:
         args = parser.parse_args(words)
     except SystemExit as exc:  # --help, --version, usage errors (2)
