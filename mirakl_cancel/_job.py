@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -55,14 +55,23 @@ from ._input import InputError, ParsedInput, read_input
 from ._progress import Progress, ProgressLogHandler
 from ._report import (
     JobCounts,
+    ReportWriter,
     check_report_path,
-    report_lines,
+    report_line,
     row_outcome,
     summary_table,
-    write_report,
 )
 from ._sending import CancelOutcome
 from ._serde import loads, request_body, structure_request
+from ._store import (
+    JobStore,
+    JournalBusyError,
+    JournalError,
+    JournalRequest,
+    PlannedRequest,
+    PlannedRow,
+    RequestState,
+)
 from ._transport import RetryPolicy
 from .auth import Auth
 from .batching import group_by_order
@@ -77,15 +86,7 @@ from .errors import (
     PermissionDeniedError,
     UncertainDeliveryError,
 )
-from .journal import (
-    Journal,
-    JournalBusyError,
-    JournalError,
-    JournalRequest,
-    PlannedRequest,
-    PlannedRow,
-    RequestState,
-)
+from .journal import Journal, SqliteStore
 from .models import ActionAccepted, ActionStatus, CancelRequest
 from .reconcile import ReconcilePolicy, SentCancel, Verdict, reconcile
 from .tracker import ActionTracker, PollPolicy, TrackedResult
@@ -213,29 +214,35 @@ def print_dry_run(planned: Sequence[PlannedRequest], requests: Sequence[CancelRe
 # --- the client that journals its status reads -----------------------------------------
 
 class _JournalingClient(MiraklConnectClient):
-    """A client that brackets every status read with journal marks (see module doc).
+    """A client that brackets every status read with store marks (see module doc).
 
     The tracker already spaces reads of one action; this makes that spacing survive a
     crash: the next process reads `last_polled_at` and waits the interval from there.
+    The "started" mark is committed before the read leaves; the "ended" one is lazy (a
+    crash before it is written leaves the "started" one, which counts as a read at the
+    moment of the resume: the safe side).
     """
 
-    journal: Journal | None = None
+    store: JobStore | None = None
+    #: The request key of each tracked action id (the store is keyed by request).
+    keys: dict[str, str] | None = None
     #: Told when each action's next read is due, so a quiet wait can say until when.
     progress: Progress | None = None
     #: The tracker's interval between reads of a pending action.
     read_interval: float = 0.0
 
     async def get_action_status(self, action_id: str, *, retry: bool = True) -> ActionStatus:
-        journal = self.journal
-        if journal is not None:
-            journal.mark_poll_started(action_id)
+        store = self.store
+        key = self.keys.get(action_id) if self.keys is not None else None
+        if store is not None and key is not None:
+            await store.mark_poll_started(key)
         status: ActionStatus | None = None
         try:
             status = await super().get_action_status(action_id, retry=retry)
             return status
         finally:
-            if journal is not None:
-                journal.mark_polled(action_id, status=status.raw_status if status else None)
+            if store is not None and key is not None:
+                store.note_polled(key, status=status.raw_status if status else None)
             if self.progress is not None:
                 final = status is not None and status.is_terminal
                 self.progress.read_done(
@@ -273,10 +280,10 @@ def _refused_unprocessed(error: MiraklError | None) -> bool:
 class _Run:
     """One execution of a job against the journal: send, track, record, reconcile."""
 
-    def __init__(self, options: JobOptions, journal: Journal, client: _JournalingClient,
+    def __init__(self, options: JobOptions, store: JobStore, client: _JournalingClient,
                  progress: Progress, err: TextIO | None = None) -> None:
         self.options = options
-        self.journal = journal
+        self.store = store
         self.client = client
         self.progress = progress
         self.err = err or sys.stderr
@@ -288,6 +295,10 @@ class _Run:
         self.outstanding = 0
         self.posts_sent = 0
         self.by_action: dict[str, str] = {}
+        client.keys = self.by_action
+        #: Marks being journaled on their own (action ids, results of tracking).
+        self._recording: set[asyncio.Future[None]] = set()
+        self._sends_left = 0
         self.stop_reason: str | None = None
         self.tracker: ActionTracker | None = None
         #: Verdicts given this run, when reconciliation ran.
@@ -327,16 +338,22 @@ class _Run:
         if key is None:
             return
         self.progress.forget(result.action_id)
+        self._background(self._record_tracked(key, result))
+
+    async def _record_tracked(self, key: str, result: TrackedResult) -> None:
         try:
-            request = self._cancel_request(self.journal.request(key))
+            request = self._cancel_request(await self.store.request(key))
             outcome, errors = outcome_for_tracking(request, result.action_id, result)
             status = result.status.raw_status if result.status else None
             if result.status is not None or isinstance(result.error, NotFoundError):
-                self.journal.mark_done(key, outcome, status=status, errors=errors)
+                await self.store.mark_done(key, outcome, status=status, errors=errors)
             else:
                 # Timed out, or reading failed for good (auth...): the action still exists,
                 # so it stays ACCEPTED and a re-run tracks it on.
-                self.journal.mark_tracking_stopped(key, outcome, errors)
+                await self.store.mark_tracking_stopped(key, outcome, errors)
+        except Exception:
+            logger.exception("recording the result of action %s (%s) failed",
+                             result.action_id, key)
         finally:
             self._resolved(tracked=True)  # even if journaling failed: never wait forever
 
@@ -366,16 +383,17 @@ class _Run:
         cancel = self._cancel_request(request)
         marked = False
 
-        def on_send() -> None:
-            # Called by the transport right before each attempt leaves. The first call
+        async def on_send() -> None:
+            # Awaited by the transport right before each attempt leaves. The first call
             # moves the request to SENDING (durably: the guarantee that a cancel is on
             # record before it can reach the API); a retry (after a refusal the API did
-            # not process) only moves `sent_at` to the new attempt.
+            # not process) only moves `sent_at` to the new attempt. Both share their
+            # flush with the marks of the other requests leaving at the same time.
             nonlocal marked
             if marked:
-                self.journal.mark_send_attempt(request.key)
+                await self.store.mark_send_attempt(request.key)
                 return
-            self.journal.mark_sending(request.key, resend=resend)
+            await self.store.mark_sending(request.key, resend=resend)
             marked = True
             self.posts_sent += 1
             self.progress.sent += 1
@@ -390,7 +408,7 @@ class _Run:
                     # No connection was ever made: the cancel never left. Undo the send
                     # mark (and the count), so the journal says nothing reached a server
                     # and a re-run may go to a corrected base URL.
-                    self.journal.mark_not_sent(request.key)
+                    await self.store.mark_not_sent(request.key)
                     marked = False
                     self.posts_sent -= 1
                     self.progress.sent -= 1
@@ -401,12 +419,12 @@ class _Run:
                 # fresh request is final for this run but resendable; a resend keeps its
                 # row as it was (an UNCERTAIN one may still have been applied before).
                 if request.state is RequestState.PENDING:
-                    self.journal.mark_unsent(request.key, outcome, errors)
+                    await self.store.mark_unsent(request.key, outcome, errors)
             elif outcome == "UNCERTAIN":
-                self.journal.mark_uncertain(request.key, errors)
+                await self.store.mark_uncertain(request.key, errors)
             else:
-                self.journal.mark_done(request.key, outcome, errors=errors,
-                                       resendable=_refused_unprocessed(exc))
+                await self.store.mark_done(request.key, outcome, errors=errors,
+                                           resendable=_refused_unprocessed(exc))
             if isinstance(exc, (AuthenticationError, PermissionDeniedError)):
                 self.request_stop(f"stopping: the API refused our credentials ({exc}); "
                                   "the remaining requests were not sent")
@@ -417,21 +435,39 @@ class _Run:
             self.request_stop(f"stopping: the journal failed ({exc})")
             self._resolved()
             return
+        # The sender goes on to the next request while the action id is being flushed:
+        # the store writes marks in order, so the next SENDING mark cannot be durable
+        # before this ACCEPTED one, and if this one fails the next is refused.
+        self.reached += 1
+        recorded = self.store.mark_accepted(request.key, accepted.action_id)  # in order, now
+        self._background(self._accepted(request, accepted.action_id, recorded))
+
+    async def _accepted(self, request: JournalRequest, action_id: str,
+                        marked: Awaitable[None]) -> None:
+        """Wait for the action id of an accepted cancel to be journaled, then track it."""
         try:
-            self.journal.mark_accepted(request.key, accepted.action_id)
+            await marked
         except (JournalError, sqlite3.Error) as exc:
             # The cancel *was* accepted: its action id must not vanish with the journal.
             # The row stays SENDING, so a re-run reports it UNCERTAIN and never resends it.
             logger.error("cancel of order %s (%s) was accepted as action %s, but the journal "
                          "could not record it: %s", request.order_id, request.key,
-                         accepted.action_id, exc)
+                         action_id, exc)
             self.request_stop(f"stopping: the journal failed ({exc}); the cancel of order "
-                              f"{request.order_id} was accepted as action {accepted.action_id}")
+                              f"{request.order_id} was accepted as action {action_id}")
             self._resolved()
             return
-        self.reached += 1
+        except Exception as exc:
+            logger.exception("recording the action of %s failed unexpectedly", request.key)
+            self.request_stop(f"stopping: sending {request.key} failed unexpectedly "
+                              f"({type(exc).__name__}: {exc})")
+            self._resolved()
+            return
         self.progress.accepted += 1
-        self._track(request, accepted.action_id, request.order_id, None)
+        if self.interrupt.is_set():
+            self._resolved()  # journaled; tracking has stopped (a re-run tracks it on)
+            return
+        self._track(request, action_id, request.order_id, None)
 
     def _connect_failed(self, error: ConnectError) -> None:
         """Say why a connection failed, as it happens (once per reason); stop sending if
@@ -448,9 +484,23 @@ class _Run:
                 "and the network, then run again: the journal is not tied to a URL that "
                 "nothing reached")
 
-    async def _sender(self, queue: collections.deque[tuple[JournalRequest, bool]]) -> None:
-        while queue and not self.stop.is_set():
-            request, resend = queue.popleft()
+    def _background(self, work: Awaitable[None]) -> None:
+        """Run `work` on its own; the pass waits for it before it ends."""
+        task = asyncio.ensure_future(work)
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def _sender(self, queue: asyncio.Queue[tuple[JournalRequest, bool] | None],
+                      room: asyncio.Semaphore) -> None:
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            room.release()
+            if self.stop.is_set():
+                continue  # drain: the producer must never wait on a full queue
+            self._sends_left -= 1
+            request, resend = item
             try:
                 await self._send(request, resend)
                 self.progress.sends_over += 1
@@ -465,37 +515,31 @@ class _Run:
 
     # the whole run ---------------------------------------------------------------------
 
-    def _select(self, resume: bool) -> tuple[collections.deque[tuple[JournalRequest, bool]],
-                                             list[JournalRequest]]:
-        """What to send (and whether as a resend) and what to track on, from the journal.
+    def _choice(self, request: JournalRequest, resume: bool) -> str | None:
+        """What this run does with `request`: "send", "resend", "track" or nothing.
 
         `resume` (run): everything unfinished. Otherwise (reconcile): only the requests
         proven NOT_APPLIED, when --resend-unapplied asks for them.
         """
         opts = self.options
-        resend_unapplied = opts.reconcile is not None and opts.reconcile.resend
-        to_send: collections.deque[tuple[JournalRequest, bool]] = collections.deque()
-        to_track: list[JournalRequest] = []
-        for request in self.journal.requests():
-            state = request.state
-            if state is RequestState.DONE and request.outcome == "NOT_APPLIED":
-                if resend_unapplied:
-                    to_send.append((request, True))
-            elif not resume:
-                continue
-            elif state is RequestState.PENDING:
-                to_send.append((request, False))
-            elif (state is RequestState.UNCERTAIN and opts.resend_uncertain) or (
-                    state is RequestState.DONE and request.resendable):
-                to_send.append((request, True))
-            elif state is RequestState.ACCEPTED and request.action_id:
-                to_track.append(request)
-        return to_send, to_track
+        state = request.state
+        if state is RequestState.DONE and request.outcome == "NOT_APPLIED":
+            return "resend" if opts.reconcile is not None and opts.reconcile.resend else None
+        if not resume:
+            return None
+        if state is RequestState.PENDING:
+            return "send"
+        if (state is RequestState.UNCERTAIN and opts.resend_uncertain) or (
+                state is RequestState.DONE and request.resendable):
+            return "resend"
+        if state is RequestState.ACCEPTED and request.action_id:
+            return "track"
+        return None
 
     async def execute(self, *, resume: bool = True) -> bool:
         """Send and track until everything is final or a stop; True when interrupted."""
         opts = self.options
-        interrupted = self.journal.mark_interrupted_sends(
+        interrupted = await self.store.mark_interrupted_sends(
             "the previous run stopped while this cancel was being sent: it may have been "
             "processed, so it was not sent again (see --reconcile)")
         if interrupted:
@@ -504,32 +548,63 @@ class _Run:
                      else ", not sent again")
             logger.warning("%d request(s) were being sent when the previous run stopped: "
                            "reported UNCERTAIN%s", len(interrupted), later)
-        to_send, to_track = self._select(resume)
-        self.resent_unapplied += sum(1 for request, _ in to_send
-                                     if request.outcome == "NOT_APPLIED")
-        self.progress.resolved = self.progress.total - len(to_send) - len(to_track)
-        return await self._pass(to_send, to_track)
+        # A first pass only counts (without bodies): the second streams the work itself.
+        choices: Counter[str | None] = Counter()
+        async for request in self.store.requests(bodies=False):
+            choice = self._choice(request, resume)
+            choices[choice] += 1
+            if request.outcome == "NOT_APPLIED" and choice == "resend":
+                self.resent_unapplied += 1
+        sends = choices["send"] + choices["resend"]
+        self.progress.resolved = self.progress.total - sends - choices["track"]
 
-    async def _pass(self, to_send: collections.deque[tuple[JournalRequest, bool]],
-                    to_track: Sequence[JournalRequest]) -> bool:
-        """Send `to_send`, track them and `to_track` to the end; True when interrupted."""
+        async def work() -> AsyncIterator[tuple[JournalRequest, str]]:
+            async for request in self.store.requests():
+                choice = self._choice(request, resume)
+                if choice is not None:
+                    yield request, choice
+
+        return await self._pass(work(), sends, choices["track"])
+
+    async def _pass(self, work: AsyncIterator[tuple[JournalRequest, str]], sends: int,
+                    tracks: int) -> bool:
+        """Send and track `work` (`sends` to send, `tracks` to track on) to the end; True
+        when interrupted. The work streams from the store through a bounded queue."""
         opts = self.options
-        self.outstanding = len(to_send) + len(to_track)
+        self.outstanding = sends + tracks
         if self.outstanding == 0:
             return False
-        self.progress.to_send = self.progress.sends_over + len(to_send)
+        self.progress.to_send = self.progress.sends_over + sends
+        self._sends_left = sends
         self.all_done.clear()
         tracker = ActionTracker(self.client, opts.policy, concurrency=opts.concurrency)
         self.tracker = tracker
         unsubscribe = tracker.subscribe(self._on_tracked)
-        senders: list[asyncio.Task[None]] = []
+        count = min(opts.concurrency, sends)
+        # Bounded by `room` (requests read ahead of the senders), not by the queue itself,
+        # so that the end-of-work marks always fit, even during a cancellation.
+        queue: asyncio.Queue[tuple[JournalRequest, bool] | None] = asyncio.Queue()
+        room = asyncio.Semaphore(4 * opts.concurrency)
+        senders = [asyncio.create_task(self._sender(queue, room)) for _ in range(count)]
+
+        async def produce() -> None:
+            try:
+                async for request, choice in work:
+                    if self.interrupt.is_set():
+                        break
+                    if choice == "track":
+                        assert request.action_id is not None
+                        self._track(request, request.action_id, request.order_id,
+                                    request.last_contact())
+                    elif not self.stop.is_set():
+                        await room.acquire()
+                        queue.put_nowait((request, choice == "resend"))
+            finally:
+                for _ in senders:
+                    queue.put_nowait(None)
+
+        producer = asyncio.create_task(produce())
         try:
-            for request in to_track:
-                assert request.action_id is not None
-                self._track(request, request.action_id, request.order_id,
-                            request.last_contact())
-            senders = [asyncio.create_task(self._sender(to_send))
-                       for _ in range(min(opts.concurrency, len(to_send)))]
             await _first(self.stop, self.all_done)
             if not self.stop.is_set():
                 return False
@@ -537,18 +612,22 @@ class _Run:
             await asyncio.gather(*senders)
             if self.interrupt.is_set():
                 return True
+            await producer  # it still hands over what is to be tracked
             # Sending stopped for a reason shared by every request (credentials refused):
             # the unsent stay PENDING for a re-run; the accepted ones are still tracked.
-            self.outstanding -= len(to_send)
+            self.outstanding -= self._sends_left
             if self.outstanding > 0:
                 self.all_done.clear()
                 await _first(self.interrupt, self.all_done)
             return self.interrupt.is_set()
         finally:
-            for task in senders:
+            for task in (*senders, producer):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*senders, return_exceptions=True)
+                await asyncio.gather(*senders, producer, return_exceptions=True)
+            # Action ids and results already seen are journaled before the pass ends.
+            while self._recording:
+                await asyncio.gather(*self._recording, return_exceptions=True)
             unsubscribe()
             await tracker.close(drain=False)
 
@@ -575,7 +654,7 @@ class _Run:
         self.reconciled = Counter()
         only: set[str] | None = None  # later rounds: just the resends that came back uncertain
         for round_number in range(1, policy.max_rounds + 2):
-            rows = [r for r in self.journal.requests(RequestState.UNCERTAIN)
+            rows = [r async for r in self.store.requests(RequestState.UNCERTAIN)
                     if only is None or r.key in only]
             if not rows:
                 return False
@@ -587,9 +666,8 @@ class _Run:
                 return False
             self._note(f"sending again {len(unapplied)} cancel(s) proven not applied "
                        "(--resend-unapplied)")
-            resend = collections.deque((self.journal.request(key), True) for key in unapplied)
-            self.resent_unapplied += len(resend)
-            if await self._pass(resend, []):
+            self.resent_unapplied += len(unapplied)
+            if await self._pass(self._resends(unapplied), len(unapplied), 0):
                 return True
             if self.stop.is_set():
                 return False
@@ -607,7 +685,7 @@ class _Run:
         sent: list[SentCancel] = []
         for row in rows:
             if row.sent_at is None:  # never written by mark_sending; only a damaged journal
-                self._record(row, Verdict.UNCERTAIN, "the journal has no send time for this "
+                await self._record(row, Verdict.UNCERTAIN, "the journal has no send time for this "
                              "cancel, so its adjustments cannot be dated: check the order")
                 continue
             keys.append(row.key)
@@ -632,14 +710,14 @@ class _Run:
             self._note(f"reconciling {len(sent)} uncertain cancel(s)")
             self.progress.restart()
         self.progress.waiting = f"reading the orders of {len(sent):,} uncertain cancel(s)"
-        others = self._rivals({s.request.order_id for s in sent}, set(keys))
+        others = await self._rivals({s.request.order_id for s in sent}, set(keys))
         try:
             verdicts = await _unless(self.interrupt,
                                      reconcile(self.client, sent, others=others, policy=policy))
         except MiraklError as exc:
             await self.progress.stop()
             for key in keys:
-                self._record(self.journal.request(key), Verdict.UNCERTAIN,
+                await self._record(await self.store.request(key), Verdict.UNCERTAIN,
                              f"reconciliation failed: {exc}")
             self._note(f"reconciliation failed: {exc}; the cancels stay UNCERTAIN")
             return [], False
@@ -649,13 +727,13 @@ class _Run:
         assert isinstance(verdicts, list)
         unapplied: list[str] = []
         for key, verdict in zip(keys, verdicts, strict=True):
-            self._record(self.journal.request(key), verdict.verdict, verdict.reason,
+            await self._record(await self.store.request(key), verdict.verdict, verdict.reason,
                          [a.id for a in verdict.adjustments])
             if verdict.verdict is Verdict.NOT_APPLIED:
                 unapplied.append(key)
         return unapplied, False
 
-    def _record(self, row: JournalRequest, verdict: Verdict, reason: str,
+    async def _record(self, row: JournalRequest, verdict: Verdict, reason: str,
                 adjustments: Sequence[str] = ()) -> None:
         """Journal one verdict; the row's errors keep what made it uncertain, plus why."""
         assert self.reconciled is not None
@@ -665,10 +743,14 @@ class _Run:
             errors = [e for e in row.errors if not e.startswith("reconciled: ")] + [note]
         else:
             errors = [note]
-        self.journal.mark_reconciled(row.key, verdict.value, reason, adjustments,
-                                     errors=errors)
+        await self.store.mark_reconciled(row.key, verdict.value, reason, adjustments,
+                                         errors=errors)
 
-    def _rivals(self, orders: set[str], exclude: set[str]) -> list[SentCancel]:
+    async def _resends(self, keys: Sequence[str]) -> AsyncIterator[tuple[JournalRequest, str]]:
+        for key in keys:
+            yield await self.store.request(key), "resend"
+
+    async def _rivals(self, orders: set[str], exclude: set[str]) -> list[SentCancel]:
         """This job's other cancels on `orders` that were, or may yet be, applied.
 
         They compete with the uncertain ones for the same adjustments, so each must
@@ -676,8 +758,8 @@ class _Run:
         cancelled nothing) and requests an earlier reconciliation found APPLIED.
         """
         rivals: list[SentCancel] = []
-        for row in self.journal.requests():
-            if row.order_id not in orders or row.key in exclude or row.sent_at is None:
+        async for row in self.store.requests(orders=orders):
+            if row.key in exclude or row.sent_at is None:
                 continue
             accepted = row.action_id is not None and row.outcome != "FAILED"
             if accepted or (row.state is RequestState.DONE
@@ -934,20 +1016,38 @@ def _open_job(options: JobOptions, err: TextIO,
     return journal, False, EXIT_OK
 
 
-def _finish(journal: Journal, options: JobOptions, counts: JobCounts, out: TextIO,
-            err: TextIO, notes: Sequence[str] = ()) -> int:
-    lines = report_lines(journal.rows())
-    for line in lines:
-        counts.rows_by_outcome[line.outcome] += 1
-    for request in journal.requests():
-        counts.requests_by_outcome[row_outcome(request)[0]] += 1
+async def _finish(store: JobStore, options: JobOptions, counts: JobCounts, out: TextIO,
+                  err: TextIO, notes: Sequence[str] = ()) -> int:
+    """Report (streamed from the store, row by row) and summary; the exit code."""
+    writer: ReportWriter | None = None
     report_failed = False
     if options.report_path is not None:
         try:
-            write_report(options.report_path, lines)
-        except OSError as exc:
+            writer = ReportWriter(options.report_path)
+        except (OSError, ValueError) as exc:
             report_failed = True
             print(f"error: cannot write the report {options.report_path}: {exc}", file=err)
+    lines = 0
+    try:
+        async for row in store.rows():
+            line = report_line(row)
+            lines += 1
+            counts.rows_by_outcome[line.outcome] += 1
+            if writer is not None:
+                writer.add(line)
+        if writer is not None:
+            writer.commit()
+    except OSError as exc:
+        report_failed = True
+        print(f"error: cannot write the report {options.report_path}: {exc}", file=err)
+        if writer is not None:
+            writer.discard()
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+    async for request in store.requests(bodies=False):
+        counts.requests_by_outcome[row_outcome(request)[0]] += 1
     print(summary_table(counts), file=out, flush=True)
     if options.report_path is not None and not report_failed:
         print(f"report: {options.report_path}", file=out)
@@ -958,15 +1058,26 @@ def _finish(journal: Journal, options: JobOptions, counts: JobCounts, out: TextI
         return EXIT_INTERRUPTED
     if report_failed:  # checked writable before the run, yet lost: the operator must know
         return EXIT_SOME_FAILED
-    return EXIT_OK if lines and all(line.outcome == "SUCCEEDED" for line in lines) \
+    return EXIT_OK if lines and counts.rows_by_outcome["SUCCEEDED"] == lines \
         else EXIT_SOME_FAILED
 
 
 async def _run_async(options: JobOptions, auth: Auth, journal: Journal, resumed: bool,
                      out: TextIO, err: TextIO, log_handler: ProgressLogHandler | None,
                      *, resume: bool = True) -> int:
+    store = SqliteStore(journal)
+    try:
+        return await _run_with_store(options, auth, store, resumed, out, err, log_handler,
+                                     resume=resume)
+    finally:
+        await store.aclose()
+
+
+async def _run_with_store(options: JobOptions, auth: Auth, store: JobStore, resumed: bool,
+                          out: TextIO, err: TextIO, log_handler: ProgressLogHandler | None,
+                          *, resume: bool = True) -> int:
     started = time.monotonic()
-    total = len(journal.requests())
+    total = sum((await store.counts()).values())
     progress = Progress(total, err, enabled=not options.quiet, tty=options.progress_tty,
                         interval=options.progress_interval)
     if log_handler is not None:
@@ -979,10 +1090,10 @@ async def _run_async(options: JobOptions, auth: Auth, journal: Journal, resumed:
         min_poll_interval=options.policy.min_interval,
         # v2-listOrders (reconciliation) has the same once-a-minute ceiling as a status read.
         min_list_interval=options.policy.min_interval)
-    client.journal = journal
+    client.store = store
     client.progress = progress
     client.read_interval = options.policy.interval
-    run = _Run(options, journal, client, progress, err)
+    run = _Run(options, store, client, progress, err)
     stopper = _SignalStop(run, err)
     interrupted = False
     try:
@@ -1009,12 +1120,13 @@ async def _run_async(options: JobOptions, auth: Auth, journal: Journal, resumed:
                        rate_limited=stats.rate_limited, resumed=resumed,
                        interrupted=interrupted, reconciled=run.reconciled,
                        resent_unapplied=run.resent_unapplied)
-    return _finish(journal, options, counts, out, err,
-                   _closing_notes(run, journal, interrupted, counts))
+    await store.flush()  # what this run saw is on disk before it is reported
+    return await _finish(store, options, counts, out, err,
+                         await _closing_notes(run, store, interrupted, counts))
 
 
-def _closing_notes(run: _Run, journal: Journal, interrupted: bool,
-                   counts: JobCounts) -> list[str]:
+async def _closing_notes(run: _Run, store: JobStore, interrupted: bool,
+                         counts: JobCounts) -> list[str]:
     """What an operator must be told after the summary of a run that did not finish:
     what stays UNCERTAIN after an interrupted reconciliation, and the exact command
     that takes the job on from where it stopped."""
@@ -1023,7 +1135,7 @@ def _closing_notes(run: _Run, journal: Journal, interrupted: bool,
     if run.reconcile_interrupted:
         if not counts.reconciled:
             counts.reconciled = None  # not "no uncertain cancel": there were, unjudged
-        states = journal.counts()
+        states = await store.counts()
         left = states[RequestState.UNCERTAIN] + states[RequestState.SENDING]
         later = f": {options.reconcile_command}" if options.reconcile_command else ""
         notes.append(f"reconciliation interrupted: {left} cancel(s) stay UNCERTAIN (not "

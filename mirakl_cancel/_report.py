@@ -9,24 +9,25 @@ leaves a half report that looks complete.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from .journal import JournalRequest, JournalRow, RequestState
+from ._store import JournalRequest, JournalRow, RequestState
 
 __all__ = [
     "REPORT_FIELDS",
     "JobCounts",
     "ReportLine",
+    "ReportWriter",
     "check_report_path",
+    "report_line",
     "report_lines",
     "row_outcome",
     "summary_table",
@@ -89,22 +90,24 @@ def row_outcome(request: JournalRequest | None) -> tuple[str, tuple[str, ...]]:
     return NOT_SENT, ()
 
 
+def report_line(row: JournalRow) -> ReportLine:
+    """What became of one journal row."""
+    outcome, errors = row_outcome(row.request)
+    request = row.request
+    return ReportLine(
+        row=row.row_number, line=row.line_number, order_id=row.order_id,
+        order_line_id=row.order_line_id, product_id=row.product_id,
+        quantity=row.quantity, outcome=outcome,
+        action_id=request.action_id if request else None,
+        status=request.status if request else None,
+        errors=errors if request else row.errors,
+        request=request.key if request else None,
+        reconciliation=request.reconcile_verdict if request else None)
+
+
 def report_lines(rows: Iterable[JournalRow]) -> list[ReportLine]:
     """One ReportLine per journal row, in input order."""
-    lines: list[ReportLine] = []
-    for row in rows:
-        outcome, errors = row_outcome(row.request)
-        request = row.request
-        lines.append(ReportLine(
-            row=row.row_number, line=row.line_number, order_id=row.order_id,
-            order_line_id=row.order_line_id, product_id=row.product_id,
-            quantity=row.quantity, outcome=outcome,
-            action_id=request.action_id if request else None,
-            status=request.status if request else None,
-            errors=errors if request else row.errors,
-            request=request.key if request else None,
-            reconciliation=request.reconcile_verdict if request else None))
-    return lines
+    return [report_line(row) for row in rows]
 
 
 def check_report_path(path: Path) -> str:
@@ -117,32 +120,57 @@ def check_report_path(path: Path) -> str:
     raise ValueError(f"report {path.name}: use a .jsonl or .csv extension")
 
 
-def _render(lines: Sequence[ReportLine], kind: str) -> str:
-    if kind == "jsonl":
-        return "".join(json.dumps(line.to_dict(), ensure_ascii=False) + "\n" for line in lines)
-    out = io.StringIO(newline="")
-    writer = csv.DictWriter(out, fieldnames=REPORT_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for line in lines:
+class ReportWriter:
+    """Writes a report line by line (bounded memory), atomically: the lines go to a
+    temporary file in the same directory, renamed into place by `commit()`; `discard()`
+    (or an exception inside `with`) removes it and leaves any older report as it was."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.kind = check_report_path(path)
+        directory = path.parent if str(path.parent) else Path(".")
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        self._handle = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        self._csv: csv.DictWriter[str] | None = None
+        if self.kind == "csv":
+            self._csv = csv.DictWriter(self._handle, fieldnames=REPORT_FIELDS,
+                                       lineterminator="\n")
+            self._csv.writeheader()
+
+    def add(self, line: ReportLine) -> None:
+        """Append one line."""
         data = line.to_dict()
+        if self._csv is None:
+            self._handle.write(json.dumps(data, ensure_ascii=False) + "\n")
+            return
         data["errors"] = " | ".join(line.errors)
-        writer.writerow({k: "" if v is None else v for k, v in data.items()})
-    return out.getvalue()
+        self._csv.writerow({k: "" if v is None else v for k, v in data.items()})
+
+    def commit(self) -> None:
+        """Close and rename into place."""
+        self._handle.close()
+        os.replace(self._tmp, self.path)
+
+    def discard(self) -> None:
+        """Close and remove the temporary file."""
+        self._handle.close()
+        Path(self._tmp).unlink(missing_ok=True)
+
+    def __enter__(self) -> ReportWriter:
+        return self
+
+    def __exit__(self, kind: object, *rest: object) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
 
 
-def write_report(path: Path, lines: Sequence[ReportLine]) -> None:
+def write_report(path: Path, lines: Iterable[ReportLine]) -> None:
     """Write the report atomically (temp file in the same directory, then rename)."""
-    kind = check_report_path(path)
-    text = _render(lines, kind)
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with ReportWriter(path) as writer:
+        for line in lines:
+            writer.add(line)
 
 
 @attrs.define

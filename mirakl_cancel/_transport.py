@@ -13,7 +13,7 @@ import email.utils
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -253,7 +253,7 @@ class Transport:
         retry: RetryPolicy | None = None,
         poll_key: str | None = None,
         guard: PollGuard | None = None,
-        on_send: Callable[[], None] | None = None,
+        on_send: Callable[[], Awaitable[None] | None] | None = None,
         call: Call | None = None,
     ) -> Response:
         """Perform one logical request, retrying what is safe to retry.
@@ -330,7 +330,7 @@ class Transport:
         params: Sequence[tuple[str, str]] | None,
         idempotent: bool,
         expected: Sequence[int],
-        on_send: Callable[[], None] | None = None,
+        on_send: Callable[[], Awaitable[None] | None] | None = None,
         call: Call | None = None,
     ) -> Response:
         session = self.session
@@ -348,7 +348,9 @@ class Transport:
                 headers["Content-Type"] = "application/json"
             self.stats.requests += 1
             if on_send is not None:
-                on_send()
+                marked = on_send()
+                if marked is not None:  # e.g. a durable journal mark: it must land first
+                    await marked
             if call is not None:
                 call.attempts += 1
                 self.hooks.emit("request", RequestEvent(call, call.attempts))

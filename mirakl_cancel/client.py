@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from types import TracebackType
 from typing import Any
 
@@ -147,12 +154,13 @@ class MiraklConnectClient:
         return await self.cancel(structure_request(order_id, items))
 
     async def cancel(self, request: CancelRequest, *,
-                     on_send: Callable[[], None] | None = None) -> ActionAccepted:
+                     on_send: Callable[[], Awaitable[None] | None] | None = None) -> ActionAccepted:
         """Send one CancelRequest (see `cancel_order_lines`).
 
         `on_send` is called right before each attempt leaves, after any wait for the
         concurrency limit, the rate limit or a token: the moment from which the cancel
-        may reach the server (a journal records it there, durably, before the POST).
+        may reach the server (a journal records it there, durably, before the POST). If
+        it returns an awaitable, the attempt leaves only once that is done.
         """
         if not isinstance(request, CancelRequest):
             raise TypeError("cancel() takes a CancelRequest")
@@ -163,7 +171,8 @@ class MiraklConnectClient:
                     lines=len(request.cancelations))
         return await hooks.observe(call, self._cancel(request, on_send, call))
 
-    async def _cancel(self, request: CancelRequest, on_send: Callable[[], None] | None,
+    async def _cancel(self, request: CancelRequest,
+                      on_send: Callable[[], Awaitable[None] | None] | None,
                       call: Call | None) -> ActionAccepted:
         url = self._transport.url("v2", "orders", request.order_id, "cancel")
         try:

@@ -22,25 +22,54 @@ prove it applied (DONE, SUCCEEDED, without an action id), prove it did not (DONE
 NOT_APPLIED), or do not decide (it stays UNCERTAIN). The verdict, its reason and the
 adjustment ids it rests on are kept in the request's ``reconcile_*`` columns.
 
-One commit per state change, WAL mode, and ``synchronous=FULL`` for the two commits
-that guard against duplicates (``SENDING`` and ``ACCEPTED``): those survive even a
-power cut. The connection holds an exclusive lock for its lifetime, so two processes
-can never run the same job at once (which would double-send every pending request).
+Durability: WAL mode, and ``synchronous=FULL`` for the commits that carry a guarding
+mark (``SENDING``, ``ACCEPTED``): those survive even a power cut. The connection holds
+an exclusive lock for its lifetime, so two processes can never run the same job at once
+(which would double-send every pending request).
+
+`Journal` is the synchronous SQLite journal (one commit per call; tests and tools use
+it directly). `SqliteStore` puts it behind the job's store interface (``_store.py``):
+one writer thread owns the connection and runs whatever marks are queued as **one
+transaction** (group commit: the SENDING marks of all requests leaving together share
+one fsync), so a slow disk flush never runs on the event loop.
+
+Schema 3 is compact: a request's body is stored once, deflated against a fixed
+dictionary (about 30 bytes for a one-line cancel instead of 175); an input row is
+integers only (its order line, product and quantity are read back from its request's
+body), except for a skipped invalid row, which keeps what the report shows. A request's
+key (``ORDER#ROW,ROW``) is not stored: it is its order id and row numbers. Journals of
+versions 1 and 2 are migrated in place on open.
 """
 
 from __future__ import annotations
 
-import enum
+import asyncio
+import contextlib
 import json
+import logging
+import queue
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import attrs
+from ._store import (
+    JobInfo,
+    JobStore,
+    JournalBusyError,
+    JournalError,
+    JournalRequest,
+    JournalRow,
+    PlannedRequest,
+    PlannedRow,
+    RequestState,
+    now,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -53,13 +82,16 @@ __all__ = [
     "PlannedRequest",
     "PlannedRow",
     "RequestState",
+    "SqliteStore",
 ]
 
-SCHEMA_VERSION = 2
-#: Versions this one opens, migrating them in place (additive changes only).
-_MIGRATABLE = (1,)
-#: Columns added after version 1: (name, SQL type). Nullable, so old rows stay valid.
-_ADDED_REQUEST_COLUMNS = (
+logger = logging.getLogger("mirakl_cancel")
+
+SCHEMA_VERSION = 3
+#: Versions this one opens, migrating them in place.
+_MIGRATABLE = (1, 2)
+#: Columns version 2 added to version 1: (name, SQL type). Nullable, so old rows stay valid.
+_V2_REQUEST_COLUMNS = (
     ("reconcile_verdict", "TEXT"),
     ("reconcile_reason", "TEXT"),
     ("reconcile_adjustments", "TEXT"),
@@ -78,11 +110,10 @@ CREATE TABLE IF NOT EXISTS job (
     options         TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS requests (
-    key             TEXT PRIMARY KEY,
-    seq             INTEGER NOT NULL UNIQUE,
+    seq             INTEGER PRIMARY KEY,
     order_id        TEXT NOT NULL,
     rows            TEXT NOT NULL,
-    body            TEXT NOT NULL,
+    body            BLOB NOT NULL,
     state           TEXT NOT NULL DEFAULT 'PENDING'
                     CHECK (state IN ('PENDING','SENDING','ACCEPTED','UNCERTAIN','DONE')),
     attempts        INTEGER NOT NULL DEFAULT 0,
@@ -101,138 +132,49 @@ CREATE TABLE IF NOT EXISTS requests (
     reconcile_adjustments TEXT,
     reconciled_at         REAL
 );
-CREATE INDEX IF NOT EXISTS requests_state ON requests (state);
-CREATE INDEX IF NOT EXISTS requests_action ON requests (action_id);
 CREATE TABLE IF NOT EXISTS rows (
     row_number      INTEGER PRIMARY KEY,
     line_number     INTEGER NOT NULL,
-    request_key     TEXT REFERENCES requests (key),
+    request         INTEGER REFERENCES requests (seq),
     order_id        TEXT,
     order_line_id   TEXT,
     product_id      TEXT,
     quantity        INTEGER,
     errors          TEXT
 );
-CREATE INDEX IF NOT EXISTS rows_request ON rows (request_key);
 """
 
+# --- bodies: stored once, deflated against a fixed dictionary ---------------------------
 
-class RequestState(str, enum.Enum):
-    """Where a request is in its life; see the module docstring."""
-
-    PENDING = "PENDING"
-    SENDING = "SENDING"
-    ACCEPTED = "ACCEPTED"
-    UNCERTAIN = "UNCERTAIN"
-    DONE = "DONE"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class JournalError(Exception):
-    """The journal cannot be used (corrupt, from another version, another job)."""
+#: Typical body text that deflate may refer back to. NEVER change it: journals store
+#: bodies compressed against it (tag byte 1); a new dictionary needs a new tag.
+_BODY_DICTIONARY = (
+    b'"shipping_taxes":[{"code":"TVA","amount":{"amount":0,"currency":"EUR"}}],'
+    b'"taxes":[{"code":"VAT","amount":{"amount":0.00,"currency":"EUR"}}],'
+    b'"reason":"CUSTOMER_CANCELATION","reason":"ITEM_NOT_RECEIVED","reason":"AGREEMENT",'
+    b'"reason":"DEFECT","reason":"UNABLE_TO_DELIVER","reason":"RETURN",'
+    b'"product_id":"","order_line_id":"'
+    b'{"cancelations":[{"quantity":1,"reason":"OUT_OF_STOCK","price":{"amount":10.00,'
+    b'"currency":"EUR"},"shipping_price":{"amount":0,"currency":"EUR"},"order_line_id":"'
+)
+_BODY_DEFLATED = 1
 
 
-class JournalBusyError(JournalError):
-    """Another process has the journal open: running the job twice would double-send."""
+def encode_body(body: str) -> bytes:
+    """A body as stored: tag byte, then raw deflate against `_BODY_DICTIONARY`."""
+    packer = zlib.compressobj(6, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY,
+                              _BODY_DICTIONARY)
+    return bytes((_BODY_DEFLATED,)) + packer.compress(body.encode()) + packer.flush()
 
 
-@attrs.frozen
-class PlannedRow:
-    """One input row as the journal keeps it (for the report)."""
-
-    row_number: int
-    line_number: int
-    order_id: str | None
-    order_line_id: str | None
-    product_id: str | None
-    quantity: int | None
-    #: Set for an invalid row that was skipped: why it was not sent.
-    errors: tuple[str, ...] = ()
-
-
-@attrs.frozen
-class PlannedRequest:
-    """One POST to make: its key, order, the rows it covers and its exact body."""
-
-    key: str
-    order_id: str
-    rows: tuple[int, ...]
-    body: str
-
-    @staticmethod
-    def make_key(order_id: str, rows: Sequence[int]) -> str:
-        """A key stable across runs of the same input: order id and row numbers."""
-        return f"{order_id}#" + ",".join(str(r) for r in rows)
-
-
-@attrs.frozen
-class JobInfo:
-    """The `job` record: which input this journal belongs to."""
-
-    input_path: str
-    input_sha256: str
-    input_format: str
-    base_url: str
-    created_at: str
-    options: dict[str, Any]
-
-
-@attrs.frozen
-class JournalRequest:
-    """A `requests` record."""
-
-    key: str
-    seq: int
-    order_id: str
-    rows: tuple[int, ...]
-    body: str
-    state: RequestState
-    attempts: int
-    action_id: str | None
-    sent_at: float | None
-    accepted_at: float | None
-    poll_started_at: float | None
-    last_polled_at: float | None
-    finished_at: float | None
-    outcome: str | None
-    status: str | None
-    errors: tuple[str, ...]
-    resendable: bool
-    #: What reconciliation last decided (APPLIED, NOT_APPLIED, UNCERTAIN), if it ran.
-    reconcile_verdict: str | None = None
-    reconcile_reason: str | None = None
-    #: Ids of the CANCELATION adjustments the verdict rests on.
-    reconcile_adjustments: tuple[str, ...] = ()
-    reconciled_at: float | None = None
-
-    def last_contact(self, now: float | None = None) -> float | None:
-        """Wall time of the latest read of this action the server may have seen.
-
-        A poll that was started but never recorded as finished (the process died during
-        it) may have reached the server as late as the moment of death, so it counts
-        as `now`: waiting a full interval from the resume is the only safe assumption.
-        """
-        last = max((t for t in (self.accepted_at, self.last_polled_at) if t is not None),
-                   default=None)
-        if self.poll_started_at is not None and (last is None or self.poll_started_at > last):
-            return time.time() if now is None else now
-        return last
-
-
-@attrs.frozen
-class JournalRow:
-    """A `rows` record joined with its request (None for a skipped invalid row)."""
-
-    row_number: int
-    line_number: int
-    order_id: str | None
-    order_line_id: str | None
-    product_id: str | None
-    quantity: int | None
-    errors: tuple[str, ...]
-    request: JournalRequest | None
+def decode_body(stored: str | bytes) -> str:
+    """The exact body text from its stored form (plain text in migrated journals)."""
+    if isinstance(stored, str):
+        return stored
+    if not stored or stored[0] != _BODY_DEFLATED:
+        raise JournalError("a request body in the journal is in an unknown format")
+    unpacker = zlib.decompressobj(-15, _BODY_DICTIONARY)
+    return (unpacker.decompress(stored[1:]) + unpacker.flush()).decode()
 
 
 def _errors(text: str | None) -> tuple[str, ...]:
@@ -242,33 +184,93 @@ def _errors(text: str | None) -> tuple[str, ...]:
     return tuple(str(item) for item in data) if isinstance(data, list) else (str(data),)
 
 
-def _request(row: sqlite3.Row) -> JournalRequest:
+def _texts(items: Sequence[str]) -> str | None:
+    """Error texts as stored: NULL when there are none."""
+    return json.dumps(list(items)) if items else None
+
+
+def _row_numbers(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in text.split(",")) if text else ()
+
+
+_REQUEST_COLUMNS = ("seq, order_id, rows, body, state, attempts, action_id, sent_at, "
+                    "accepted_at, poll_started_at, last_polled_at, finished_at, outcome, "
+                    "status, errors, resendable, reconcile_verdict, reconcile_reason, "
+                    "reconcile_adjustments, reconciled_at")
+
+
+def _request(row: Sequence[Any]) -> JournalRequest:
+    (seq, order_id, rows, body, state, attempts, action_id, sent_at, accepted_at,
+     poll_started_at, last_polled_at, finished_at, outcome, status, errors, resendable,
+     verdict, reason, adjustments, reconciled_at) = row
+    numbers = _row_numbers(rows)
     return JournalRequest(
-        key=row["key"], seq=row["seq"], order_id=row["order_id"],
-        rows=tuple(json.loads(row["rows"])), body=row["body"],
-        state=RequestState(row["state"]), attempts=row["attempts"],
-        action_id=row["action_id"], sent_at=row["sent_at"], accepted_at=row["accepted_at"],
-        poll_started_at=row["poll_started_at"], last_polled_at=row["last_polled_at"],
-        finished_at=row["finished_at"], outcome=row["outcome"], status=row["status"],
-        errors=_errors(row["errors"]), resendable=bool(row["resendable"]),
-        reconcile_verdict=row["reconcile_verdict"], reconcile_reason=row["reconcile_reason"],
-        reconcile_adjustments=_errors(row["reconcile_adjustments"]),
-        reconciled_at=row["reconciled_at"])
+        key=PlannedRequest.make_key(order_id, numbers), seq=seq, order_id=order_id,
+        rows=numbers, body=decode_body(body), state=RequestState(state), attempts=attempts,
+        action_id=action_id, sent_at=sent_at, accepted_at=accepted_at,
+        poll_started_at=poll_started_at, last_polled_at=last_polled_at,
+        finished_at=finished_at, outcome=outcome, status=status, errors=_errors(errors),
+        resendable=bool(resendable), reconcile_verdict=verdict, reconcile_reason=reason,
+        reconcile_adjustments=_errors(adjustments), reconciled_at=reconciled_at)
 
 
-def _migrate(db: sqlite3.Connection) -> None:
+def _line_fields(request: JournalRequest, row_number: int,
+                 cache: dict[int, list[Any]]) -> tuple[str | None, str | None, int | None]:
+    """(order_line_id, product_id, quantity) of `row_number` from its request's body."""
+    cancelations = cache.get(request.seq)
+    if cancelations is None:
+        if len(cache) >= 256:  # rows of one request are usually close together
+            cache.clear()
+        cancelations = json.loads(request.body).get("cancelations", [])
+        cache[request.seq] = cancelations
+    try:
+        line = cancelations[request.rows.index(row_number)]
+    except (ValueError, IndexError):
+        return None, None, None
+    quantity = line.get("quantity")
+    return (line.get("order_line_id"), line.get("product_id"),
+            quantity if isinstance(quantity, int) else None)
+
+
+# --- migrations -----------------------------------------------------------------------
+
+def _migrate(db: sqlite3.Connection, version: int) -> None:
     """Bring a journal of a version in _MIGRATABLE up to SCHEMA_VERSION, in one transaction.
 
-    Only columns were added since version 1, all nullable: an old journal keeps every
-    row as it was and reads as "never reconciled". Done in place so that a job begun by
-    an older mirakl-cancel can be resumed (and reconciled) by this one.
+    1 → 2 added nullable reconciliation columns. 2 → 3 rebuilds the tables compactly:
+    requests keyed by `seq` (the key is computed), rows pointing at their request by
+    `seq`. Bodies and row fields are copied as they are (a text body reads as is; row
+    fields present win over the body's), so every row, state and time survives: a job
+    begun by an older mirakl-cancel is resumed, reconciled and reported by this one.
     """
     db.execute("BEGIN IMMEDIATE")
     try:
-        present = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
-        for name, kind in _ADDED_REQUEST_COLUMNS:
-            if name not in present:
-                db.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
+        if version == 1:
+            present = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+            for name, kind in _V2_REQUEST_COLUMNS:
+                if name not in present:
+                    db.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
+        db.execute("ALTER TABLE requests RENAME TO requests_v2")
+        db.execute("ALTER TABLE rows RENAME TO rows_v2")
+        db.execute("DROP INDEX IF EXISTS requests_state")
+        db.execute("DROP INDEX IF EXISTS requests_action")
+        db.execute("DROP INDEX IF EXISTS rows_request")
+        for statement in _SCHEMA.split(";"):
+            if "CREATE TABLE IF NOT EXISTS job" not in statement and statement.strip():
+                db.execute(statement)
+        db.execute(
+            "INSERT INTO requests (" + _REQUEST_COLUMNS + ") SELECT seq, order_id, "
+            "replace(replace(replace(rows, '[', ''), ']', ''), ' ', ''), body, state, "
+            "attempts, action_id, sent_at, accepted_at, poll_started_at, last_polled_at, "
+            "finished_at, outcome, status, errors, resendable, reconcile_verdict, "
+            "reconcile_reason, reconcile_adjustments, reconciled_at FROM requests_v2")
+        db.execute(
+            "INSERT INTO rows (row_number, line_number, request, order_id, order_line_id, "
+            "product_id, quantity, errors) SELECT r.row_number, r.line_number, q.seq, "
+            "r.order_id, r.order_line_id, r.product_id, r.quantity, r.errors "
+            "FROM rows_v2 r LEFT JOIN requests_v2 q ON q.key = r.request_key")
+        db.execute("DROP TABLE rows_v2")
+        db.execute("DROP TABLE requests_v2")
         db.execute("UPDATE job SET schema_version = ?", (SCHEMA_VERSION,))
     except BaseException:
         db.execute("ROLLBACK")
@@ -277,11 +279,16 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 
 class Journal:
-    """A job's durable record; open with `Journal.open(path)`, close when done."""
+    """A job's durable record; open with `Journal.open(path)`, close when done.
+
+    Synchronous, one commit per call. While a `SqliteStore` runs over it, the store's
+    writer thread owns the connection: use the store, not this, until it is closed.
+    """
 
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self._db = connection
         self.path = path
+        self._in_transaction = False
 
     @classmethod
     def open(cls, path: Path | str) -> Journal:
@@ -292,25 +299,29 @@ class Journal:
         """
         path = Path(path)
         try:
-            db = sqlite3.connect(str(path), timeout=0.2, isolation_level=None)
+            # One thread at a time uses it (the caller, or a SqliteStore's writer).
+            db = sqlite3.connect(str(path), timeout=0.2, isolation_level=None,
+                                 check_same_thread=False)
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal {path}: {exc}") from None
-        db.row_factory = sqlite3.Row
         try:
             db.execute("PRAGMA locking_mode=EXCLUSIVE")
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise JournalError(f"journal {path}: cannot switch to WAL mode ({mode})")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.executescript(_SCHEMA)  # IF NOT EXISTS: leaves an older journal's tables be
             # A write transaction takes the exclusive lock now, and holds it for our lifetime.
             db.execute("BEGIN IMMEDIATE")
             db.execute("COMMIT")
-            row = db.execute("SELECT schema_version FROM job").fetchone()
+            tables = {row[0] for row in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            row = db.execute("SELECT schema_version FROM job").fetchone() \
+                if "job" in tables else None
             if row is not None and row[0] in _MIGRATABLE:
-                _migrate(db)
+                _migrate(db, row[0])
                 row = (SCHEMA_VERSION,)
+            if row is None or row[0] == SCHEMA_VERSION:
+                db.executescript(_SCHEMA)  # IF NOT EXISTS: a new (or empty) journal
         except sqlite3.OperationalError as exc:
             db.close()
             if "locked" in str(exc) or "busy" in str(exc):
@@ -343,33 +354,57 @@ class Journal:
         self.close()
 
     @contextmanager
-    def _transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
-        """One committed transaction; `durable` also forces it to disk (fsync)."""
+    def transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One committed transaction; `durable` also forces it to disk (fsync).
+
+        Nested calls join the outer transaction: that is how a SqliteStore's writer runs
+        a whole batch of marks (each a method of this class) as one commit.
+        """
         db = self._db
+        if self._in_transaction:
+            yield db
+            return
         if durable:
             db.execute("PRAGMA synchronous=FULL")
-        db.execute("BEGIN IMMEDIATE")
+        self._in_transaction = True
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        else:
-            db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            else:
+                db.execute("COMMIT")
         finally:
+            self._in_transaction = False
             if durable:
                 db.execute("PRAGMA synchronous=NORMAL")
+
+    _transaction = transaction
 
     # --- the job --------------------------------------------------------------------
 
     def job(self) -> JobInfo | None:
         """The job this journal records, or None if it is new (or creation never finished)."""
-        row = self._db.execute("SELECT * FROM job").fetchone()
+        row = self._db.execute(
+            "SELECT input_path, input_sha256, input_format, base_url, created_at, options "
+            "FROM job").fetchone()
         if row is None:
             return None
-        return JobInfo(input_path=row["input_path"], input_sha256=row["input_sha256"],
-                       input_format=row["input_format"], base_url=row["base_url"],
-                       created_at=row["created_at"], options=json.loads(row["options"]))
+        return JobInfo(input_path=row[0], input_sha256=row[1], input_format=row[2],
+                       base_url=row[3], created_at=row[4], options=json.loads(row[5]))
+
+    def _insert_job(self, db: sqlite3.Connection, *, input_path: str, input_sha256: str,
+                    input_format: str, base_url: str, options: dict[str, Any] | None) -> None:
+        if db.execute("SELECT 1 FROM job").fetchone() is not None:
+            raise JournalError(f"journal {self.path} already holds a job")
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        db.execute(
+            "INSERT INTO job (id, schema_version, input_path, input_sha256, input_format, "
+            "base_url, created_at, options) VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
+            (SCHEMA_VERSION, input_path, input_sha256, input_format, base_url, created,
+             json.dumps(options or {}, sort_keys=True)))
 
     def set_base_url(self, base_url: str) -> None:
         """Point the job at another API root. Only for a job none of whose requests ever
@@ -388,46 +423,90 @@ class Journal:
     def create_job(self, *, input_path: str, input_sha256: str, input_format: str,
                    base_url: str, requests: Sequence[PlannedRequest],
                    rows: Iterable[PlannedRow], options: dict[str, Any] | None = None) -> None:
-        """Record the whole plan in one transaction: a crash leaves either all or nothing."""
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        with self._transaction(durable=True) as db:
-            if db.execute("SELECT 1 FROM job").fetchone() is not None:
-                raise JournalError(f"journal {self.path} already holds a job")
-            db.execute(
-                "INSERT INTO job (id, schema_version, input_path, input_sha256, input_format, "
-                "base_url, created_at, options) VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
-                (SCHEMA_VERSION, input_path, input_sha256, input_format, base_url, created,
-                 json.dumps(options or {}, sort_keys=True)))
+        """Record a whole plan in one transaction: a crash leaves either all or nothing.
+
+        The rows keep the fields given. (The CLI plans a file through
+        `create_job_from_staging` instead, streaming, and keeps valid rows' fields in
+        their request's body only.)
+        """
+        with self.transaction(durable=True) as db:
+            self._insert_job(db, input_path=input_path, input_sha256=input_sha256,
+                             input_format=input_format, base_url=base_url, options=options)
+            owner: dict[int, int] = {}
+            for seq, r in enumerate(requests):
+                if any(n in owner for n in r.rows):
+                    raise sqlite3.IntegrityError(f"request {r.key}: a row in two requests")
+                owner.update((n, seq) for n in r.rows)
             db.executemany(
-                "INSERT INTO requests (key, seq, order_id, rows, body) VALUES (?, ?, ?, ?, ?)",
-                [(r.key, seq, r.order_id, json.dumps(list(r.rows)), r.body)
+                "INSERT INTO requests (seq, order_id, rows, body) VALUES (?, ?, ?, ?)",
+                [(seq, r.order_id, ",".join(map(str, r.rows)), encode_body(r.body))
                  for seq, r in enumerate(requests)])
-            owner = {row: r.key for r in requests for row in r.rows}
             db.executemany(
-                "INSERT INTO rows (row_number, line_number, request_key, order_id, "
+                "INSERT INTO rows (row_number, line_number, request, order_id, "
                 "order_line_id, product_id, quantity, errors) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(p.row_number, p.line_number, owner.get(p.row_number), p.order_id,
-                  p.order_line_id, p.product_id, p.quantity,
-                  json.dumps(list(p.errors)) if p.errors else None) for p in rows])
+                  p.order_line_id, p.product_id, p.quantity, _texts(p.errors)) for p in rows])
 
     # --- reading --------------------------------------------------------------------
 
+    def _where(self, states: Sequence[RequestState],
+               orders: Collection[str] | None) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if states:
+            clauses.append(f"state IN ({','.join('?' for _ in states)})")
+            params += [s.value for s in states]
+        if orders is not None:  # one parameter, however many orders
+            clauses.append("order_id IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(sorted(orders)))
+        return " AND ".join(clauses), params
+
+    def requests_after(self, after: int, limit: int, states: Sequence[RequestState] = (),
+                       orders: Collection[str] | None = None, *,
+                       bodies: bool = True) -> list[JournalRequest]:
+        """One chunk of `requests()`: up to `limit` requests with `seq > after` (with
+        `bodies=False`, each body reads as "": cheaper, for counting)."""
+        where, params = self._where(states, orders)
+        columns = _REQUEST_COLUMNS if bodies else _REQUEST_COLUMNS.replace("body", "''")
+        cursor = self._db.execute(
+            f"SELECT {columns} FROM requests WHERE seq > ?"
+            + (f" AND {where}" if where else "") + " ORDER BY seq LIMIT ?",
+            [after, *params, limit])
+        return [_request(row) for row in cursor]
+
+    def iter_requests(self, *states: RequestState, orders: Collection[str] | None = None,
+                      chunk: int = 1000) -> Iterator[JournalRequest]:
+        """Requests in plan order, read `chunk` at a time (bounded memory)."""
+        after = -1
+        while True:
+            batch = self.requests_after(after, chunk, states, orders)
+            yield from batch
+            if len(batch) < chunk:
+                return
+            after = batch[-1].seq
+
     def requests(self, *states: RequestState) -> list[JournalRequest]:
         """Requests in plan order, optionally only those in `states`."""
-        if states:
-            marks = ",".join("?" for _ in states)
-            cursor = self._db.execute(
-                f"SELECT * FROM requests WHERE state IN ({marks}) ORDER BY seq",
-                [s.value for s in states])
-        else:
-            cursor = self._db.execute("SELECT * FROM requests ORDER BY seq")
-        return [_request(row) for row in cursor]
+        return list(self.iter_requests(*states))
+
+    def _seq(self, key: str) -> int:
+        """The `seq` of the request keyed `key` (KeyError if none): the key is its order id
+        and row numbers, so its first row leads to it."""
+        order_id, _, numbers = key.rpartition("#")
+        first = numbers.split(",", 1)[0]
+        if not order_id or not first.isdigit():
+            raise KeyError(key)
+        row = self._db.execute(
+            "SELECT q.seq, q.order_id, q.rows FROM rows r JOIN requests q ON q.seq = r.request "
+            "WHERE r.row_number = ?", (int(first),)).fetchone()
+        if row is None or PlannedRequest.make_key(row[1], _row_numbers(row[2])) != key:
+            raise KeyError(key)
+        return int(row[0])
 
     def request(self, key: str) -> JournalRequest:
         """One request by key (KeyError if absent)."""
-        row = self._db.execute("SELECT * FROM requests WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            raise KeyError(key)
+        row = self._db.execute(f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE seq = ?",
+                               (self._seq(key),)).fetchone()
         return _request(row)
 
     def counts(self) -> dict[RequestState, int]:
@@ -437,31 +516,56 @@ class Journal:
             counts[RequestState(state)] = n
         return counts
 
-    def rows(self) -> list[JournalRow]:
-        """Every input row, in file order, with its request."""
-        requests = {r.key: r for r in self.requests()}
+    def rows_after(self, after: int, limit: int) -> list[JournalRow]:
+        """One chunk of `rows()`: up to `limit` rows with `row_number > after`."""
+        cursor = self._db.execute(
+            "SELECT r.row_number, r.line_number, r.order_id, r.order_line_id, r.product_id, "
+            f"r.quantity, r.errors, q.{_REQUEST_COLUMNS.replace(', ', ', q.')} FROM rows r "
+            "LEFT JOIN requests q ON q.seq = r.request WHERE r.row_number > ? "
+            "ORDER BY r.row_number LIMIT ?", (after, limit))
         result: list[JournalRow] = []
-        for row in self._db.execute("SELECT * FROM rows ORDER BY row_number"):
-            key = row["request_key"]
+        bodies: dict[int, list[Any]] = {}
+        for row in cursor:
+            number, line, order_id, line_id, product_id, quantity, errors = row[:7]
+            request = _request(row[7:]) if row[7] is not None else None
+            if request is not None and quantity is None:  # schema 3: from the body
+                line_id, product_id, quantity = _line_fields(request, number, bodies)
+                order_id = request.order_id
             result.append(JournalRow(
-                row_number=row["row_number"], line_number=row["line_number"],
-                order_id=row["order_id"], order_line_id=row["order_line_id"],
-                product_id=row["product_id"], quantity=row["quantity"],
-                errors=_errors(row["errors"]),
-                request=requests.get(key) if key is not None else None))
+                row_number=number, line_number=line, order_id=order_id, order_line_id=line_id,
+                product_id=product_id, quantity=quantity, errors=_errors(errors),
+                request=request))
         return result
 
-    # --- state changes (one commit each) ----------------------------------------------
+    def iter_rows(self, chunk: int = 1000) -> Iterator[JournalRow]:
+        """Every input row, in file order, with its request, `chunk` at a time."""
+        after = 0
+        while True:
+            batch = self.rows_after(after, chunk)
+            yield from batch
+            if len(batch) < chunk:
+                return
+            after = batch[-1].row_number
+
+    def rows(self) -> list[JournalRow]:
+        """Every input row, in file order, with its request."""
+        return list(self.iter_rows())
+
+    # --- state changes (one commit each, or one per batch under a SqliteStore) --------
 
     def _update(self, key: str, expected: Sequence[RequestState], durable: bool,
                 sql: str, params: Sequence[Any]) -> None:
         marks = ",".join("?" for _ in expected)
-        with self._transaction(durable=durable) as db:
+        with self.transaction(durable=durable) as db:
+            try:
+                seq = self._seq(key)
+            except KeyError:
+                seq = -1
             cursor = db.execute(
-                f"UPDATE requests SET {sql} WHERE key = ? AND state IN ({marks})",
-                [*params, key, *(s.value for s in expected)])
+                f"UPDATE requests SET {sql} WHERE seq = ? AND state IN ({marks})",
+                [*params, seq, *(s.value for s in expected)])
             if cursor.rowcount != 1:
-                row = db.execute("SELECT state FROM requests WHERE key = ?", (key,)).fetchone()
+                row = db.execute("SELECT state FROM requests WHERE seq = ?", (seq,)).fetchone()
                 found = "no such request" if row is None else f"it is {row[0]}"
                 raise JournalError(
                     f"request {key}: expected state {'/'.join(s.value for s in expected)}, "
@@ -475,7 +579,6 @@ class Journal:
         marked resendable or NOT_APPLIED) may move to SENDING. The `reconcile_*` columns
         are kept: they tell why a request was sent again.
         """
-        at = time.time() if at is None else at
         expected = [RequestState.PENDING]
         if resend:
             expected += [RequestState.SENDING, RequestState.UNCERTAIN, RequestState.DONE]
@@ -483,24 +586,22 @@ class Journal:
                      "state = 'SENDING', attempts = attempts + 1, sent_at = ?, action_id = NULL,"
                      " accepted_at = NULL, poll_started_at = NULL, last_polled_at = NULL,"
                      " finished_at = NULL, outcome = NULL, status = NULL, errors = NULL,"
-                     " resendable = 0", [at])
+                     " resendable = 0", [now(at)])
 
     def mark_send_attempt(self, key: str, at: float | None = None) -> None:
         """Another attempt of the send `key` is in (after a refusal the API did not process:
         429, 503, a new token, no connection). `sent_at` moves to it, because only the
         last attempt can have been processed: reconciliation waits its settling window
         from there. Durable, like the first mark."""
-        at = time.time() if at is None else at
-        self._update(key, [RequestState.SENDING], True, "sent_at = ?", [at])
+        self._update(key, [RequestState.SENDING], True, "sent_at = ?", [now(at)])
 
     def mark_unsent(self, key: str, outcome: str, errors: Sequence[str],
                     at: float | None = None) -> None:
         """A PENDING request failed before any attempt left (no token, a long 429 pause):
         final for this run, and resendable, since the API never saw it."""
-        at = time.time() if at is None else at
         self._update(key, [RequestState.PENDING], False,
                      "state = 'DONE', outcome = ?, errors = ?, finished_at = ?, resendable = 1",
-                     [outcome, json.dumps(list(errors)), at])
+                     [outcome, _texts(errors), now(at)])
 
     def mark_reconciled(self, key: str, verdict: str, reason: str,
                         adjustments: Sequence[str] = (), *, errors: Sequence[str],
@@ -512,7 +613,7 @@ class Journal:
         only an explicit ``--resend-unapplied`` sends it again. ``UNCERTAIN``: stays as
         it is, with `errors` updated. The verdict, reason and adjustment ids are kept.
         """
-        at = time.time() if at is None else at
+        at = now(at)
         target = {"APPLIED": ("DONE", "SUCCEEDED"), "NOT_APPLIED": ("DONE", "NOT_APPLIED"),
                   "UNCERTAIN": ("UNCERTAIN", "UNCERTAIN")}.get(verdict)
         if target is None:
@@ -522,67 +623,323 @@ class Journal:
                      "state = ?, outcome = ?, errors = ?, finished_at = ?, resendable = 0, "
                      "reconcile_verdict = ?, reconcile_reason = ?, reconcile_adjustments = ?, "
                      "reconciled_at = ?",
-                     [state, outcome, json.dumps(list(errors)), at, verdict, reason,
+                     [state, outcome, _texts(errors), at, verdict, reason,
                       json.dumps(list(adjustments)), at])
 
     def mark_accepted(self, key: str, action_id: str, at: float | None = None) -> None:
         """Durably note the action the API created for `key` (never lose an action_id)."""
-        at = time.time() if at is None else at
         self._update(key, [RequestState.SENDING], True,
-                     "state = 'ACCEPTED', action_id = ?, accepted_at = ?", [action_id, at])
+                     "state = 'ACCEPTED', action_id = ?, accepted_at = ?", [action_id, now(at)])
 
     def mark_uncertain(self, key: str, errors: Sequence[str], at: float | None = None) -> None:
         """The POST's answer was lost: it may have been processed. Not re-sent by default."""
-        at = time.time() if at is None else at
         self._update(key, [RequestState.SENDING, RequestState.UNCERTAIN], False,
                      "state = 'UNCERTAIN', outcome = 'UNCERTAIN', finished_at = ?, errors = ?",
-                     [at, json.dumps(list(errors))])
+                     [now(at), _texts(errors)])
 
     def mark_not_sent(self, key: str) -> None:
         """Back to PENDING: the request was marked SENDING but provably never left."""
         self._update(key, [RequestState.SENDING], False,
                      "state = 'PENDING', attempts = attempts - 1, sent_at = NULL", [])
 
+    def _key_of_action(self, action_id: str) -> str | None:
+        row = self._db.execute("SELECT order_id, rows FROM requests WHERE action_id = ? AND "
+                               "state = 'ACCEPTED'", (action_id,)).fetchone()
+        return None if row is None else PlannedRequest.make_key(row[0], _row_numbers(row[1]))
+
+    def poll_started(self, key: str, at: float | None = None) -> None:
+        """A status read of `key`'s action is about to go out (see `last_contact`)."""
+        with suppress(KeyError), self.transaction() as db:
+            db.execute("UPDATE requests SET poll_started_at = ? WHERE seq = ? "
+                       "AND state = 'ACCEPTED'", (now(at), self._seq(key)))
+
+    def polled(self, key: str, at: float | None = None, status: str | None = None) -> None:
+        """A status read of `key`'s action ended at `at` (wall clock)."""
+        with suppress(KeyError), self.transaction() as db:
+            db.execute("UPDATE requests SET last_polled_at = ?, status = COALESCE(?, status) "
+                       "WHERE seq = ? AND state = 'ACCEPTED'", (now(at), status, self._seq(key)))
+
     def mark_poll_started(self, action_id: str, at: float | None = None) -> None:
-        """A status read of `action_id` is about to go out (see `last_contact`)."""
-        at = time.time() if at is None else at
-        with self._transaction() as db:
-            db.execute("UPDATE requests SET poll_started_at = ? WHERE action_id = ? "
-                       "AND state = 'ACCEPTED'", (at, action_id))
+        """`poll_started` by action id (a lookup: the job uses the key)."""
+        key = self._key_of_action(action_id)
+        if key is not None:
+            self.poll_started(key, at)
 
     def mark_polled(self, action_id: str, at: float | None = None,
                     status: str | None = None) -> None:
-        """A status read of `action_id` ended at `at` (wall clock)."""
-        at = time.time() if at is None else at
-        with self._transaction() as db:
-            db.execute("UPDATE requests SET last_polled_at = ?, status = COALESCE(?, status) "
-                       "WHERE action_id = ? AND state = 'ACCEPTED'", (at, status, action_id))
+        """`polled` by action id (a lookup: the job uses the key)."""
+        key = self._key_of_action(action_id)
+        if key is not None:
+            self.polled(key, at, status)
 
     def mark_tracking_stopped(self, key: str, outcome: str, errors: Sequence[str]) -> None:
         """Tracking gave up for this run (timeout, reads failing): the action still exists,
         so the request stays ACCEPTED with `outcome` noted, and a re-run tracks it on."""
         self._update(key, [RequestState.ACCEPTED], False,
-                     "outcome = ?, errors = ?", [outcome, json.dumps(list(errors))])
+                     "outcome = ?, errors = ?", [outcome, _texts(errors)])
 
     def mark_done(self, key: str, outcome: str, *, status: str | None = None,
                   errors: Sequence[str] = (), resendable: bool = False,
                   at: float | None = None) -> None:
         """The final result of `key`. `resendable`: the API refused it before processing
         (401, 429, 503, no connection), so a re-run may safely send it again."""
-        at = time.time() if at is None else at
         self._update(key, [RequestState.SENDING, RequestState.ACCEPTED, RequestState.UNCERTAIN],
                      False,
                      "state = 'DONE', outcome = ?, status = COALESCE(?, status), errors = ?, "
                      "finished_at = ?, resendable = ?",
-                     [outcome, status, json.dumps(list(errors)), at, int(resendable)])
+                     [outcome, status, _texts(errors), now(at), int(resendable)])
 
     def mark_interrupted_sends(self, message: str) -> list[str]:
         """On resume: SENDING requests (the process died mid-POST) become UNCERTAIN."""
         at = time.time()
-        with self._transaction() as db:
-            keys = [row[0] for row in db.execute(
-                "SELECT key FROM requests WHERE state = 'SENDING' ORDER BY seq")]
+        with self.transaction() as db:
+            keys = [PlannedRequest.make_key(row[0], _row_numbers(row[1])) for row in db.execute(
+                "SELECT order_id, rows FROM requests WHERE state = 'SENDING' ORDER BY seq")]
             db.execute("UPDATE requests SET state = 'UNCERTAIN', outcome = 'UNCERTAIN', "
                        "finished_at = ?, errors = ? WHERE state = 'SENDING'",
                        (at, json.dumps([message])))
         return keys
+
+
+# --- the store: the journal behind the job's store interface, off the event loop --------
+
+class _Op:
+    """One queued call of a Journal method, and who waits for its result."""
+
+    __slots__ = ("args", "durable", "future", "guards", "kwargs", "name")
+
+    def __init__(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+                 durable: bool, guards: bool, future: asyncio.Future[Any] | None) -> None:
+        self.name = name
+        self.args = args
+        self.kwargs = kwargs
+        self.durable = durable
+        self.guards = guards
+        self.future = future
+
+
+_STOP = None
+#: Most marks in one transaction: bounds the time a batch holds the writer.
+_MAX_BATCH = 2000
+#: Requests or rows read per round trip to the writer.
+_CHUNK = 1000
+
+
+class SqliteStore(JobStore):
+    """A `Journal` as a `JobStore`: one writer thread, group commit.
+
+    Every call becomes an operation on a queue. The writer takes everything queued (up to
+    `_MAX_BATCH`), runs it in order as one transaction, and commits once, with fsync when
+    any operation in it is a guarding mark; then it resolves the callers' futures on the
+    event loop. So a disk whose flush takes 10 ms costs one flush per batch, not per
+    mark, and it is the writer thread that waits for it, never the event loop.
+
+    If a batch fails (the disk, a bug), none of it is written, every caller in it gets
+    the error, and every later guarding mark is refused: nothing is sent unguarded.
+
+    Create it inside the running event loop; `aclose()` (or `close()` from outside the
+    loop) flushes, stops the writer and gives the journal back to synchronous use.
+    `flush_delay` adds that many seconds to each durable commit (tests and benchmarks:
+    a slow disk without touching the disk).
+    """
+
+    def __init__(self, journal: Journal, *, flush_delay: float = 0.0) -> None:
+        self.journal = journal
+        self.flush_delay = flush_delay
+        self._loop = asyncio.get_running_loop()
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._failed: BaseException | None = None
+        self._closed = False
+        #: Transactions committed, and how many of them were durable (fsync'd).
+        self.commits = 0
+        self.durable_commits = 0
+        self._thread = threading.Thread(target=self._work, name="mirakl-cancel-journal",
+                                        daemon=True)
+        self._thread.start()
+
+    # --- the writer -------------------------------------------------------------------
+
+    def _work(self) -> None:
+        stop = False
+        while not stop:
+            op = self._queue.get()
+            if op is _STOP:
+                return
+            batch = [op]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    op = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if op is _STOP:
+                    stop = True
+                    break
+                batch.append(op)
+            results = self._run(batch)
+            try:
+                self._loop.call_soon_threadsafe(_settle, batch, results)
+            except RuntimeError:  # the loop is gone: nobody is waiting any more
+                return
+
+    def _run(self, batch: list[_Op]) -> list[tuple[bool, Any]]:
+        journal = self.journal
+        durable = any(op.durable for op in batch)
+        results: list[tuple[bool, Any]] = []
+        try:
+            with journal.transaction(durable=durable):
+                for op in batch:
+                    if op.guards and self._failed is not None:
+                        results.append((False, JournalError(
+                            f"the journal failed earlier ({self._failed}): nothing more is "
+                            "sent")))
+                        continue
+                    try:
+                        results.append((True, getattr(journal, op.name)(*op.args, **op.kwargs)))
+                    except JournalError as exc:  # a refused transition: nothing was changed
+                        results.append((False, exc))
+            if durable and self.flush_delay:
+                time.sleep(self.flush_delay)
+        except BaseException as exc:  # handed to every caller of the batch
+            self._failed = exc
+            return [(False, exc)] * len(batch)
+        self.commits += 1
+        self.durable_commits += durable
+        return results
+
+    # --- queueing ---------------------------------------------------------------------
+
+    def _submit(self, name: str, *args: Any, durable: bool = False, guards: bool = False,
+                wait: bool = True, **kwargs: Any) -> asyncio.Future[Any] | None:
+        if self._closed:
+            raise JournalError(f"journal {self.journal.path} is closed")
+        future = self._loop.create_future() if wait else None
+        self._queue.put(_Op(name, args, kwargs, durable=durable, guards=guards, future=future))
+        return future
+
+    def _call(self, name: str, *args: Any, durable: bool = False, guards: bool = False,
+              **kwargs: Any) -> asyncio.Future[Any]:
+        """Queue `name` now (its place in the order is taken here); await the result."""
+        future = self._submit(name, *args, durable=durable, guards=guards, **kwargs)
+        assert future is not None
+        return future
+
+    # --- reading ----------------------------------------------------------------------
+
+    async def job(self) -> JobInfo | None:
+        result: JobInfo | None = await self._call("job")
+        return result
+
+    async def counts(self) -> dict[RequestState, int]:
+        result: dict[RequestState, int] = await self._call("counts")
+        return result
+
+    async def request(self, key: str) -> JournalRequest:
+        result: JournalRequest = await self._call("request", key)
+        return result
+
+    async def requests(self, *states: RequestState, orders: Collection[str] | None = None,
+                       bodies: bool = True) -> AsyncIterator[JournalRequest]:
+        after = -1
+        while True:
+            batch: list[JournalRequest] = await self._call(
+                "requests_after", after, _CHUNK, states, orders, bodies=bodies)
+            for request in batch:
+                yield request
+            if len(batch) < _CHUNK:
+                return
+            after = batch[-1].seq
+
+    async def rows(self) -> AsyncIterator[JournalRow]:
+        after = 0
+        while True:
+            batch: list[JournalRow] = await self._call("rows_after", after, _CHUNK)
+            for row in batch:
+                yield row
+            if len(batch) < _CHUNK:
+                return
+            after = batch[-1].row_number
+
+    # --- marks ------------------------------------------------------------------------
+
+    def mark_sending(self, key: str, at: float | None = None, *,
+                     resend: bool = False) -> Awaitable[None]:
+        return self._call("mark_sending", key, now(at), resend=resend, durable=True,
+                          guards=True)
+
+    def mark_send_attempt(self, key: str, at: float | None = None) -> Awaitable[None]:
+        return self._call("mark_send_attempt", key, now(at), durable=True, guards=True)
+
+    def mark_accepted(self, key: str, action_id: str,
+                      at: float | None = None) -> Awaitable[None]:
+        return self._call("mark_accepted", key, action_id, now(at), durable=True)
+
+    def mark_unsent(self, key: str, outcome: str, errors: Sequence[str],
+                    at: float | None = None) -> Awaitable[None]:
+        return self._call("mark_unsent", key, outcome, list(errors), now(at))
+
+    def mark_uncertain(self, key: str, errors: Sequence[str],
+                       at: float | None = None) -> Awaitable[None]:
+        return self._call("mark_uncertain", key, list(errors), now(at))
+
+    def mark_done(self, key: str, outcome: str, *, status: str | None = None,
+                  errors: Sequence[str] = (), resendable: bool = False,
+                  at: float | None = None) -> Awaitable[None]:
+        return self._call("mark_done", key, outcome, status=status, errors=list(errors),
+                          resendable=resendable, at=now(at))
+
+    def mark_not_sent(self, key: str) -> Awaitable[None]:
+        return self._call("mark_not_sent", key)
+
+    def mark_tracking_stopped(self, key: str, outcome: str,
+                              errors: Sequence[str]) -> Awaitable[None]:
+        return self._call("mark_tracking_stopped", key, outcome, list(errors))
+
+    def mark_reconciled(self, key: str, verdict: str, reason: str,
+                        adjustments: Sequence[str] = (), *, errors: Sequence[str],
+                        at: float | None = None) -> Awaitable[None]:
+        return self._call("mark_reconciled", key, verdict, reason, list(adjustments),
+                          errors=list(errors), at=now(at))
+
+    def mark_interrupted_sends(self, message: str) -> Awaitable[list[str]]:
+        return self._call("mark_interrupted_sends", message)
+
+    def mark_poll_started(self, key: str, at: float | None = None) -> Awaitable[None]:
+        return self._call("poll_started", key, now(at))
+
+    def note_polled(self, key: str, at: float | None = None, status: str | None = None) -> None:
+        self._submit("polled", key, now(at), status, wait=False)
+
+    # --- lifetime ---------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        # An empty durable batch still commits with fsync, after everything before it.
+        await self._call("counts", durable=True)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        with contextlib.suppress(Exception):
+            await self.flush()
+        self._closed = True
+        self._queue.put(_STOP)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+
+    def close(self) -> None:
+        """`aclose` for a caller outside the event loop (after it stopped)."""
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join()
+
+
+def _settle(batch: list[_Op], results: list[tuple[bool, Any]]) -> None:
+    """On the event loop: hand each caller its result (a lazy op's failure is logged)."""
+    for op, (ok, value) in zip(batch, results, strict=True):
+        future = op.future
+        if future is None:
+            if not ok:
+                logger.warning("journal: could not record %s: %s", op.name, value)
+        elif not future.done():
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
