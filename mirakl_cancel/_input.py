@@ -12,12 +12,14 @@ what the file says.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import enum
 import io
+import itertools
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,9 @@ __all__ = [
     "InputRow",
     "InvalidRow",
     "ParsedInput",
+    "RowStream",
     "detect_format",
+    "open_input",
     "parse_csv",
     "parse_jsonl",
     "read_input",
@@ -170,28 +174,91 @@ def read_input(path: Path, fmt: str | None = None, *, encoding: str | None = Non
     `encoding`: the file's text encoding (default UTF-8, with or without a BOM), e.g.
     `cp1252` for a Windows spreadsheet export. `decimal_comma` (CSV): True reads amounts
     written `12,34` (and `1.234,56`); None detects it (see `parse_csv`); False never.
+    Holds every row in memory: the job streams with `open_input` instead.
     """
-    kind = detect_format(path, fmt)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    stream = open_input(path, fmt, encoding=encoding, decimal_comma=decimal_comma)
+    results = list(stream)
+    return _finish(stream.format, results, stream.issues)
+
+
+#: Bytes read at a time (checking the encoding): memory does not grow with the file.
+_BLOCK = 1 << 20
+
+
+def _check_encoding(path: Path, encoding: str | None) -> str:
+    """The codec to read `path` with, once a fast pass in blocks has decoded all of it;
+    InputError naming the first byte that does not decode."""
     codec = encoding or "utf-8-sig"  # tolerate the BOM that spreadsheet exports add
     try:
-        text = data.decode(codec)
+        decoder = codecs.getincrementaldecoder(codec)()
     except LookupError:
         raise InputError(f"unknown encoding {encoding!r} (e.g. utf-8, cp1252, latin-1)") \
             from None
+    offset = 0
+    try:
+        with path.open("rb") as handle:
+            while block := handle.read(_BLOCK):
+                decoder.decode(block)
+                offset += len(block)
+            decoder.decode(b"", final=True)
     except UnicodeDecodeError as exc:
         named = encoding or "UTF-8"
-        raise InputError(f"{path} is not {named} text (byte {exc.start}): save it as UTF-8, "
-                         "or give its encoding, e.g. --encoding cp1252 for a Windows "
-                         "spreadsheet export") from None
-    if encoding and text.startswith("\ufeff"):
-        text = text[1:]
-    if kind is InputFormat.CSV:
-        return parse_csv(text, decimal_comma=decimal_comma)
-    return parse_jsonl(text)
+        raise InputError(f"{path} is not {named} text (byte {offset + exc.start}): save it "
+                         "as UTF-8, or give its encoding, e.g. --encoding cp1252 for a "
+                         "Windows spreadsheet export") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return codec
+
+
+class RowStream:
+    """The rows of one file, checked one at a time as they are read (bounded memory).
+
+    Iterate it once; each item is an `InputRow` or an `InvalidRow`, in file order.
+    `issues` holds the issues not tied to one row (the CSV header's, the JSONL unknown
+    keys): complete once the iteration is over. Identical duplicate rows are not looked
+    for here (that needs every row: the job's store does it); `read_input` does.
+    """
+
+    def __init__(self, kind: InputFormat, rows: Iterator[InputRow | InvalidRow],
+                 issues: list[InputIssue]) -> None:
+        self.format = kind
+        self.issues = issues
+        self._rows = rows
+
+    def __iter__(self) -> Iterator[InputRow | InvalidRow]:
+        return self._rows
+
+
+def open_input(path: Path, fmt: str | None = None, *, encoding: str | None = None,
+               decimal_comma: bool | None = None) -> RowStream:
+    """Check the encoding, then stream the file's rows (see `read_input` for the options);
+    InputError if it cannot be read."""
+    kind = detect_format(path, fmt)
+    codec = _check_encoding(path, encoding)
+    issues: list[InputIssue] = []
+
+    def lines() -> Iterator[str]:
+        try:
+            handle = path.open(encoding=codec, newline="")
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+        with handle:
+            first = True
+            for line in handle:
+                if first and encoding and line.startswith("\ufeff"):
+                    line = line[1:]
+                first = False
+                yield line
+
+    def rows() -> Iterator[InputRow | InvalidRow]:
+        if kind is InputFormat.CSV:
+            # Detection reads every amount first: a second pass over the file, not memory.
+            yield from _csv_rows(lines(), issues, decimal_comma=decimal_comma, peek=lines)
+        else:
+            yield from _jsonl_rows(lines(), issues)
+
+    return RowStream(kind, rows(), issues)
 
 
 # --- field checks shared by both formats ----------------------------------------------
@@ -494,7 +561,7 @@ def _comma_decimal(text: str) -> str | None:
     return value.replace(".", "").replace(",", ".")
 
 
-def _detect_decimal_comma(delimiter: str, rows: list[dict[str, str | None]]) -> bool:
+def _detect_decimal_comma(delimiter: str, rows: Iterable[dict[str, str | None]]) -> bool:
     """Safe detection: a `;`-separated file whose every amount is a whole number or
     uses a decimal comma (`12,34`), and at least one uses it. Anything with a dot, or a
     grouped `1.234,5`, is left to the explicit `--decimal-comma`."""
@@ -544,9 +611,22 @@ def parse_csv(text: str, *, decimal_comma: bool | None = False) -> ParsedInput:
     grouped `1.234,56`); None detects it, safely (`_detect_decimal_comma`); False: dots.
     """
     issues: list[InputIssue] = []
-    first_line = text.split("\n", 1)[0]
+    results = list(_csv_rows(io.StringIO(text, newline=""), issues, decimal_comma=decimal_comma,
+                             peek=lambda: io.StringIO(text, newline="")))
+    return _finish(InputFormat.CSV, results, issues)
+
+
+def _csv_rows(lines: Iterable[str], issues: list[InputIssue], *,
+              decimal_comma: bool | None,
+              peek: Callable[[], Iterable[str]]) -> Iterator[InputRow | InvalidRow]:
+    """The rows of a CSV document, one at a time; header issues go to `issues` first
+    (and when one of them is an error, there are no rows). `peek` reads the document
+    again from its start (decimal-comma detection looks at every amount first)."""
+    lines = iter(lines)
+    head = list(itertools.islice(lines, 1))
+    first_line = head[0].split("\n", 1)[0] if head else ""
     delimiter = _delimiter(first_line)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    reader = csv.reader(itertools.chain(head, lines), delimiter=delimiter, strict=True)
     try:
         header = next(reader, None)
     except csv.Error as exc:
@@ -568,16 +648,15 @@ def parse_csv(text: str, *, decimal_comma: bool | None = False) -> ParsedInput:
         issues.append(InputIssue("ignoring unknown column(s): " + ", ".join(unknown),
                                  None, 1, warning=True))
     if any(not i.warning for i in issues):
-        return ParsedInput(InputFormat.CSV, (), (), tuple(issues))
+        return
     if decimal_comma is None:
-        decimal_comma = _detect_decimal_comma(delimiter, _peek_rows(text, delimiter, names))
+        decimal_comma = _detect_decimal_comma(delimiter, _peek_rows(peek(), delimiter, names))
         if decimal_comma:
             issues.append(InputIssue(
                 "amounts read with a decimal comma (12,34 = 12.34): the file is "
                 "semicolon-separated and every amount uses one; --decimal-comma says so "
                 "explicitly", None, None, warning=True))
 
-    results: list[InputRow | InvalidRow] = []
     row_number = 0
     previous_line = reader.line_num
     while True:
@@ -589,7 +668,7 @@ def parse_csv(text: str, *, decimal_comma: bool | None = False) -> ParsedInput:
             row_number += 1
             r = _Row(row_number, previous_line + 1)
             r.error(None, f"unreadable CSV: {exc}")
-            results.append(InvalidRow(r.row, r.line, None, None, None, None, tuple(r.issues)))
+            yield InvalidRow(r.row, r.line, None, None, None, None, tuple(r.issues))
             break  # the reader cannot resynchronise after a broken quote
         start_line, previous_line = previous_line + 1, reader.line_num
         if not any(cell.strip() for cell in cells):
@@ -607,23 +686,20 @@ def parse_csv(text: str, *, decimal_comma: bool | None = False) -> ParsedInput:
             result = InvalidRow(r.row, r.line, result.order_id,
                                 result.cancelation.order_line_id, result.cancelation.product_id,
                                 result.cancelation.quantity, tuple(r.issues))
-        results.append(result)
-    return _finish(InputFormat.CSV, results, issues)
+        yield result
 
 
-def _peek_rows(text: str, delimiter: str, names: list[str]) -> list[dict[str, str | None]]:
+def _peek_rows(lines: Iterable[str], delimiter: str,
+               names: list[str]) -> Iterator[dict[str, str | None]]:
     """The data rows as dicts, for detection only (a broken row ends the peek: the real
     pass reports it)."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    rows: list[dict[str, str | None]] = []
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
     try:
         next(reader, None)
         for cells in reader:
-            rows.append({name: cells[i] if i < len(cells) else None
-                         for i, name in enumerate(names)})
+            yield {name: cells[i] if i < len(cells) else None for i, name in enumerate(names)}
     except csv.Error:
-        pass
-    return rows
+        return
 
 
 # --- JSONL -----------------------------------------------------------------------------
@@ -632,8 +708,8 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a valid amount")
 
 
-def _json_lines(text: str) -> Iterator[tuple[int, str]]:
-    for number, line in enumerate(text.splitlines(), start=1):
+def _json_lines(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(lines, start=1):
         if line.strip():
             yield number, line
 
@@ -641,24 +717,30 @@ def _json_lines(text: str) -> Iterator[tuple[int, str]]:
 def parse_jsonl(text: str) -> ParsedInput:
     """Check a JSON Lines document: one object per line, blank lines ignored."""
     issues: list[InputIssue] = []
-    results: list[InputRow | InvalidRow] = []
+    results = list(_jsonl_rows(io.StringIO(text, newline=""), issues))
+    return _finish(InputFormat.JSONL, results, issues)
+
+
+def _jsonl_rows(lines: Iterable[str],
+                issues: list[InputIssue]) -> Iterator[InputRow | InvalidRow]:
+    """The rows of a JSON Lines document, one at a time; the unknown-keys warning goes
+    to `issues` at the end."""
     unknown: set[str] = set()
     known = set(COLUMNS) | set(_JSONL_EXTRA_KEYS)
-    for row_number, (line_number, line) in enumerate(_json_lines(text), start=1):
+    for row_number, (line_number, line) in enumerate(_json_lines(lines), start=1):
         r = _Row(row_number, line_number)
         try:
             data = json.loads(line, parse_float=Decimal, parse_constant=_reject_constant)
         except ValueError as exc:
             r.error(None, f"not valid JSON: {exc}")
-            results.append(InvalidRow(r.row, r.line, None, None, None, None, tuple(r.issues)))
+            yield InvalidRow(r.row, r.line, None, None, None, None, tuple(r.issues))
             continue
         if not isinstance(data, dict):
             r.error(None, f"must be a JSON object, not {_json_type(data)}")
-            results.append(InvalidRow(r.row, r.line, None, None, None, None, tuple(r.issues)))
+            yield InvalidRow(r.row, r.line, None, None, None, None, tuple(r.issues))
             continue
         unknown.update(key for key in data if key not in known)
-        results.append(_check_row(r, data, jsonl=True))
+        yield _check_row(r, data, jsonl=True)
     if unknown:
         issues.append(InputIssue("ignoring unknown key(s): " + ", ".join(sorted(unknown)),
                                  warning=True))
-    return _finish(InputFormat.JSONL, results, issues)

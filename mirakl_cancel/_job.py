@@ -51,7 +51,7 @@ from typing import TextIO, TypeVar
 import attrs
 
 from ._constants import DEFAULT_JOB_CONCURRENCY, DEFAULT_PROGRESS_INTERVAL
-from ._input import InputError, ParsedInput, read_input
+from ._input import InputError, InputFormat, InputIssue, InvalidRow, ParsedInput, open_input
 from ._progress import Progress, ProgressLogHandler
 from ._report import (
     JobCounts,
@@ -62,7 +62,7 @@ from ._report import (
     summary_table,
 )
 from ._sending import CancelOutcome
-from ._serde import loads, request_body, structure_request
+from ._serde import cancelation_json, loads, request_body, structure_request
 from ._store import (
     JobStore,
     JournalBusyError,
@@ -86,8 +86,8 @@ from .errors import (
     PermissionDeniedError,
     UncertainDeliveryError,
 )
-from .journal import Journal, SqliteStore
-from .models import ActionAccepted, ActionStatus, CancelRequest
+from .journal import Journal, PlanStaging, SqliteStore
+from .models import ActionAccepted, ActionStatus, Cancelation, CancelRequest
 from .reconcile import ReconcilePolicy, SentCancel, Verdict, reconcile
 from .tracker import ActionTracker, PollPolicy, TrackedResult
 
@@ -171,44 +171,36 @@ def plan_requests(parsed: ParsedInput,
     return planned, requests
 
 
-def planned_rows(parsed: ParsedInput) -> list[PlannedRow]:
-    """Every input row (valid or skipped) as the journal keeps it, in file order."""
-    rows = [PlannedRow(r.row, r.line, r.order_id, r.cancelation.order_line_id,
-                       r.cancelation.product_id, r.cancelation.quantity) for r in parsed.rows]
-    rows += [PlannedRow(r.row, r.line, r.order_id, r.order_line_id, r.product_id, r.quantity,
-                        tuple(f"{i.field}: {i.message}" if i.field else i.message
-                              for i in r.issues))
-             for r in parsed.invalid]
-    return sorted(rows, key=lambda r: r.row_number)
+def _cancelation_total(c: Cancelation) -> Decimal:
+    """What one line refunds: price + shipping + taxes (one currency per row)."""
+    return c.price.amount + c.shipping_price.amount + sum(
+        (t.amount.amount for t in (*c.taxes, *c.shipping_taxes)), Decimal(0))
 
 
-def _totals(requests: Sequence[CancelRequest]) -> dict[str, Decimal]:
+def _amounts(totals: dict[str, Decimal]) -> str:
+    return ", ".join(f"{amount} {currency}" for currency, amount in sorted(totals.items()))
+
+
+def print_dry_run(staging: PlanStaging, max_lines: int | None, out: TextIO) -> None:
+    """What `run` would send: one line per request, then totals. Nothing is sent.
+
+    Streamed from the staging file: the requests are never all in memory."""
+    print(f"dry run: {staging.request_count(max_lines)} request(s) for {staging.orders()} "
+          f"order(s), {staging.valid_rows} line(s); nothing sent", file=out)
+    count = units = 0
     totals: dict[str, Decimal] = collections.defaultdict(Decimal)
-    for request in requests:
-        for c in request.cancelations:
-            totals[c.price.currency] += c.price.amount + c.shipping_price.amount + sum(
-                (t.amount.amount for t in (*c.taxes, *c.shipping_taxes)), Decimal(0))
-    return dict(totals)
-
-
-def print_dry_run(planned: Sequence[PlannedRequest], requests: Sequence[CancelRequest],
-                  parsed: ParsedInput, out: TextIO) -> None:
-    """What `run` would send: one line per request, then totals. Nothing is sent."""
-    print(f"dry run: {len(requests)} request(s) for {len({r.order_id for r in requests})} "
-          f"order(s), {len(parsed.rows)} line(s); nothing sent", file=out)
-    for plan, request in zip(planned, requests, strict=True):
-        amounts = ", ".join(f"{amount} {currency}"
-                            for currency, amount in sorted(_totals([request]).items()))
-        rows = ",".join(str(n) for n in plan.rows)
-        print(f"  {request.order_id}: {len(request.cancelations)} line(s), "
-              f"{request.total_quantity} unit(s), {amounts} (rows {rows})", file=out)
-    units = sum(r.total_quantity for r in requests)
-    amounts = ", ".join(f"{amount} {currency}"
-                        for currency, amount in sorted(_totals(requests).items()))
-    print(f"total: {len(requests)} request(s), {len(parsed.rows)} line(s), {units} unit(s), "
-          f"{amounts or 'no amount'} (price + shipping + taxes)", file=out)
-    if parsed.invalid:
-        print(f"{len(parsed.invalid)} invalid row(s) would be skipped", file=out)
+    for request in staging.plan(max_lines):
+        count += 1
+        units += request.units
+        for currency, amount in request.totals.items():
+            totals[currency] += amount
+        rows = ",".join(str(n) for n in request.rows)
+        print(f"  {request.order_id}: {len(request.rows)} line(s), {request.units} unit(s), "
+              f"{_amounts(request.totals)} (rows {rows})", file=out)
+    print(f"total: {count} request(s), {staging.valid_rows} line(s), {units} unit(s), "
+          f"{_amounts(totals) or 'no amount'} (price + shipping + taxes)", file=out)
+    if staging.invalid_rows:
+        print(f"{staging.invalid_rows} invalid row(s) would be skipped", file=out)
 
 
 # --- the client that journals its status reads -----------------------------------------
@@ -811,11 +803,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _print_issues(parsed: ParsedInput, err: TextIO) -> None:
-    for issue in parsed.issues:
-        print(str(issue), file=err)
-
-
 class _SignalStop:
     """SIGINT/SIGTERM: the first stops sending cleanly, the second aborts."""
 
@@ -966,54 +953,95 @@ def _open_job(options: JobOptions, err: TextIO,
                 summary = ", ".join(f"{n} {s.value}" for s, n in counts.items() if n)
                 print(f"resuming {journal_path} ({summary})", file=err)
             return journal, True, EXIT_OK
-    # A new job: check the input first; nothing is sent unless it is clean.
-    try:
-        parsed = read_input(path, options.input_format, encoding=options.encoding,
-                            decimal_comma=options.decimal_comma)
-    except InputError as exc:
-        if journal is not None:
-            journal.close()
-        print(f"error: {exc}", file=err)
-        return None, False, EXIT_BAD_INPUT
-    _print_issues(parsed, err)
-    if parsed.file_errors or (parsed.errors and not options.skip_invalid):
-        if journal is not None:
-            journal.close()
-        bad_rows = len({i.row for i in parsed.errors if i.row is not None})
-        print(f"{len(parsed.errors)} error(s) in {bad_rows} row(s) of {path}: nothing was sent. "
+    # A new job: check the input first, streaming it into a staging file (bounded memory);
+    # nothing is sent, and no journal created, unless it is clean.
+    with PlanStaging() as staging:
+        try:
+            kind = _stage_input(path, options, staging, err)
+        except InputError as exc:
+            kind = None
+            print(f"error: {exc}", file=err)
+        if kind is None:
+            if journal is not None:
+                journal.close()
+            return None, False, EXIT_BAD_INPUT
+        if options.dry_run:
+            print_dry_run(staging, options.max_lines_per_request, out)
+            return None, False, EXIT_OK
+        if journal is None:
+            try:
+                journal = Journal.open(journal_path)
+            except (JournalBusyError, JournalError) as exc:
+                print(f"error: {exc}", file=err)
+                return None, False, EXIT_BAD_INPUT
+        requests = journal.create_job_from_staging(
+            staging, input_path=str(path.resolve()), input_sha256=_sha256(path),
+            input_format=kind.value, base_url=options.base_url,
+            max_lines=options.max_lines_per_request,
+            options={"max_lines_per_request": options.max_lines_per_request,
+                     "skip_invalid": options.skip_invalid})
+        rows = staging.valid_rows
+    if not options.quiet:
+        print(f"journal: {journal_path} ({requests} request(s) for {rows} row(s))", file=err)
+    return journal, False, EXIT_OK
+
+
+def _stage_input(path: Path, options: JobOptions, staging: PlanStaging,
+                 err: TextIO) -> InputFormat | None:
+    """Check every row of `path` into `staging`, printing each issue as it is found.
+
+    Returns the format, or None when nothing may be sent (errors without --skip-invalid,
+    header errors, no valid row). One pass, any size: rows are checked and written in
+    order; identical rows are found afterwards by the staging file.
+    """
+    stream = open_input(path, options.input_format, encoding=options.encoding,
+                        decimal_comma=options.decimal_comma)
+    printed = 0
+    errors = 0
+    bad_rows = 0
+    for result in stream:
+        for issue in stream.issues[printed:]:  # the header's, before the first row
+            print(str(issue), file=err)
+        printed = len(stream.issues)
+        if isinstance(result, InvalidRow):
+            for issue in result.issues:
+                print(str(issue), file=err)
+            found = sum(1 for issue in result.issues if not issue.warning)
+            errors += found
+            bad_rows += bool(found)
+            staging.add_invalid(PlannedRow(
+                result.row, result.line, result.order_id, result.order_line_id,
+                result.product_id, result.quantity,
+                tuple(f"{i.field}: {i.message}" if i.field else i.message
+                      for i in result.issues)))
+        else:
+            cancelation = result.cancelation
+            staging.add_valid(result.row, result.line, result.order_id,
+                              cancelation_json(cancelation), cancelation.quantity,
+                              _cancelation_total(cancelation), cancelation.price.currency)
+    for issue in stream.issues[printed:]:
+        print(str(issue), file=err)
+    for row, line, first, first_line in staging.duplicates():
+        print(str(InputIssue(
+            f"identical to row {first} (line {first_line}); both will be sent, which "
+            "cancels the line twice: remove one unless that is intended",
+            row, line, None, warning=True)), file=err)
+    file_errors = [issue for issue in stream.issues if not issue.warning]
+    errors += len(file_errors)
+    if file_errors or (errors and not options.skip_invalid):
+        print(f"{errors} error(s) in {bad_rows} row(s) of {path}: nothing was sent. "
               "Row numbers count data rows (the CSV header is not a row); line numbers are "
               "lines of the file."
-              + ("" if parsed.file_errors else
+              + ("" if file_errors else
                  " Fix them, or use --skip-invalid to send the valid rows only."), file=err)
-        return None, False, EXIT_BAD_INPUT
-    if not parsed.rows:
-        if journal is not None:
-            journal.close()
+        return None
+    if not staging.valid_rows:
         print(f"error: {path} has no valid data rows: nothing to send", file=err)
-        return None, False, EXIT_BAD_INPUT
-    if parsed.invalid:
-        print(f"warning: skipping {len(parsed.invalid)} invalid row(s) (--skip-invalid); they "
-              "are reported as INVALID", file=err)
-    planned, requests = plan_requests(parsed, options.max_lines_per_request)
-    if options.dry_run:
-        print_dry_run(planned, requests, parsed, out)
-        return None, False, EXIT_OK
-    if journal is None:
-        try:
-            journal = Journal.open(journal_path)
-        except (JournalBusyError, JournalError) as exc:
-            print(f"error: {exc}", file=err)
-            return None, False, EXIT_BAD_INPUT
-    journal.create_job(
-        input_path=str(path.resolve()), input_sha256=_sha256(path),
-        input_format=parsed.format.value, base_url=options.base_url, requests=planned,
-        rows=planned_rows(parsed),
-        options={"max_lines_per_request": options.max_lines_per_request,
-                 "skip_invalid": options.skip_invalid})
-    if not options.quiet:
-        print(f"journal: {journal_path} ({len(planned)} request(s) for {len(parsed.rows)} "
-              "row(s))", file=err)
-    return journal, False, EXIT_OK
+        return None
+    if staging.invalid_rows:
+        print(f"warning: skipping {staging.invalid_rows} invalid row(s) (--skip-invalid); "
+              "they are reported as INVALID", file=err)
+    return stream.format
 
 
 async def _finish(store: JobStore, options: JobOptions, counts: JobCounts, out: TextIO,

@@ -39,6 +39,7 @@ from .models import (
 )
 
 __all__ = [
+    "cancelation_json",
     "converter",
     "dumps",
     "loads",
@@ -72,6 +73,13 @@ converter.register_unstructure_hook(
 def request_body(request: CancelRequest) -> bytes:
     """The exact POST body for a request (the order id travels in the path)."""
     return dumps(converter.unstructure(request)).encode()
+
+
+def cancelation_json(cancelation: Cancelation) -> str:
+    """One cancelation exactly as `request_body` writes it inside `cancelations`: a body
+    is `{"cancelations":[` + these, joined by commas, + `]}` (how the job plans a file
+    of any size without holding its requests)."""
+    return dumps(converter.unstructure(cancelation))
 
 
 # --- JSON with exact decimals ---------------------------------------------------------

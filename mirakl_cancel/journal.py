@@ -45,18 +45,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import queue
 import sqlite3
+import tempfile
 import threading
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from ._store import (
     JobInfo,
@@ -79,10 +84,12 @@ __all__ = [
     "JournalError",
     "JournalRequest",
     "JournalRow",
+    "PlanStaging",
     "PlannedRequest",
     "PlannedRow",
     "RequestState",
     "SqliteStore",
+    "StagedRequest",
 ]
 
 logger = logging.getLogger("mirakl_cancel")
@@ -146,23 +153,27 @@ CREATE TABLE IF NOT EXISTS rows (
 
 # --- bodies: stored once, deflated against a fixed dictionary ---------------------------
 
-#: Typical body text that deflate may refer back to. NEVER change it: journals store
-#: bodies compressed against it (tag byte 1); a new dictionary needs a new tag.
+#: Typical body text that deflate may refer back to. NEVER change it (nor the window and
+#: memory sizes below): journals store bodies compressed against it (tag byte 1); a new
+#: dictionary needs a new tag. A 1 KiB window (the dictionary fits in it) keeps the
+#: compressor cheap to set up: a body is compressed on its own, once.
 _BODY_DICTIONARY = (
-    b'"shipping_taxes":[{"code":"TVA","amount":{"amount":0,"currency":"EUR"}}],'
+    b'"reason":"CUSTOMER_CANCELATION","reason":"ITEM_NOT_RECEIVED","reason":"DEFECT",'
+    b'"reason":"UNABLE_TO_DELIVER","reason":"RETURN","reason":"AGREEMENT",'
     b'"taxes":[{"code":"VAT","amount":{"amount":0.00,"currency":"EUR"}}],'
-    b'"reason":"CUSTOMER_CANCELATION","reason":"ITEM_NOT_RECEIVED","reason":"AGREEMENT",'
-    b'"reason":"DEFECT","reason":"UNABLE_TO_DELIVER","reason":"RETURN",'
+    b'"shipping_taxes":[{"code":"TVA","amount":{"amount":0,"currency":"EUR"}}],'
     b'"product_id":"","order_line_id":"'
     b'{"cancelations":[{"quantity":1,"reason":"OUT_OF_STOCK","price":{"amount":10.00,'
     b'"currency":"EUR"},"shipping_price":{"amount":0,"currency":"EUR"},"order_line_id":"'
 )
 _BODY_DEFLATED = 1
+_WINDOW = -10  # raw deflate, 1 KiB window: the whole dictionary within reach
+_MEMORY = 2
 
 
 def encode_body(body: str) -> bytes:
     """A body as stored: tag byte, then raw deflate against `_BODY_DICTIONARY`."""
-    packer = zlib.compressobj(6, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY,
+    packer = zlib.compressobj(6, zlib.DEFLATED, _WINDOW, _MEMORY, zlib.Z_DEFAULT_STRATEGY,
                               _BODY_DICTIONARY)
     return bytes((_BODY_DEFLATED,)) + packer.compress(body.encode()) + packer.flush()
 
@@ -173,7 +184,7 @@ def decode_body(stored: str | bytes) -> str:
         return stored
     if not stored or stored[0] != _BODY_DEFLATED:
         raise JournalError("a request body in the journal is in an unknown format")
-    unpacker = zlib.decompressobj(-15, _BODY_DICTIONARY)
+    unpacker = zlib.decompressobj(_WINDOW, _BODY_DICTIONARY)
     return (unpacker.decompress(stored[1:]) + unpacker.flush()).decode()
 
 
@@ -447,6 +458,43 @@ class Journal:
                 [(p.row_number, p.line_number, owner.get(p.row_number), p.order_id,
                   p.order_line_id, p.product_id, p.quantity, _texts(p.errors)) for p in rows])
 
+    def create_job_from_staging(self, staging: PlanStaging, *, input_path: str,
+                                input_sha256: str, input_format: str, base_url: str,
+                                max_lines: int | None,
+                                options: dict[str, Any] | None = None) -> int:
+        """Record the plan `staging` makes, streamed in chunks, in one transaction (a crash
+        leaves all or nothing). Returns the number of requests."""
+        seq = 0
+        with self.transaction(durable=True) as db:
+            self._insert_job(db, input_path=input_path, input_sha256=input_sha256,
+                             input_format=input_format, base_url=base_url, options=options)
+            requests: list[tuple[Any, ...]] = []
+            rows: list[tuple[Any, ...]] = []
+
+            def flush() -> None:
+                db.executemany("INSERT INTO requests (seq, order_id, rows, body) "
+                               "VALUES (?, ?, ?, ?)", requests)
+                db.executemany("INSERT INTO rows (row_number, line_number, request) "
+                               "VALUES (?, ?, ?)", rows)
+                requests.clear()
+                rows.clear()
+
+            for planned in staging.plan(max_lines):
+                requests.append((seq, planned.order_id, ",".join(map(str, planned.rows)),
+                                 encode_body(planned.body)))
+                rows.extend((n, line, seq) for n, line in zip(planned.rows, planned.lines,
+                                                              strict=True))
+                seq += 1
+                if len(rows) >= _STAGE_CHUNK:
+                    flush()
+            flush()
+            invalid = staging.invalid()
+            while chunk := list(itertools.islice(invalid, _STAGE_CHUNK)):
+                db.executemany("INSERT INTO rows (row_number, line_number, request, order_id, "
+                               "order_line_id, product_id, quantity, errors) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", chunk)
+        return seq
+
     # --- reading --------------------------------------------------------------------
 
     def _where(self, states: Sequence[RequestState],
@@ -699,6 +747,171 @@ class Journal:
                        "finished_at = ?, errors = ? WHERE state = 'SENDING'",
                        (at, json.dumps([message])))
         return keys
+
+
+# --- planning a new job: rows staged as they are checked, grouped by SQL ----------------
+
+#: Rows written to the staging file per `executemany`.
+_STAGE_CHUNK = 5000
+
+
+@attrs.frozen
+class StagedRequest:
+    """One planned POST as the staging file groups it (see `PlanStaging.plan`)."""
+
+    order_id: str
+    rows: tuple[int, ...]
+    lines: tuple[int, ...]
+    body: str
+    units: int
+    #: Price + shipping + taxes per currency.
+    totals: dict[str, Decimal]
+
+    @property
+    def key(self) -> str:
+        return PlannedRequest.make_key(self.order_id, self.rows)
+
+
+class PlanStaging:
+    """The rows of a new job, written as they are checked, before any journal exists.
+
+    A private SQLite file in a temporary directory (no durability needed: a crash just
+    means checking again), so that a file of any size is checked, grouped per order and
+    planned in bounded memory, and an input that turns out bad leaves no journal behind.
+    Each valid row keeps its order id and its cancelation's exact JSON (`line`): a
+    request's body is its rows' lines joined, which is what `request_body` writes.
+    """
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="mirakl-cancel-plan-")
+        self._db = sqlite3.connect(str(Path(self._dir.name) / "plan.sqlite"),
+                                   isolation_level=None)
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "temp_store=FILE",
+                       "cache_size=-16384"):
+            self._db.execute(f"PRAGMA {pragma}")
+        self._db.executescript("""
+            CREATE TABLE valid (row_number INTEGER PRIMARY KEY, line_number INTEGER NOT NULL,
+                order_id TEXT NOT NULL, line TEXT NOT NULL, units INTEGER NOT NULL,
+                total TEXT NOT NULL, currency TEXT NOT NULL);
+            CREATE TABLE invalid (row_number INTEGER PRIMARY KEY, line_number INTEGER NOT NULL,
+                order_id TEXT, order_line_id TEXT, product_id TEXT, quantity INTEGER,
+                errors TEXT);
+            BEGIN;
+        """)
+        self._valid: list[tuple[Any, ...]] = []
+        self._invalid: list[tuple[Any, ...]] = []
+        self.valid_rows = 0
+        self.invalid_rows = 0
+        self._finished = False
+
+    def add_valid(self, row: int, line: int, order_id: str, cancelation_json: str,
+                  units: int, total: Decimal, currency: str) -> None:
+        """A checked row: its cancelation's exact JSON, units and total (for a dry run)."""
+        self._valid.append((row, line, order_id, cancelation_json, units, str(total),
+                            currency))
+        self.valid_rows += 1
+        if len(self._valid) >= _STAGE_CHUNK:
+            self._flush()
+
+    def add_invalid(self, row: PlannedRow) -> None:
+        """A row that failed checking (kept for the report when it is skipped)."""
+        self._invalid.append((row.row_number, row.line_number, row.order_id,
+                              row.order_line_id, row.product_id, row.quantity,
+                              _texts(row.errors)))
+        self.invalid_rows += 1
+        if len(self._invalid) >= _STAGE_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._valid:
+            self._db.executemany("INSERT INTO valid VALUES (?, ?, ?, ?, ?, ?, ?)", self._valid)
+            self._valid.clear()
+        if self._invalid:
+            self._db.executemany("INSERT INTO invalid VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 self._invalid)
+            self._invalid.clear()
+
+    def finish(self) -> None:
+        """Every row is in: index for grouping."""
+        if not self._finished:
+            self._flush()
+            self._db.execute("CREATE INDEX valid_order ON valid (order_id, row_number)")
+            self._db.execute("COMMIT")
+            self._finished = True
+
+    def duplicates(self) -> Iterator[tuple[int, int, int, int]]:
+        """(row, line, first row, its line) of every row identical to an earlier row of the
+        same order (the same cancelation twice would cancel the line twice)."""
+        self.finish()
+        yield from self._db.execute(
+            "SELECT v.row_number, v.line_number, f.row_number, f.line_number FROM "
+            "(SELECT order_id, line, MIN(row_number) AS first FROM valid GROUP BY order_id, "
+            "line HAVING COUNT(*) > 1) d JOIN valid v ON v.order_id = d.order_id AND "
+            "v.line = d.line AND v.row_number > d.first JOIN valid f ON f.row_number = d.first "
+            "ORDER BY v.row_number")
+
+    def request_count(self, max_lines: int | None) -> int:
+        """How many requests `plan(max_lines)` makes."""
+        self.finish()
+        step = max_lines or 0
+        sql = ("SELECT COUNT(*) FROM (SELECT DISTINCT order_id FROM valid)" if not step else
+               "SELECT COALESCE(SUM((n + ? - 1) / ?), 0) FROM "
+               "(SELECT COUNT(*) AS n FROM valid GROUP BY order_id)")
+        return int(self._db.execute(sql, (step, step) if step else ()).fetchone()[0])
+
+    def orders(self) -> int:
+        """Distinct orders among the valid rows."""
+        self.finish()
+        return int(self._db.execute(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT order_id FROM valid)").fetchone()[0])
+
+    def plan(self, max_lines: int | None) -> Iterator[StagedRequest]:
+        """The requests, as `group_by_order` makes them: one per order, in the order the
+        orders first appear, lines in file order, at most `max_lines` lines each."""
+        if max_lines is not None and max_lines < 1:
+            raise ValueError("max_lines must be at least 1")
+        self.finish()
+        cursor = self._db.execute(
+            "SELECT v.order_id, v.row_number, v.line_number, v.line, v.units, v.total, "
+            "v.currency FROM (SELECT order_id, MIN(row_number) AS first FROM valid "
+            "GROUP BY order_id) f JOIN valid v ON v.order_id = f.order_id "
+            "ORDER BY f.first, v.row_number")
+        current: list[tuple[Any, ...]] = []
+        for row in cursor:
+            if current and (row[0] != current[0][0] or len(current) == max_lines):
+                yield _staged(current)
+                current = []
+            current.append(row)
+        if current:
+            yield _staged(current)
+
+    def invalid(self) -> Iterator[tuple[Any, ...]]:
+        """The invalid rows as `rows` records (row, line, NULL request, fields, errors)."""
+        self.finish()
+        for row in self._db.execute("SELECT * FROM invalid ORDER BY row_number"):
+            yield (row[0], row[1], None, *row[2:])
+
+    def close(self) -> None:
+        """Remove the staging file."""
+        with suppress(sqlite3.Error):
+            self._db.close()
+        self._dir.cleanup()
+
+    def __enter__(self) -> PlanStaging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _staged(rows: list[tuple[Any, ...]]) -> StagedRequest:
+    totals: dict[str, Decimal] = {}
+    for row in rows:
+        totals[row[6]] = totals.get(row[6], Decimal(0)) + Decimal(row[5])
+    return StagedRequest(
+        order_id=rows[0][0], rows=tuple(r[1] for r in rows), lines=tuple(r[2] for r in rows),
+        body='{"cancelations":[' + ",".join(r[3] for r in rows) + "]}",
+        units=sum(r[4] for r in rows), totals=totals)
 
 
 # --- the store: the journal behind the job's store interface, off the event loop --------

@@ -1,0 +1,197 @@
+"""Files of any size: rows are checked, staged, planned and journaled in bounded memory.
+
+The streamed plan must be the in-memory one (`plan_requests`, built on `group_by_order`):
+same requests, same keys, byte-identical bodies.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from mirakl_cancel._input import InputError, open_input, read_input
+from mirakl_cancel._job import JobOptions, _open_job, _stage_input, plan_requests, print_dry_run
+from mirakl_cancel._serde import cancelation_json, request_body
+from mirakl_cancel.journal import Journal, PlanStaging, RequestState
+
+HEADER = ["order_id", "order_line_id", "product_id", "quantity", "reason", "price_amount",
+          "price_currency", "shipping_amount", "taxes"]
+
+
+def write_rows(path: Path, rows: int, *, orders: int, seed: int = 7,
+               bad: tuple[int, ...] = ()) -> None:
+    """`rows` lines spread over `orders` orders in random order (an order's lines are far
+    apart), some with taxes, the data rows numbered in `bad` invalid."""
+    rnd = random.Random(seed)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HEADER)
+        for n in range(1, rows + 1):
+            order = rnd.randrange(orders)
+            quantity = -1 if n in bad else rnd.randint(1, 3)
+            writer.writerow([f"O{order}", f"O{order}-{n}", "", quantity, "OUT_OF_STOCK",
+                             f"{rnd.randint(100, 9999) / 100:.2f}", "EUR",
+                             rnd.choice(["0", "4.99"]), rnd.choice(["", "VAT:0.20"])])
+
+
+@pytest.mark.parametrize("max_lines", [None, 1, 2])
+def test_the_streamed_plan_is_the_in_memory_plan(tmp_path: Path, max_lines: int | None) -> None:
+    source = tmp_path / "in.csv"
+    write_rows(source, 400, orders=60)
+    planned, _ = plan_requests(read_input(source), max_lines)
+    with PlanStaging() as staging:
+        assert _stage_input(source, JobOptions(input_path=source, base_url="u"), staging,
+                            io.StringIO()) is not None
+        streamed = list(staging.plan(max_lines))
+        assert staging.request_count(max_lines) == len(planned)
+    assert [r.key for r in streamed] == [p.key for p in planned]
+    assert [r.body for r in streamed] == [p.body for p in planned]
+
+
+def test_a_cancelation_is_written_as_inside_a_body() -> None:
+    parsed = read_input_text("order_id,order_line_id,quantity,reason,price_amount,"
+                             "price_currency,shipping_amount,taxes\n"
+                             "O1,L1,2,DEFECT,10.10,EUR,1.00,VAT:2.02;ECO:0.10\n")
+    [row] = parsed.rows
+    _, [request] = plan_requests(parsed, None)
+    assert request_body(request).decode() == (
+        '{"cancelations":[' + cancelation_json(row.cancelation) + "]}")
+
+
+def read_input_text(text: str):  # type: ignore[no-untyped-def]
+    from mirakl_cancel._input import parse_csv
+    return parse_csv(text)
+
+
+def test_a_new_job_is_journaled_from_the_stream(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    write_rows(source, 300, orders=50, bad=(7, 123))
+    err = io.StringIO()
+    options = JobOptions(input_path=source, base_url="http://127.0.0.1:1", skip_invalid=True,
+                         quiet=True)
+    journal, resumed, _ = _open_job(options, err, io.StringIO())
+    assert journal is not None and not resumed, err.getvalue()
+    try:
+        assert "row 7 (line 8), quantity" in err.getvalue()
+        assert "skipping 2 invalid row(s)" in err.getvalue()
+        rows = journal.rows()
+        assert [r.row_number for r in rows] == list(range(1, 301))
+        invalid = [r for r in rows if r.request is None]
+        assert [r.row_number for r in invalid] == [7, 123]
+        assert invalid[0].order_line_id == "O26-7" and "quantity: -1 is negative" in \
+            invalid[0].errors[0]
+        # Valid rows read their line, product and quantity back from the request's body.
+        parsed = read_input(source)
+        expected = {r.row: (r.order_id, r.cancelation.order_line_id, r.cancelation.quantity)
+                    for r in parsed.rows}
+        assert {r.row_number: (r.order_id, r.order_line_id, r.quantity) for r in rows
+                if r.request is not None} == expected
+        assert journal.counts()[RequestState.PENDING] == len({r.order_id for r in parsed.rows})
+    finally:
+        journal.close()
+
+
+def test_bad_rows_stop_everything_and_leave_no_journal(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    write_rows(source, 50, orders=10, bad=(3, 40))
+    err = io.StringIO()
+    journal, _, code = _open_job(JobOptions(input_path=source, base_url="u"), err,
+                                 io.StringIO())
+    assert journal is None and code == 2
+    assert "2 error(s) in 2 row(s)" in err.getvalue()
+    assert not (tmp_path / "in.csv.journal.sqlite").exists()
+
+
+def test_duplicates_are_found_across_the_file(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    line = ["O1", "L1", "", "1", "OUT_OF_STOCK", "1.00", "EUR", "0", ""]
+    with source.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HEADER)
+        writer.writerow(line)
+        for n in range(2, 50):
+            writer.writerow([f"O{n}", f"L{n}", "", "1", "OUT_OF_STOCK", "1.00", "EUR", "0", ""])
+        writer.writerow(line)
+    err = io.StringIO()
+    with PlanStaging() as staging:
+        assert _stage_input(source, JobOptions(input_path=source, base_url="u"), staging,
+                            err) is not None
+    assert "warning: row 50 (line 51): identical to row 1 (line 2)" in err.getvalue()
+
+
+def test_dry_run_prints_every_request_and_totals(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("order_id,order_line_id,quantity,reason,price_amount,price_currency,"
+                      "shipping_amount,taxes\n"
+                      "A,A1,2,DEFECT,10.00,EUR,1.00,VAT:2.00\n"
+                      "B,B1,1,DEFECT,5.00,USD,0,\n"
+                      "A,A2,1,DEFECT,1.50,EUR,0,\n")
+    out = io.StringIO()
+    with PlanStaging() as staging:
+        _stage_input(source, JobOptions(input_path=source, base_url="u"), staging,
+                     io.StringIO())
+        print_dry_run(staging, None, out)
+    assert out.getvalue().splitlines() == [
+        "dry run: 2 request(s) for 2 order(s), 3 line(s); nothing sent",
+        "  A: 2 line(s), 3 unit(s), 14.50 EUR (rows 1,3)",
+        "  B: 1 line(s), 1 unit(s), 5.00 USD (rows 2)",
+        "total: 2 request(s), 3 line(s), 4 unit(s), 14.50 EUR, 5.00 USD "
+        "(price + shipping + taxes)"]
+
+
+def test_jsonl_streams_too_and_a_late_encoding_error_names_its_byte(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    good = {"order_id": "O1", "order_line_id": "L1", "quantity": 1, "reason": "DEFECT",
+            "price_amount": "1.00", "price_currency": "EUR", "shipping_amount": "0", "x": 1}
+    source.write_text(json.dumps(good) + "\n\n" + json.dumps(good | {"quantity": "z"}) + "\n")
+    stream = open_input(source)
+    results = list(stream)
+    assert [type(r).__name__ for r in results] == ["InputRow", "InvalidRow"]
+    assert results[1].line == 3
+    assert [str(i) for i in stream.issues] == ["warning: file: ignoring unknown key(s): x"]
+    broken = tmp_path / "broken.csv"
+    broken.write_bytes(b"order_id\n" + b"a" * 3_000_000 + b"\xff\n")
+    with pytest.raises(InputError, match="byte 3000009"):
+        open_input(broken)
+
+
+def _peak(source: Path) -> int:
+    tracemalloc.start()
+    try:
+        with PlanStaging() as staging:
+            _stage_input(source, JobOptions(input_path=source, base_url="u"), staging,
+                         io.StringIO())
+            for _ in staging.plan(None):
+                pass
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_does_not_grow_with_the_file(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mirakl_cancel.journal._STAGE_CHUNK", 500)
+    small, large = tmp_path / "small.csv", tmp_path / "large.csv"
+    write_rows(small, 3_000, orders=1_000)  # beyond the staging chunk: the buffers are full
+    write_rows(large, 12_000, orders=4_000)
+    # Four times the rows, not four times the memory (holding the rows would be ~4x).
+    assert _peak(large) < 1.5 * _peak(small)
+
+
+def test_the_journal_is_compact(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    write_rows(source, 5_000, orders=2_500)
+    journal, _, _ = _open_job(JobOptions(input_path=source, base_url="u", quiet=True),
+                              io.StringIO(), io.StringIO())
+    assert journal is not None
+    journal.close()
+    size = (tmp_path / "in.csv.journal.sqlite").stat().st_size
+    assert size / 5_000 < 120  # bytes per row, before sending (issue: <= 250 after a run)
+    with Journal.open(tmp_path / "in.csv.journal.sqlite") as reopened:
+        assert len(reopened.rows()) == 5_000
