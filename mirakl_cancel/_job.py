@@ -692,16 +692,16 @@ class _Run:
             self._note(f"reconciling {len(sent)} uncertain cancel(s): waiting {wait:.0f}s, "
                        f"until {until}, for the settling window ({policy.settle:g}s after the "
                        "last send) to pass; Ctrl-C leaves them UNCERTAIN")
-            self.progress.restart()
             self.progress.waiting = (f"{len(sent):,} uncertain: settling until {until}; "
                                      "Ctrl-C leaves them UNCERTAIN")
+            self.progress.restart()
             if await _unless(self.interrupt, asyncio.sleep(wait)) is _INTERRUPTED:
                 await self.progress.stop()
                 return [], True
         else:
             self._note(f"reconciling {len(sent)} uncertain cancel(s)")
-            self.progress.restart()
         self.progress.waiting = f"reading the orders of {len(sent):,} uncertain cancel(s)"
+        self.progress.restart()
         others = await self._rivals({s.request.order_id for s in sent}, set(keys))
         try:
             verdicts = await _unless(self.interrupt,

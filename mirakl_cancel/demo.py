@@ -123,14 +123,18 @@ def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:
         writer.writerows(rows)
 
 
-def _uncertain_left(journal_path: Path) -> int | None:
-    """Requests the journal still holds as maybe-sent (None if it cannot be read)."""
+def _journal_figures(journal_path: Path) -> tuple[int, int, int] | None:
+    """(planned requests, POSTs sent, requests still maybe-sent) from the journal, or
+    None if it cannot be read. "Sent" counts each send once, however many refused
+    attempts (429, 503) it took, and each resend of a cancel proven not applied."""
     try:
         with Journal.open(journal_path) as journal:
             counts = journal.counts()
+            requests = journal.requests()
     except JournalError:
         return None
-    return counts[RequestState.UNCERTAIN] + counts[RequestState.SENDING]
+    return (len(requests), sum(r.attempts for r in requests),
+            counts[RequestState.UNCERTAIN] + counts[RequestState.SENDING])
 
 
 def run_demo(args: argparse.Namespace, *, out: TextIO | None = None,
@@ -189,11 +193,26 @@ def run_demo(args: argparse.Namespace, *, out: TextIO | None = None,
           f"after processing, {stats['faults_injected'].get('502', 0)} 502s, "
           f"{sum(stats['polls_per_action'].values())} status reads "
           f"(demo took {elapsed:.1f} s)", file=out, flush=True)
-    left = _uncertain_left(journal_path)
-    if code != EXIT_INTERRUPTED and left is not None:
-        print(f"demo: {left} request(s) left UNCERTAIN and {stats['duplicate_posts']} "
-              "duplicate POSTs: every cancel whose answer was lost was settled from its "
-              "order's adjustments, none was sent twice", file=out, flush=True)
+    figures = _journal_figures(journal_path)
+    if code != EXIT_INTERRUPTED and figures is not None:
+        planned, sent, left = figures
+        # Why the job's "sent" and the simulator's "observed" differ: a POST answered 502
+        # by the gateway never reached the handler (never processed: reconciliation proves
+        # it and sends it again), so the job counts it and the server does not.
+        print(f"demo: figures: the job sent {sent} cancel POSTs for {planned} planned "
+              f"requests ({sent - planned} sent again once proven not applied); the "
+              f"simulator's handler saw {posts}: the other {sent - posts} were answered 502 "
+              "by the gateway before reaching it (never processed). A refused attempt (429, "
+              "503) retried is one send on both sides.", file=out, flush=True)
+        if left:
+            print(f"demo: {left} request(s) left UNCERTAIN: reconciliation could not decide "
+                  "them (the report's errors say why: e.g. a 502 on a cancel of an order "
+                  "the API does not know, which v2-listOrders cannot show); "
+                  f"{stats['duplicate_posts']} duplicate POSTs", file=out, flush=True)
+        else:
+            print(f"demo: 0 request(s) left UNCERTAIN and {stats['duplicate_posts']} "
+                  "duplicate POSTs: every cancel whose answer was lost was settled from its "
+                  "order's adjustments, none was sent twice", file=out, flush=True)
     if code == EXIT_INTERRUPTED:
         return code
     return EXIT_OK if code in (0, 1) else code

@@ -7,6 +7,8 @@ as well as by what the CLI printed.
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 import signal
 import socket
@@ -266,3 +268,83 @@ def test_a_windows_1252_export_through_the_cli(sim: ThreadedSimulator, tmp_path:
     bad = cli("run", str(path), "--encoding", "klingon", env=env_for(sim))
     assert bad.returncode == 2 and "unknown encoding 'klingon'" in bad.stderr
     assert _nothing_sent(sim)
+
+
+# --- the README's commands, as pasted ------------------------------------------------------
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def _readme_block(marker: str) -> list[str]:
+    """The commands of the README's bash block containing `marker` (continuations joined,
+    comments dropped)."""
+    text = (_REPO / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in text.split("```bash\n")[1:]]
+    (block,) = [b for b in blocks if marker in b]
+    commands: list[str] = []
+    pending = ""
+    for line in block.splitlines():
+        line = line.split(" #", 1)[0] if not line.lstrip().startswith("#") else ""
+        if not line.strip():
+            continue
+        pending += line.rstrip("\\").strip() + " "
+        if not line.endswith("\\"):
+            commands.append(pending.strip())
+            pending = ""
+    return commands
+
+
+def test_the_readme_example_runs_as_pasted_against_the_seeded_simulator(
+        tmp_path: Path) -> None:
+    commands = _readme_block("--example-orders")
+    (serve,) = [c for c in commands if c.startswith("mirakl-cancel simulator")]
+    (export,) = [c for c in commands if c.startswith("export ")]
+    runs = [c for c in commands if c.startswith("mirakl-cancel run")]
+    assert len(runs) == 2  # the CSV and the JSONL example
+    words = shlex.split(serve)[1:]
+    words[words.index("--port") + 1] = "0"
+    proc = subprocess.Popen([sys.executable, "-m", "mirakl_cancel.cli", *words],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        base_url = ""
+        while not base_url:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else ""
+            if line.startswith("base_url="):
+                base_url = line.strip().removeprefix("base_url=")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MIRAKL_")}
+        for assignment in shlex.split(export)[1:]:
+            name, _, value = assignment.partition("=")
+            env[name] = value.replace("http://127.0.0.1:8080", base_url)
+        for run in runs:
+            words = shlex.split(run)[1:]
+            # The example files stay untouched: journal and report go to tmp_path.
+            source = _REPO / words[1]
+            words[1] = str(source)
+            words[words.index("--report") + 1] = str(tmp_path / f"{source.name}.report.csv")
+            words += ["--journal", str(tmp_path / f"{source.name}.journal.sqlite")]
+            result = cli(*words, env=env)
+            assert result.returncode == 0, result.stdout + result.stderr
+            rows = source.read_text(encoding="utf-8").strip().splitlines()
+            expected = len(rows) - (source.suffix == ".csv")
+            assert f"SUCCEEDED  {expected:>7}" in result.stdout, result.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=10)
+    stats = json.loads(out.strip().splitlines()[-1])
+    assert stats["duplicate_posts"] == 0 and stats["poll_violations"] == 0
+
+
+def test_the_readme_library_snippets_marked_runnable_run_in_scaled_time(
+        tmp_path: Path) -> None:
+    text = (_REPO / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    runnable = [b for b in blocks if b.startswith("# Runs as is")]
+    assert runnable  # the bulk run, at least
+    for block in runnable:
+        script = tmp_path / "snippet.py"
+        script.write_text(block, encoding="utf-8")
+        result = subprocess.run([sys.executable, str(script)], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ._config import SimulatorConfig, parse_fault_kind
+from ._examples import example_orders
 from ._server import Simulator
 
 __all__ = ["add_arguments", "build_arg_parser", "config_from_args", "main", "run_from_args"]
@@ -50,78 +51,133 @@ def _fault(text: str) -> tuple[str, float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the simulator options on ``parser`` (or a subcommand parser)."""
+    """Register the simulator options on ``parser`` (or a subcommand parser).
+
+    Units matter here: most durations are *API seconds*, multiplied by ``--time-scale``
+    (at 0.01 the API's 60 s poll ceiling lasts 0.6 real seconds); ``--rate-limit`` is
+    per real second. Every help text says which.
+    """
     defaults = SimulatorConfig()
     parser.add_argument(
         "--host", default="127.0.0.1", help="interface to bind (default: %(default)s)"
     )
     parser.add_argument(
-        "--port", type=int, default=8080, help="port, 0 for any free one (default: %(default)s)"
+        "--port", type=int, default=8080, help="TCP port, 0 for any free one (default: %(default)s)"
     )
     parser.add_argument(
         "--time-scale",
         type=float,
         default=defaults.time_scale,
-        help="multiply every API duration by this, e.g. 0.01 (default: %(default)s)",
+        metavar="FACTOR",
+        help="multiply every API duration (processing delay, poll ceiling, latency, token "
+        "lifetime, Retry-After) by FACTOR: 0.01 makes a minute last 0.6 real seconds; set "
+        "the client's polling intervals to the same scale (default: %(default)s, real time)",
     )
     parser.add_argument(
-        "--orders", type=int, default=0, metavar="N", help="generate N seeded orders at start"
+        "--orders",
+        type=int,
+        default=0,
+        metavar="N",
+        help="generate N seeded orders at start (their ids: --orders-out) (default: 0)",
     )
     parser.add_argument(
-        "--orders-file", type=Path, metavar="PATH", help="load orders from a JSON file"
+        "--example-orders",
+        action="store_true",
+        help="also serve the orders that the repository's examples/cancel-lines.csv and "
+        ".jsonl cancel, so both run as pasted (each once)",
+    )
+    parser.add_argument(
+        "--orders-file",
+        type=Path,
+        metavar="PATH",
+        help="load orders from a JSON file (the format --orders-out writes)",
     )
     parser.add_argument(
         "--orders-out",
         type=Path,
         metavar="PATH",
-        help="write the loaded/generated orders to a JSON file",
+        help="write every order served (ids, lines, quantities, unit prices) to a JSON "
+        "file: where to find order and line ids to cancel",
     )
     parser.add_argument(
         "--wrong-state-ratio",
         type=float,
         default=0.05,
-        help="share of generated orders past cancelation (default: %(default)s)",
+        metavar="RATIO",
+        help="share (0..1) of generated orders already SHIPPED/DELIVERED/CLOSED, whose "
+        "cancels fail with ORDER_IN_WRONG_STATE (default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        metavar="N",
+        help="random seed for generated orders, processing delays and random faults: the "
+        "same seed serves the same ids (default: %(default)s)",
+    )
     parser.add_argument(
         "--min-poll-interval",
         type=float,
         default=defaults.min_poll_interval,
         metavar="SECONDS",
-        help="per-action polling ceiling (default: %(default)s)",
+        help="per-action status-read ceiling, in API seconds (scaled by --time-scale); a "
+        "faster read gets 429 and counts as a violation (default: %(default)s)",
     )
     parser.add_argument(
         "--processing-delay",
         type=_bounds,
         default=defaults.processing_delay,
         metavar="LOW,HIGH",
-        help="seconds an action stays PENDING (default: 1,5)",
+        help="API seconds (scaled) an action stays PENDING, uniform in [LOW, HIGH], or one "
+        "value (default: 1,5)",
     )
     parser.add_argument(
         "--latency",
         type=_bounds,
         default=defaults.latency,
         metavar="LOW,HIGH",
-        help="added to every API request (default: 0)",
+        help="API seconds (scaled by --time-scale) added to every answer, uniform in "
+        "[LOW, HIGH], or one value (default: 0)",
     )
     parser.add_argument(
         "--rate-limit",
         type=float,
         default=None,
         metavar="RPS",
-        help="global requests per real second; excess gets 429",
+        help="requests per REAL second for the whole server (not scaled); the excess gets "
+        "429 with Retry-After (default: no limit)",
     )
-    parser.add_argument("--token-ttl", type=float, default=defaults.token_ttl, metavar="SECONDS")
+    parser.add_argument(
+        "--token-ttl",
+        type=float,
+        default=defaults.token_ttl,
+        metavar="SECONDS",
+        help="lifetime of tokens from the token endpoint, API seconds (scaled); the printed "
+        "token= lasts a real day (default: %(default)s)",
+    )
     parser.add_argument(
         "--fault",
         type=_fault,
         action="append",
         default=[],
         metavar="KIND=RATE",
-        help="random fault rate, repeatable: 429=0.01, 503=0.01, drop=0.01",
+        help="random fault on a share RATE (0..1) of requests, repeatable: 429=0.01 and "
+        "503=0.01 (refused, not processed), 502=0.01 (gateway error before processing), "
+        "drop=0.01 (connection dropped after the cancel was processed)",
     )
-    parser.add_argument("--client-id", default=defaults.client_id)
-    parser.add_argument("--client-secret", default=defaults.client_secret)
+    parser.add_argument(
+        "--client-id",
+        default=defaults.client_id,
+        metavar="ID",
+        help="client id the token endpoint accepts (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--client-secret",
+        default=defaults.client_secret,
+        metavar="SECRET",
+        help="client secret the token endpoint accepts (default: the simulator's "
+        "well-known test secret, printed at start)",
+    )
 
 
 def build_arg_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -160,6 +216,9 @@ async def serve(args: argparse.Namespace, out: TextIO) -> None:
             sim.load_orders(args.orders_file)
         if args.orders:
             sim.generate_orders(args.orders, wrong_state_ratio=args.wrong_state_ratio)
+        if getattr(args, "example_orders", False):  # after: the examples' ids win
+            for order in example_orders():
+                sim.add_order(order)
         if args.orders_out is not None:
             orders = [order.to_dict() for order in sim.orders.values()]
             args.orders_out.write_text(json.dumps(orders, indent=2), encoding="utf-8")
