@@ -1,14 +1,19 @@
-"""Shared test fixtures: a virtual clock for the transport, and mocked HTTP."""
+"""Shared test fixtures: a virtual clock for the transport, mocked HTTP, a real PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any
 
+import _pg
 import pytest
 from aiohttp import web
 from aioresponses import aioresponses
@@ -68,3 +73,49 @@ async def serve(app: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """The DSN of a real PostgreSQL: `.ci/run`'s (MIRAKL_CANCEL_TEST_PG), or one started here.
+
+    Tests that need it skip, saying why, only when no server can be started on this
+    machine, and never in CI (CI=true), where a missing server is a failure.
+    """
+    given = os.environ.get(_pg.ENV)
+    if given:
+        yield given
+        return
+    directory = tempfile.mkdtemp(prefix="mirakl-pg-")
+    try:
+        dsn = _pg.start(directory)
+    except _pg.PgUnavailable as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI needs PostgreSQL for the fleet tests: {exc}")
+        pytest.skip(f"no PostgreSQL server can be started here: {exc}")
+    try:
+        yield dsn
+    finally:
+        _pg.stop(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_dsn(pg_server: str) -> Iterator[str]:
+    """A DSN whose tables land in a fresh, empty schema of their own, dropped after the test.
+
+    A schema (through search_path) rather than a database: CREATE DATABASE costs most of
+    a second here, a schema next to nothing.
+    """
+    import psycopg  # in the `test` extra: a missing driver is a failure, not a skip
+
+    name = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {name}")
+    separator = "&" if "?" in pg_server else "?"
+    try:
+        yield f"{pg_server}{separator}options=-csearch_path%3D{name}"
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
