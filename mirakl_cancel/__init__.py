@@ -21,6 +21,7 @@ from ._hooks import (
     RetryEvent,
     UncertainEvent,
 )
+from ._pgstore import PostgresStore
 from ._transport import RetryPolicy, Timeout, TransportStats
 from ._version import __version__
 from .auth import Auth, ClientCredentials, StaticToken
@@ -39,6 +40,7 @@ from .errors import (
     PermissionDeniedError,
     RateLimitError,
     ServerError,
+    StoreError,
     TransportError,
     UncertainDeliveryError,
     ValidationError,
@@ -103,6 +105,7 @@ __all__ = [
     "PermissionDeniedError",
     "PollEvent",
     "PollPolicy",
+    "PostgresStore",
     "RateLimitError",
     "RateLimitEvent",
     "ReconcilePolicy",
@@ -114,6 +117,7 @@ __all__ = [
     "SentCancel",
     "ServerError",
     "StaticToken",
+    "StoreError",
     "Tax",
     "Timeout",
     "TrackedResult",

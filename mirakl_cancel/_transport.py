@@ -33,6 +33,7 @@ from ._constants import (
     USER_AGENT,
 )
 from ._hooks import Call, Hooks, RateLimitEvent, RequestEvent, ResponseEvent, RetryEvent
+from ._pacing import FleetPacing
 from ._pollguard import PollGuard
 from ._serde import loads, parse_error_body
 from ._urls import check_base_url, encode_segment
@@ -180,6 +181,8 @@ class Transport:
         #: Spacing of reads of one action (the API's once-a-minute ceiling).
         self.poll_guard = PollGuard(min_poll_interval)
         self.hooks = hooks if hooks is not None else Hooks()
+        #: Pacing shared with other processes (a store given to the client), or None.
+        self.fleet: FleetPacing | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -281,11 +284,22 @@ class Transport:
                 # Claim the slot before sending (no await in between), so that a concurrent
                 # read of the same key waits too; the end of the attempt is recorded below.
                 guard.record(poll_key)
+                fleet = self.fleet
+                # The fleet's reservation too (on the store's clock), before the read leaves.
+                claim = None if fleet is None else await fleet.claim_read(
+                    f"{'action' if guard is self.poll_guard else 'list'}:{poll_key}",
+                    guard.min_interval)
+                sent = True
                 try:
                     return await self._attempt(
                         method, url, body, params, idempotent, expected, on_send, call)
+                except _Retry as failed:
+                    sent = not isinstance(failed.error, ConnectError)
+                    raise
                 finally:
                     guard.record(poll_key)
+                    if fleet is not None:
+                        await fleet.end_read(claim, sent=sent)
             except _AuthExpired as expired:
                 used, expired.token = expired.token, ""  # keep no token in the error chain
                 if refreshed or not self.auth.invalidate(used):
@@ -308,6 +322,8 @@ class Transport:
                     self.pause(delay)
                     if call is not None:
                         self.hooks.emit("rate_limit", RateLimitEvent(call, attempt, delay))
+                    if self.fleet is not None:
+                        await self.fleet.pause(delay)
                 if retry.retry_after is not None and retry.retry_after > policy.max_retry_after:
                     raise error from None
                 elapsed = time.monotonic() - started
@@ -335,7 +351,9 @@ class Transport:
     ) -> Response:
         session = self.session
         async with self._semaphore:
-            if self.rate_limit is not None or self._paused_until:
+            if self.fleet is not None:  # one schedule and one 429 pause for the fleet
+                await self.fleet.pace(self.rate_limit, self.retry.max_retry_after)
+            elif self.rate_limit is not None or self._paused_until:
                 await self._pace()
             try:
                 token = await self.auth.token(session)

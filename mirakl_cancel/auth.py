@@ -7,6 +7,7 @@ request's form body and the `Authorization` header. Their reprs hide them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from typing import Protocol, runtime_checkable
@@ -24,7 +25,7 @@ from ._serde import loads
 from ._urls import is_loopback_host
 from .errors import AuthenticationError, ServerError, TransportError, api_error_class
 
-__all__ = ["Auth", "ClientCredentials", "StaticToken"]
+__all__ = ["Auth", "ClientCredentials", "StaticToken", "credential_identity"]
 
 logger = logging.getLogger("mirakl_cancel")
 
@@ -64,6 +65,31 @@ class StaticToken:
         return "StaticToken(token='***')"
 
     __str__ = __repr__
+
+
+def _digest(*parts: str) -> str:
+    """A one-way name for a credential: it tells credentials apart, and reveals none."""
+    hasher = hashlib.sha256(b"mirakl-cancel credential\0")
+    for part in parts:
+        hasher.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    return hasher.hexdigest()[:32]
+
+
+def credential_identity(auth: Auth) -> str:
+    """Which credential `auth` is, for sharing the polling ceiling between clients.
+
+    The API counts reads per credential, so two clients with the same token (or the
+    same OAuth client) share one ceiling. Only a hash is kept, never the secret; an
+    Auth of your own is its own identity (per object) unless it has an `identity`.
+    """
+    if isinstance(auth, StaticToken):
+        return _digest("static", auth._token)
+    if isinstance(auth, ClientCredentials):
+        return _digest("client-credentials", auth.token_url, auth.client_id)
+    identity = getattr(auth, "identity", None)
+    if isinstance(identity, str) and identity:
+        return _digest("custom", identity)
+    return f"object-{id(auth):x}"
 
 
 def _check_token_url(token_url: str) -> None:

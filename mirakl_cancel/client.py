@@ -23,6 +23,7 @@ from ._constants import (
     LIST_ORDERS_MAX_IDS,
 )
 from ._hooks import ROUTE_CANCEL, ROUTE_GET_ACTION_STATUS, ROUTE_LIST_ORDERS, Call, Hooks
+from ._pacing import SharedStore, fleet_key
 from ._pollguard import PollGuard
 from ._sending import CancelOutcome, send_many
 from ._serde import (
@@ -34,7 +35,7 @@ from ._serde import (
 )
 from ._transport import NO_RETRY, RetryPolicy, Timeout, Transport, TransportStats
 from ._urls import is_loopback_url
-from .auth import Auth
+from .auth import Auth, credential_identity
 from .errors import ServerError, UncertainDeliveryError, ValidationError, ValidationIssue
 from .models import ActionAccepted, ActionStatus, Cancelation, CancelRequest, Order
 
@@ -59,6 +60,9 @@ class MiraklConnectClient:
     Use it as an async context manager so that its HTTP session is closed. One client
     shares one concurrency limit, one rate limit and one 429 pause between everything
     sent through it, which is why a whole job should go through a single client.
+    Given a `store` (a `PostgresStore`), the rate limit, the 429 pause and the read
+    ceilings are shared with every process using that store for the same base URL and
+    credential (see README, "Running a fleet").
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class MiraklConnectClient:
         min_poll_interval: float = API_MIN_INTERVAL,
         min_list_interval: float = API_MIN_INTERVAL,
         hooks: Hooks | None = None,
+        store: SharedStore | None = None,
     ) -> None:
         if not isinstance(auth, Auth):
             raise TypeError("auth must be StaticToken(...) or ClientCredentials(...)")
@@ -95,6 +100,14 @@ class MiraklConnectClient:
         self.base_url = base_url.rstrip("/")
         # v2-listOrders allows one call per minute: its own guard, shared by all pages.
         self._list_guard = PollGuard(min_list_interval)
+        #: The store shared with other processes (pacing, tracker), or None.
+        self.store = store
+        #: The key under which a fleet shares this API's rules: base URL + credential.
+        self.fleet_key = fleet_key(self.base_url, credential_identity(auth))
+        if store is not None:
+            if not isinstance(store, SharedStore):
+                raise TypeError("store must be a PostgresStore (or another SharedStore)")
+            self._transport.fleet = store.fleet_pacing(self.fleet_key)
 
     def __repr__(self) -> str:
         return (f"MiraklConnectClient(base_url={self.base_url!r}, auth={self._transport.auth!r}, "

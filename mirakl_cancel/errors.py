@@ -24,6 +24,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "ServerError",
+    "StoreError",
     "TransportError",
     "UncertainDeliveryError",
     "ValidationError",
@@ -127,6 +128,10 @@ class RateLimitError(ApiError):
 
 class ServerError(ApiError):
     """5xx: the API failed."""
+
+
+class StoreError(MiraklError):
+    """The shared store (PostgreSQL) failed or cannot be reached; nothing was sent for it."""
 
 
 class TransportError(MiraklError):
