@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -45,6 +45,9 @@ from .errors import (
     ValidationIssue,
 )
 from .models import ActionState, ActionStatus
+
+if TYPE_CHECKING:
+    from ._pgstore import PostgresStore
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -234,7 +237,18 @@ class ActionTracker:
 
     `clock` exists for tests: with a real client, leave it None so that the tracker
     and the client's poll guard share `time.monotonic()`.
+
+    Given `store=` (a `PostgresStore`, also given to the client), the tracker is the
+    fleet's: a `SharedActionTracker`, whose schedule lives in the store.
     """
+
+    def __new__(cls, *args: Any, store: object = None, **kwargs: Any) -> ActionTracker:
+        # Given a store, the tracker is the fleet's: its schedule lives in the store.
+        if store is not None and cls is ActionTracker:
+            from ._sharedtracker import SharedActionTracker
+
+            return super().__new__(SharedActionTracker)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -243,6 +257,7 @@ class ActionTracker:
         *,
         concurrency: int = DEFAULT_TRACKER_CONCURRENCY,
         clock: Clock | None = None,
+        store: PostgresStore | None = None,
     ) -> None:
         if not isinstance(policy, PollPolicy):
             raise TypeError("policy must be a PollPolicy")
