@@ -88,7 +88,8 @@ class SharedActionTracker(ActionTracker):
     `lease` (seconds) is how long a claimed action stays with the worker that claimed
     it; it must exceed the longest read (the client's timeouts plus its wait for a
     rate-limit slot). `idle_poll` bounds how long a worker sleeps before looking for
-    due actions and for results it missed a notification of.
+    due actions and for results it missed a notification of. With `claims=False` the
+    tracker only tracks and waits (e.g. in a web process) and never reads.
     """
 
     def __init__(
@@ -100,6 +101,7 @@ class SharedActionTracker(ActionTracker):
         concurrency: int = 8,
         lease: float = 120.0,
         idle_poll: float = 1.0,
+        claims: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(client, policy, concurrency=concurrency, **kwargs)
@@ -118,6 +120,8 @@ class SharedActionTracker(ActionTracker):
                              "store=store)")
         self.key = key
         self.lease = lease
+        #: False: this worker tracks and waits, and leaves the reading to the others.
+        self.claims = claims
         self.idle_poll = idle_poll
         self._waiters: dict[str, asyncio.Future[ActionStatus]] = {}
         self._claimed: set[str] = set()
@@ -138,9 +142,13 @@ class SharedActionTracker(ActionTracker):
         return self
 
     def _ensure_started(self) -> None:
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._work())
-            self._listener = asyncio.get_running_loop().create_task(self._listen())
+        if self._stop:
+            return
+        loop = asyncio.get_running_loop()
+        if self.claims and (self._worker is None or self._worker.done()):
+            self._worker = loop.create_task(self._work())
+        if self._listener is None or self._listener.done():
+            self._listener = loop.create_task(self._listen())
 
     async def close(self, drain: bool) -> None:
         """Stop: `drain=True` first waits until every action this worker tracked has
@@ -357,14 +365,13 @@ class SharedActionTracker(ActionTracker):
             try:
                 await conn.execute(f"LISTEN {CHANNEL}")
                 while not self._stop:
+                    # Every waiter now and then (a notification missed while reconnecting),
+                    # in between only the ones announced.
                     await self._check_results(list(self._waiters))
-                    ended: list[str] = []
                     async for note in conn.notifies(timeout=self.idle_poll * 5):
                         key, _, action_id = note.payload.partition(":")
                         if key == self.key and action_id in self._waiters:
-                            ended.append(action_id)
-                            break
-                    await self._check_results(ended)
+                            await self._check_results([action_id])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,8 @@ def client_for(job: dict[str, Any], store: PostgresStore | None) -> MiraklConnec
 
 
 async def cancel(job: dict[str, Any], store: PostgresStore | None) -> dict[str, Any]:
-    summary = {"accepted": 0, "uncertain": 0, "errors": 0}
+    summary: dict[str, Any] = {"accepted": 0, "uncertain": 0, "errors": 0,
+                               "first": time.time(), "last": time.time()}
     async with client_for(job, store) as client:
         queue: asyncio.Queue[list[Any]] = asyncio.Queue()
         for order in job["orders"]:
@@ -58,6 +60,7 @@ async def cancel(job: dict[str, Any], store: PostgresStore | None) -> dict[str, 
                 try:
                     await client.cancel(request)
                     summary["accepted"] += 1
+                    summary["last"] = time.time()  # wall clock: comparable across workers
                 except UncertainDeliveryError:
                     summary["uncertain"] += 1
                 except Exception:

@@ -160,13 +160,9 @@ async def test_wait_resolves_in_a_worker_that_did_not_read(pg_dsn: str) -> None:
         async with PostgresStore(pg_dsn) as one, PostgresStore(pg_dsn) as two, \
                 client_for(sim, one) as reader, client_for(sim, two) as waiter:
             working = ActionTracker(reader, policy, store=one, idle_poll=0.05)
-            waiting = ActionTracker(waiter, policy, store=two, concurrency=1,
-                                    idle_poll=0.05)
+            waiting = ActionTracker(waiter, policy, store=two, idle_poll=0.05, claims=False)
             assert isinstance(waiting, SharedActionTracker)
             async with working:
-                waiting._ensure_started()
-                assert waiting._worker is not None
-                waiting._worker.cancel()  # this one only listens: it never claims
                 await working.add_shared(action_id)
                 status = await asyncio.wait_for(waiting.wait(action_id), 30)
                 assert status.state is ActionState.SUCCESS
