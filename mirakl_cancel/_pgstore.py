@@ -29,6 +29,8 @@ from .errors import RateLimitError, StoreError
 if TYPE_CHECKING:
     import psycopg
 
+    from .tracker import ActionTracker
+
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
 logger = logging.getLogger("mirakl_cancel")
@@ -228,6 +230,12 @@ class PostgresStore:
         if pacing is None:
             pacing = self._pacings[key] = _PgPacing(self, key)
         return pacing
+
+    def tracker_class(self) -> type[ActionTracker]:
+        """The tracker `ActionTracker(..., store=self)` builds: the fleet's."""
+        from ._sharedtracker import SharedActionTracker
+
+        return SharedActionTracker
 
     def pacing_for(self, base_url: str, credential: str) -> FleetPacing:
         """`fleet_pacing` for an API base URL and a credential identity."""

@@ -245,9 +245,12 @@ class ActionTracker:
     def __new__(cls, *args: Any, store: object = None, **kwargs: Any) -> ActionTracker:
         # Given a store, the tracker is the fleet's: its schedule lives in the store.
         if store is not None and cls is ActionTracker:
-            from ._sharedtracker import SharedActionTracker
-
-            return super().__new__(SharedActionTracker)
+            # The store names its tracker class: this layer imports nothing above it.
+            tracker_class = getattr(store, "tracker_class", None)
+            if tracker_class is None:
+                raise TypeError("store must be a PostgresStore (it has no shared tracker)")
+            shared: type[ActionTracker] = tracker_class()
+            return super().__new__(shared)
         return super().__new__(cls)
 
     def __init__(

@@ -204,6 +204,8 @@ async def test_the_client_must_share_the_trackers_store(pg_dsn: str) -> None:
         with pytest.raises(ValueError, match="same store"):
             ActionTracker(plain, store=store)
         with pytest.raises(TypeError, match="PostgresStore"):
+            ActionTracker(plain, store=object())  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="PostgresStore"):
             MiraklConnectClient(auth=StaticToken("t"), base_url="http://127.0.0.1:9",
                                 store="postgresql://x")  # type: ignore[arg-type]
         await plain.close()
