@@ -119,3 +119,19 @@ def pg_dsn(pg_server: str) -> Iterator[str]:
     finally:
         with psycopg.connect(pg_server, autocommit=True) as admin:
             admin.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+@pytest.fixture(autouse=True)
+def _restore_library_logger() -> Iterator[None]:
+    """Undo what an in-process `cli.main()` does to the `mirakl_cancel` logger.
+
+    The CLI installs its own handler and stops propagation; left so, every later test
+    that reads the library's logs through `caplog` would see nothing (order-dependent).
+    """
+    import logging
+
+    logger = logging.getLogger("mirakl_cancel")
+    saved = (logger.handlers[:], logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -63,12 +63,6 @@ def monotonic(monkeypatch: pytest.MonkeyPatch) -> Monotonic:
     fake = Monotonic()
     monkeypatch.setattr(auth_module, "time", SimpleNamespace(monotonic=fake))
     return fake
-
-
-@pytest.fixture
-def mocked() -> Iterator[aioresponses]:
-    with aioresponses() as m:
-        yield m
 
 
 @pytest.fixture

@@ -15,68 +15,26 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from cli_support import SCALE, cli, env_for, poll_flags, read_report, write_csv
 
 from mirakl_cancel._input import read_input
 from mirakl_cancel._job import plan_requests
 from mirakl_cancel.journal import Journal, PlannedRow, RequestState
-from mirakl_cancel.simulator import SimOrder, SimulatorConfig, ThreadedSimulator
-
-SCALE = 0.001  # the API's 60 s poll ceiling lasts 60 ms
-FIELDS = ("order_id", "order_line_id", "product_id", "quantity", "reason", "price_amount",
-          "price_currency", "shipping_amount", "shipping_currency", "taxes", "shipping_taxes")
-
-
-def poll_flags(scale: float) -> list[str]:
-    """Client polling scaled like the simulator (the CLI takes real seconds)."""
-    ceiling = str(60 * scale)
-    return ["--min-poll-interval", ceiling, "--poll-interval", ceiling,
-            "--first-poll-delay", ceiling]
+from mirakl_cancel.simulator import SimulatorConfig, ThreadedSimulator
 
 
 @pytest.fixture
-def sim() -> Iterator[ThreadedSimulator]:
-    config = SimulatorConfig(time_scale=SCALE, processing_delay=(1.0, 5.0), seed=7)
-    with ThreadedSimulator(config) as simulator:
-        yield simulator
+def mirakl_simulator_config() -> SimulatorConfig:
+    """The shipped `mirakl_simulator` fixture (our pytest plugin), configured for the CLI."""
+    return SimulatorConfig(time_scale=SCALE, processing_delay=(1.0, 5.0), seed=7)
 
 
-def env_for(sim: ThreadedSimulator) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRAKL_")}
-    env.update(MIRAKL_CLIENT_ID=sim.config.client_id,
-               MIRAKL_CLIENT_SECRET=sim.config.client_secret,
-               MIRAKL_TOKEN_URL=sim.token_url, MIRAKL_CONNECT_BASE_URL=sim.base_url)
-    return env
-
-
-def write_csv(path: Path, orders: Sequence[SimOrder]) -> int:
-    """One row per line of every order; returns the number of rows."""
-    rows = 0
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        for order in orders:
-            for line in order.lines:
-                writer.writerow({
-                    "order_id": order.id, "order_line_id": line.id, "product_id": "",
-                    "quantity": line.quantity, "reason": "OUT_OF_STOCK",
-                    "price_amount": line.price * line.quantity, "price_currency": line.currency,
-                    "shipping_amount": line.shipping_price, "shipping_currency": line.currency,
-                    "taxes": "VAT:0.10", "shipping_taxes": ""})
-                rows += 1
-    return rows
-
-
-def cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mirakl_cancel.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def read_report(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+@pytest.fixture
+def sim(mirakl_simulator: ThreadedSimulator) -> ThreadedSimulator:
+    return mirakl_simulator
 
 
 def test_clean_run(sim: ThreadedSimulator, tmp_path: Path) -> None:

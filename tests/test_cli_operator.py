@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from test_cli import SCALE, cli, env_for, poll_flags, read_report, write_csv
+from cli_support import SCALE, cli, env_for, poll_flags, read_report, write_csv
 
 from mirakl_cancel import _job
 from mirakl_cancel._input import parse_csv

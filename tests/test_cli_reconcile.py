@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from test_cli import SCALE, cli, env_for, poll_flags, read_report, write_csv
+from cli_support import SCALE, cli, env_for, poll_flags, read_report, write_csv
 
 from mirakl_cancel._input import read_input
 from mirakl_cancel._job import plan_requests

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -37,12 +36,6 @@ ERROR_BODY = {
                 "field": "input.account.id", "extensions": {"minLength": 1, "maxLength": 255}}],
     "extensions": {"minLength": 1, "maxLength": 255},
 }
-
-
-@pytest.fixture
-def mocked() -> Iterator[aioresponses]:
-    with aioresponses() as m:
-        yield m
 
 
 def client() -> MiraklConnectClient:

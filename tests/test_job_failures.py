@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import SCALE, write_csv
+from cli_support import SCALE, write_csv
 
 from mirakl_cancel import StaticToken
 from mirakl_cancel._job import EXIT_OK, JobOptions, run_job

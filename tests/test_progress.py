@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_cli import env_for, poll_flags, write_csv
+from cli_support import env_for, poll_flags, write_csv
 
 from mirakl_cancel._progress import RATE_WINDOW, Progress, terminal_width
 from mirakl_cancel.simulator import SimulatorConfig, ThreadedSimulator

@@ -8,10 +8,9 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from builders import request
 
 from mirakl_cancel import (
-    Cancelation,
-    CancelReason,
     CancelRequest,
     MiraklConnectClient,
     Money,
@@ -32,10 +31,8 @@ from mirakl_cancel.simulator import Fault, SimLine, SimOrder, Simulator, Simulat
 SETTLE = ReconcilePolicy(settle=0.3)
 
 
-def request(order_id: str, qty: int = 1, line: str = "-1") -> CancelRequest:
-    return CancelRequest(order_id, [Cancelation(
-        quantity=qty, reason=CancelReason.OUT_OF_STOCK, order_line_id=order_id + line,
-        price=Money(Decimal("10.00") * qty, "EUR"), shipping_price=Money(0, "EUR"))])
+#: The price of every simulated line here (a cancel matches its adjustment by price too).
+PRICE = "10.00"
 
 
 @pytest.fixture
@@ -66,9 +63,9 @@ async def send_uncertain(client: MiraklConnectClient, req: CancelRequest) -> Sen
 async def test_processed_lost_answers_are_applied_and_others_not(
         sim: Simulator, client: MiraklConnectClient) -> None:
     sim.inject(Fault.drop_after_read(), route="cancel")
-    applied = await send_uncertain(client, request("A"))
+    applied = await send_uncertain(client, request("A", price=PRICE))
     sim.inject(Fault.http(502), route="cancel")  # a gateway error: never reached the API
-    lost = await send_uncertain(client, request("B"))
+    lost = await send_uncertain(client, request("B", price=PRICE))
     await asyncio.sleep(0.35)  # the processing delay and the settling window pass
 
     verdicts = {r.cancel.request.order_id: r for r in await reconcile(
@@ -86,7 +83,7 @@ async def test_processed_lost_answers_are_applied_and_others_not(
 async def test_within_the_settling_window_it_stays_uncertain(
         sim: Simulator, client: MiraklConnectClient) -> None:
     sim.inject(Fault.http(502), route="cancel")
-    lost = await send_uncertain(client, request("C"))
+    lost = await send_uncertain(client, request("C", price=PRICE))
     [verdict] = await reconcile(client, [lost], policy=ReconcilePolicy(settle=300))
     assert verdict.verdict is Verdict.UNCERTAIN
     assert "settling window" in verdict.reason
@@ -95,9 +92,9 @@ async def test_within_the_settling_window_it_stays_uncertain(
 async def test_two_similar_cancels_for_one_adjustment_are_ambiguous(
         sim: Simulator, client: MiraklConnectClient) -> None:
     sim.inject(Fault.drop_after_read(), route="cancel")
-    first = await send_uncertain(client, request("D"))
+    first = await send_uncertain(client, request("D", price=PRICE))
     sim.inject(Fault.http(502), route="cancel")
-    second = await send_uncertain(client, request("D"))
+    second = await send_uncertain(client, request("D", price=PRICE))
     await asyncio.sleep(0.35)
     verdicts = await reconcile(client, [first, second], policy=SETTLE)
     assert [v.verdict for v in verdicts] == [Verdict.UNCERTAIN, Verdict.UNCERTAIN]
@@ -116,7 +113,7 @@ def _adjustment(at: datetime, qty: int = 1, reason: str = "OUT_OF_STOCK") -> Adj
 
 def test_a_different_recent_cancelation_is_never_taken_as_not_applied() -> None:
     sent = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    cancel = SentCancel(request("O"), sent)
+    cancel = SentCancel(request("O", price=PRICE), sent)
     later = sent + timedelta(hours=1)
     [verdict] = reconcile_orders([cancel], [_order(_adjustment(sent, qty=2))], now=later)
     assert verdict.verdict is Verdict.UNCERTAIN
@@ -124,7 +121,7 @@ def test_a_different_recent_cancelation_is_never_taken_as_not_applied() -> None:
 
 def test_old_adjustments_do_not_count_and_missing_lines_are_uncertain() -> None:
     sent = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    cancel = SentCancel(request("O"), sent)
+    cancel = SentCancel(request("O", price=PRICE), sent)
     later = sent + timedelta(hours=1)
     old = _adjustment(sent - timedelta(hours=1))
     [verdict] = reconcile_orders([cancel], [_order(old)], now=later)
@@ -167,7 +164,7 @@ async def test_cancel_and_track_reconciles_uncertain_cancels(sim: Simulator) -> 
                                    max_concurrency=1) as client:
         sim.inject(Fault.drop_after_read(), route="cancel")  # A: processed, answer lost
         sim.inject(Fault.http(502), route="cancel")          # B: never processed
-        requests = [request("A"), request("B"), request("C")]
+        requests = [request("A", price=PRICE), request("B", price=PRICE), request("C", price=PRICE)]
         results = {r.order_id: r async for r in cancel_and_track(
             client, requests, policy, reconcile=ReconcilePolicy(settle=0.3))}
         assert results["A"].outcome is Outcome.SUCCEEDED
@@ -180,7 +177,7 @@ async def test_cancel_and_track_reconciles_uncertain_cancels(sim: Simulator) -> 
         # With resend, what was proven not applied is sent again, once.
         sim.inject(Fault.http(502), route="cancel")
         [again] = [r async for r in cancel_and_track(
-            client, [request("D")], policy,
+            client, [request("D", price=PRICE)], policy,
             reconcile=ReconcilePolicy(settle=0.3, resend=True))]
     assert again.outcome is Outcome.SUCCEEDED and again.action_id
     assert sim.stats.duplicate_posts == 0
@@ -190,7 +187,7 @@ def test_an_undatable_cancelation_is_never_taken_as_not_applied() -> None:
     # Regression: an adjustment whose created_at could not be read was skipped as if
     # it predated the send, so an applied cancel could be judged NOT_APPLIED (and resent).
     sent = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    cancel = SentCancel(request("O"), sent)
+    cancel = SentCancel(request("O", price=PRICE), sent)
     undated = Adjustment("adj-x", AdjustmentType.CANCELATION, "CANCELATION", None, 1,
                          "OUT_OF_STOCK", Money("10.00", "EUR"))
     [verdict] = reconcile_orders([cancel], [_order(undated)], now=sent + timedelta(hours=1))

@@ -198,10 +198,8 @@ async def test_drop_after_read_processes_the_cancel(env: tuple[Simulator, Raw]) 
 async def test_delay_processes_then_times_out(env: tuple[Simulator, Raw]) -> None:
     sim, raw = env
     sim.inject(Fault.delay(0.5), route="cancel")
-    started = time.monotonic()
-    with pytest.raises(asyncio.TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):  # the answer stalls past the client's wait
         await asyncio.wait_for(raw.cancel(), 0.1)
-    assert time.monotonic() - started < 0.4
     assert sim.stats.actions_created == 1  # processed before the stall
     assert sim.stats.faults_injected == {"delay": 1}
 
