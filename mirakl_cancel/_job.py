@@ -215,7 +215,8 @@ class _JournalingClient(MiraklConnectClient):
     moment of the resume: the safe side).
     """
 
-    store: JobStore | None = None
+    #: The job's store (not `store`: that is the client's shared fleet store).
+    job_store: JobStore | None = None
     #: The request key of each tracked action id (the store is keyed by request).
     keys: dict[str, str] | None = None
     #: Told when each action's next read is due, so a quiet wait can say until when.
@@ -224,7 +225,7 @@ class _JournalingClient(MiraklConnectClient):
     read_interval: float = 0.0
 
     async def get_action_status(self, action_id: str, *, retry: bool = True) -> ActionStatus:
-        store = self.store
+        store = self.job_store
         key = self.keys.get(action_id) if self.keys is not None else None
         if store is not None and key is not None:
             await store.mark_poll_started(key)
@@ -1118,7 +1119,7 @@ async def _run_with_store(options: JobOptions, auth: Auth, store: JobStore, resu
         min_poll_interval=options.policy.min_interval,
         # v2-listOrders (reconciliation) has the same once-a-minute ceiling as a status read.
         min_list_interval=options.policy.min_interval)
-    client.store = store
+    client.job_store = store
     client.progress = progress
     client.read_interval = options.policy.interval
     run = _Run(options, store, client, progress, err)
