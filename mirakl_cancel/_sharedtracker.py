@@ -113,7 +113,7 @@ class SharedActionTracker(ActionTracker):
         key = getattr(client, "fleet_key", None)
         if not isinstance(key, str):
             raise TypeError("the client must be a MiraklConnectClient (its fleet_key)")
-        if getattr(client, "store", None) is not store:
+        if getattr(client, "shared_store", None) is not store:
             # Without it, reads of one action by two workers (a lease that lapsed
             # mid-read) would not be spaced by the database's clock.
             raise ValueError("give the client the same store: MiraklConnectClient(..., "

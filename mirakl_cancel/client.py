@@ -101,7 +101,7 @@ class MiraklConnectClient:
         # v2-listOrders allows one call per minute: its own guard, shared by all pages.
         self._list_guard = PollGuard(min_list_interval)
         #: The store shared with other processes (pacing, tracker), or None.
-        self.store = store
+        self.shared_store = store
         #: The key under which a fleet shares this API's rules: base URL + credential.
         self.fleet_key = fleet_key(self.base_url, credential_identity(auth))
         if store is not None:
