@@ -33,19 +33,20 @@ NEVER = PollPolicy(min_interval=60.0, interval=300.0, first_delay=10_000_000.0)
 AT_ONCE = PollPolicy(min_interval=0.0, interval=0.0, first_delay=0.0)
 
 
-class _Transport:
-    def __init__(self, min_interval: float) -> None:
-        self.poll_guard = PollGuard(min_interval)
-
-
 class FakeClient:
     """Answers every status read with SUCCESS immediately (one loop turn, no I/O)."""
 
     def __init__(self, min_poll_interval: float) -> None:
         self.min_poll_interval = min_poll_interval
-        self.transport = _Transport(min_poll_interval)
+        self.guard = PollGuard(min_poll_interval)
         self.reads = 0
         self.max_tasks = 0
+
+    def poll_ready_in(self, action_id: str) -> float:
+        return self.guard.ready_in(action_id)
+
+    def record_poll(self, action_id: str, seconds_ago: float = 0.0) -> None:
+        self.guard.record_ago(action_id, seconds_ago)
 
     async def get_action_status(self, action_id: str, *, retry: bool = True) -> ActionStatus:
         self.reads += 1

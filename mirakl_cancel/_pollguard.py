@@ -1,16 +1,74 @@
 """The per-action polling ceiling, enforced where every status read passes.
 
-Mirakl Connect allows one `v2-getActionStatus` call per minute per action ID. Keeping
-that rule in the transport, rather than trusting each caller's schedule, makes it hold
-for a user's own polling loop, for retries after a 5xx, and for the tracker alike.
+Mirakl Connect allows one `v2-getActionStatus` call per minute per action ID, per
+credential. Keeping that rule in the transport, rather than trusting each caller's
+schedule, makes it hold for a user's own polling loop, for retries after a 5xx, and for
+the tracker alike. And since the ceiling is the API's, not one client object's, every
+guard of one process for the same API base URL and credential shares one record of
+reads (`shared_reads`): two clients reading one action cannot together break it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import weakref
+from collections.abc import Hashable
 
-__all__ = ["PollGuard"]
+__all__ = ["PollGuard", "ReadLog", "shared_reads"]
+
+
+class ReadLog:
+    """When each key was last read (monotonic seconds), shared by the guards of one scope.
+
+    Entries older than the largest interval of any guard using the log are swept from
+    time to time, so a long job's log stays as small as its recent reads.
+    """
+
+    __slots__ = ("__weakref__", "_sweep_at", "horizon", "last")
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+        #: The largest min_interval of the guards using this log: reads older than that
+        #: constrain nobody.
+        self.horizon = 0.0
+        self._sweep_at = 1024
+
+    def record(self, key: str, at: float) -> None:
+        if at > self.last.get(key, float("-inf")):
+            self.last[key] = at
+        if len(self.last) >= self._sweep_at:
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Forget reads older than the horizon: they no longer constrain anything."""
+        horizon = time.monotonic() - self.horizon
+        self.last = {key: at for key, at in self.last.items() if at > horizon}
+        self._sweep_at = max(1024, 2 * len(self.last))
+
+
+#: One log per scope (kind of read, API base URL, credential identity), alive while a
+#: guard uses it. The credential part is a hash (see `auth.credential_identity`).
+_SHARED: weakref.WeakValueDictionary[Hashable, ReadLog] = weakref.WeakValueDictionary()
+
+
+def shared_reads(scope: Hashable) -> ReadLog:
+    """The process-wide read log of `scope`, created on first use."""
+    log = _SHARED.get(scope)
+    if log is None:
+        log = _SHARED[scope] = ReadLog()
+    return log
+
+
+class Claim:
+    """A read slot taken before sending; released if the request never left."""
+
+    __slots__ = ("at", "key", "previous")
+
+    def __init__(self, key: str, previous: float | None, at: float) -> None:
+        self.key = key
+        self.previous = previous
+        self.at = at
 
 
 class PollGuard:
@@ -18,22 +76,31 @@ class PollGuard:
 
     A read counts from the moment its attempt *ended*: the server saw the request no
     later than that, so spacing the next send from there keeps the server-side interval
-    at least `min_interval` whatever the network latency was.
+    at least `min_interval` whatever the network latency was. A read that never left
+    (no connection could be made) does not count: it is released.
     """
 
-    __slots__ = ("_last", "_sweep_at", "min_interval")
+    __slots__ = ("_log", "min_interval")
 
-    def __init__(self, min_interval: float) -> None:
+    def __init__(self, min_interval: float, log: ReadLog | None = None) -> None:
         if min_interval < 0:
             raise ValueError("min_interval must not be negative")
         self.min_interval = min_interval
-        self._last: dict[str, float] = {}
-        self._sweep_at = 1024
+        self._log = ReadLog() if log is None else log
+        self._log.horizon = max(self._log.horizon, min_interval)
+
+    @property
+    def _last(self) -> dict[str, float]:
+        return self._log.last
 
     def ready_at(self, action_id: str) -> float:
         """The monotonic time from which `action_id` may be read again."""
-        last = self._last.get(action_id)
+        last = self._log.last.get(action_id)
         return 0.0 if last is None else last + self.min_interval
+
+    def ready_in(self, action_id: str) -> float:
+        """Seconds until `action_id` may be read again (0.0 when it may be now)."""
+        return max(0.0, self.ready_at(action_id) - time.monotonic())
 
     async def wait(self, action_id: str) -> None:
         """Sleep until `action_id` may be read again (no wait for a fresh one)."""
@@ -44,15 +111,29 @@ class PollGuard:
             await asyncio.sleep(delay)
 
     def record(self, action_id: str, at: float | None = None) -> None:
-        """Note that a read of `action_id` ended at monotonic time `at` (default now)."""
-        at = time.monotonic() if at is None else at
-        if at > self._last.get(action_id, float("-inf")):
-            self._last[action_id] = at
-        if len(self._last) >= self._sweep_at:
-            self._sweep()
+        """Note that a read of `action_id` ended at monotonic time `at` (default now).
 
-    def _sweep(self) -> None:
-        """Forget reads older than the interval: they no longer constrain anything."""
-        horizon = time.monotonic() - self.min_interval
-        self._last = {key: at for key, at in self._last.items() if at > horizon}
-        self._sweep_at = max(1024, 2 * len(self._last))
+        A time in the future is taken as now: a tampered or skewed timestamp may make
+        the next read wait the full interval, never longer.
+        """
+        now = time.monotonic()
+        self._log.record(action_id, now if at is None else min(at, now))
+
+    def record_ago(self, action_id: str, seconds_ago: float) -> None:
+        """Note a read that ended `seconds_ago` seconds ago (negative: taken as now)."""
+        self.record(action_id, time.monotonic() - max(0.0, seconds_ago))
+
+    def claim(self, action_id: str) -> Claim:
+        """Mark `action_id` as being read now (call right after `wait`, with no await
+        in between, so that a concurrent read of it waits too)."""
+        claim = Claim(action_id, self._log.last.get(action_id), time.monotonic())
+        self._log.record(action_id, claim.at)
+        return claim
+
+    def release(self, claim: Claim) -> None:
+        """Undo a claim whose request certainly never reached the server."""
+        if self._log.last.get(claim.key) == claim.at:
+            if claim.previous is None:
+                del self._log.last[claim.key]
+            else:
+                self._log.last[claim.key] = claim.previous

@@ -34,10 +34,10 @@ from ._constants import (
 )
 from ._hooks import Call, Hooks, RateLimitEvent, RequestEvent, ResponseEvent, RetryEvent
 from ._pacing import FleetPacing
-from ._pollguard import PollGuard
+from ._pollguard import PollGuard, shared_reads
 from ._serde import loads, parse_error_body
 from ._urls import check_base_url, encode_segment
-from .auth import Auth
+from .auth import Auth, credential_identity
 from .errors import (
     ApiError,
     ConnectError,
@@ -114,10 +114,13 @@ class Response:
 class _Retry(Exception):
     """Internal: this attempt failed in a way that is safe to try again."""
 
-    def __init__(self, error: Exception, retry_after: float | None = None) -> None:
+    def __init__(self, error: Exception, retry_after: float | None = None, *,
+                 sent: bool = True) -> None:
         super().__init__(str(error))
         self.error = error
         self.retry_after = retry_after
+        #: False when the request certainly never left (no connection, no token).
+        self.sent = sent
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -178,11 +181,17 @@ class Transport:
             total=None, sock_connect=timeout.connect, sock_read=timeout.read)
         self._paused_until = 0.0
         self._next_slot = 0.0
-        #: Spacing of reads of one action (the API's once-a-minute ceiling).
-        self.poll_guard = PollGuard(min_poll_interval)
+        #: Spacing of reads of one action (the API's once-a-minute ceiling), shared by
+        #: every client of this process for the same API and credential.
+        self.poll_guard = PollGuard(min_poll_interval, shared_reads(self.scope("action")))
         self.hooks = hooks if hooks is not None else Hooks()
         #: Pacing shared with other processes (a store given to the client), or None.
         self.fleet: FleetPacing | None = None
+
+    def scope(self, kind: str) -> tuple[str, str, str]:
+        """The key of the reads that one API ceiling counts together: per base URL and
+        credential (a hash of it), across every client of the process."""
+        return (kind, str(self._base), credential_identity(self.auth))
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -283,23 +292,31 @@ class Transport:
                 await guard.wait(poll_key)
                 # Claim the slot before sending (no await in between), so that a concurrent
                 # read of the same key waits too; the end of the attempt is recorded below.
-                guard.record(poll_key)
+                claim = guard.claim(poll_key)
                 fleet = self.fleet
-                # The fleet's reservation too (on the store's clock), before the read leaves.
-                claim = None if fleet is None else await fleet.claim_read(
-                    f"{'action' if guard is self.poll_guard else 'list'}:{poll_key}",
-                    guard.min_interval)
-                sent = True
+                reservation: object = None
                 try:
-                    return await self._attempt(
-                        method, url, body, params, idempotent, expected, on_send, call)
-                except _Retry as failed:
-                    sent = not isinstance(failed.error, ConnectError)
-                    raise
-                finally:
-                    guard.record(poll_key)
                     if fleet is not None:
-                        await fleet.end_read(claim, sent=sent)
+                        # The fleet's reservation too (on the store's clock), before the
+                        # read leaves; a failure here sent nothing (the claim is released).
+                        reservation = await fleet.claim_read(
+                            f"{'action' if guard is self.poll_guard else 'list'}:{poll_key}",
+                            guard.min_interval)
+                    response = await self._attempt(
+                        method, url, body, params, idempotent, expected, on_send, call)
+                except BaseException as exc:
+                    never_sent = _never_sent(exc)
+                    if never_sent:
+                        guard.release(claim)  # nothing reached the server: not a read
+                    else:
+                        guard.record(poll_key)
+                    if reservation is not None and fleet is not None:
+                        await fleet.end_read(reservation, sent=not never_sent)
+                    raise
+                guard.record(poll_key)
+                if reservation is not None and fleet is not None:
+                    await fleet.end_read(reservation, sent=True)
+                return response
             except _AuthExpired as expired:
                 used, expired.token = expired.token, ""  # keep no token in the error chain
                 if refreshed or not self.auth.invalidate(used):
@@ -326,14 +343,16 @@ class Transport:
                         await self.fleet.pause(delay)
                 if retry.retry_after is not None and retry.retry_after > policy.max_retry_after:
                     raise error from None
+                # The real wait: a read of a ceilinged resource also waits for its guard.
+                wait = delay if poll_key is None else max(delay, guard.ready_in(poll_key))
                 elapsed = time.monotonic() - started
-                if attempt >= policy.max_attempts or elapsed + delay > policy.max_time:
+                if attempt >= policy.max_attempts or elapsed + wait > policy.max_time:
                     raise error from None
                 self.stats.retries += 1
                 if call is not None:
-                    self.hooks.emit("retry", RetryEvent(call, attempt, delay, _describe(error)))
+                    self.hooks.emit("retry", RetryEvent(call, attempt, wait, _describe(error)))
                 logger.info("retrying %s %s in %.2fs after %s (attempt %d of %d)",
-                            method, url.path, delay, _describe(error), attempt + 1,
+                            method, url.path, wait, _describe(error), attempt + 1,
                             policy.max_attempts)
                 if not isinstance(error, RateLimitError):  # a 429 waits in _pace instead
                     await asyncio.sleep(delay)
@@ -359,7 +378,7 @@ class Transport:
                 token = await self.auth.token(session)
             except (TransportError, ServerError) as exc:
                 # Nothing of ours was sent yet: always safe to try again.
-                raise _Retry(exc) from None
+                raise _Retry(exc, sent=False) from None
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json",
                        "User-Agent": USER_AGENT}  # also on a session the caller gave us
             if body is not None:
@@ -447,7 +466,8 @@ class Transport:
         """The one mapping from aiohttp/asyncio failures to retry-or-raise decisions."""
         if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
             # The connection was never established: the request was certainly not sent.
-            return _Retry(ConnectError(f"cannot connect to {url.host}: {_describe(exc)}"))
+            return _Retry(ConnectError(f"cannot connect to {url.host}: {_describe(exc)}"),
+                          sent=False)
         if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError)):
             error = TransportError(f"{method} {url.path} failed: {_describe(exc)}")
             return _Retry(error) if idempotent else self._uncertain(error, method, url)
@@ -456,6 +476,18 @@ class Transport:
         # leave, so a cancel must be reported as possibly processed, never as a plain
         # failure that a caller (or a re-run) would feel free to send again.
         return error if idempotent else self._uncertain(error, method, url)
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether a failed attempt certainly never reached the server.
+
+    True for a refused connection, a failed token fetch, or a long 429 pause that
+    stopped the attempt before it left (the one RateLimitError not wrapped in _Retry).
+    Anything else, cancellation included, may have reached it.
+    """
+    if isinstance(exc, _Retry):
+        return not exc.sent
+    return isinstance(exc, RateLimitError)
 
 
 class _AuthExpired(Exception):

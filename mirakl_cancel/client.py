@@ -24,7 +24,7 @@ from ._constants import (
 )
 from ._hooks import ROUTE_CANCEL, ROUTE_GET_ACTION_STATUS, ROUTE_LIST_ORDERS, Call, Hooks
 from ._pacing import SharedStore, fleet_key
-from ._pollguard import PollGuard
+from ._pollguard import PollGuard, shared_reads
 from ._sending import CancelOutcome, send_many
 from ._serde import (
     parse_action_accepted,
@@ -98,8 +98,10 @@ class MiraklConnectClient:
         )
         check_min_intervals(base_url, min_poll_interval, min_list_interval)
         self.base_url = base_url.rstrip("/")
-        # v2-listOrders allows one call per minute: its own guard, shared by all pages.
-        self._list_guard = PollGuard(min_list_interval)
+        # v2-listOrders allows one call per minute: its own guard, shared by all pages
+        # (and, like the action guard, by every client for this API and credential).
+        self._list_guard = PollGuard(min_list_interval,
+                                     shared_reads(self._transport.scope("list-orders")))
         #: The store shared with other processes (pacing, tracker), or None.
         self.shared_store = store
         #: The key under which a fleet shares this API's rules: base URL + credential.
@@ -138,6 +140,22 @@ class MiraklConnectClient:
     def min_poll_interval(self) -> float:
         """Seconds this client keeps between two reads of one action."""
         return self._transport.poll_guard.min_interval
+
+    def poll_ready_in(self, action_id: str) -> float:
+        """Seconds until `action_id` may be read again without breaking the API's
+        ceiling (0.0 when a read is allowed now).
+
+        It counts every read of this action through any client of this process for the
+        same base URL and credential, retries included, so a caller (a CLI, a
+        scheduler) can say when the next read is due instead of silently waiting.
+        """
+        return self._transport.poll_guard.ready_in(action_id)
+
+    def record_poll(self, action_id: str, seconds_ago: float = 0.0) -> None:
+        """Tell the poll guard that `action_id` was read `seconds_ago` seconds ago
+        elsewhere (another process, a resumed job), so that no read here comes sooner.
+        A negative value (a timestamp in the future) counts as a read just now."""
+        self._transport.poll_guard.record_ago(action_id, seconds_ago)
 
     @property
     def hooks(self) -> Hooks:

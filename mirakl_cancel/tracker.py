@@ -159,25 +159,22 @@ class TrackerStats:
     timed_out: int = 0
 
 
-class _PollGuardLike(Protocol):
-    def ready_at(self, action_id: str) -> float: ...
-
-    def record(self, action_id: str, at: float | None = None) -> None: ...
-
-
-class _TransportLike(Protocol):
-    @property
-    def poll_guard(self) -> _PollGuardLike: ...
-
-
 class StatusClient(Protocol):
-    """What the tracker needs from a client (`MiraklConnectClient` or a test fake)."""
+    """What the tracker needs from a client (`MiraklConnectClient` or a test fake).
+
+    Besides reading a status, the client tells when an action may be read again
+    (`poll_ready_in`, seconds, counting reads made by anyone through its poll guard)
+    and accepts reads made elsewhere (`record_poll`, for an imported job), so that the
+    tracker's schedule and the client's ceiling agree without the tracker knowing how
+    the client keeps it.
+    """
 
     @property
     def min_poll_interval(self) -> float: ...
 
-    @property
-    def transport(self) -> _TransportLike: ...
+    def poll_ready_in(self, action_id: str) -> float: ...
+
+    def record_poll(self, action_id: str, seconds_ago: float = 0.0) -> None: ...
 
     async def get_action_status(self, action_id: str, *, retry: bool = True) -> ActionStatus: ...
 
@@ -426,7 +423,9 @@ class ActionTracker:
         now = self._clock.monotonic()
         last = None
         if last_polled_at is not None:
-            last = now - (self._clock.wall() - _wall_seconds(last_polled_at))
+            # A read "in the future" (a skewed or tampered clock) counts as just made:
+            # the next read waits the full interval, never longer.
+            last = min(now, now - (self._clock.wall() - _wall_seconds(last_polled_at)))
         return self._add(action_id, order_id, tracked_at=now, last_polled=last, gap=self._min)
 
     def _check_open(self) -> None:
@@ -440,8 +439,8 @@ class ActionTracker:
         due = tracked_at + self.policy.first_delay
         if last_polled is not None:
             due = max(due, last_polled + gap)
-        # A read made directly through the client counts too.
-        due = max(due, self.client.transport.poll_guard.ready_at(action_id))
+        # A read made directly through the client (or another client) counts too.
+        due = max(due, self._clock.monotonic() + self.client.poll_ready_in(action_id))
         self._ensure_started()
         self._push(record, due)
         hooks = self._hooks
@@ -680,15 +679,16 @@ class ActionTracker:
         gap = max(self._min, float(data.get("min_interval") or 0.0))
         now = self._clock.monotonic()
         wall = self._clock.wall()
-        guard = self.client.transport.poll_guard
         added = 0
         for action_id, order_id, last_wall, tracked_wall in entries:
             if action_id in self._actions:
                 continue
-            last = None if last_wall is None else now - (wall - last_wall)
+            # Times in the future (clock skew, tampering) are clamped to now: a future
+            # last read is "just read" (never a shorter interval, never a stall).
+            last = None if last_wall is None else min(now, now - (wall - last_wall))
             tracked = now if tracked_wall is None else min(now, now - (wall - tracked_wall))
             if last is not None:
-                guard.record(action_id, last)
+                self.client.record_poll(action_id, now - last)
             self._add(action_id, order_id, tracked_at=tracked, last_polled=last, gap=gap)
             added += 1
         return added

@@ -9,6 +9,7 @@ import secrets
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -46,6 +47,14 @@ class FakeClock:
         self.now += max(delay, 0.0)
         await REAL_SLEEP(0)
         return result
+
+
+@pytest.fixture(autouse=True)
+def _isolated_poll_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no reads on record: the poll guards' process-wide logs
+    are shared by every client of an API and credential, so without this one test's
+    reads would hold back the next test's (same mocked URL, same token)."""
+    monkeypatch.setattr(_pollguard, "_SHARED", weakref.WeakValueDictionary())
 
 
 @pytest.fixture

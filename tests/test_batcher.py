@@ -32,22 +32,15 @@ def line(line_id: str, quantity: int = 1, currency: str = "EUR",
                        order_line_id=line_id)
 
 
-class Guard:
-    def ready_at(self, action_id: str) -> float:
-        return 0.0
-
-    def record(self, action_id: str, at: float | None = None) -> None:
-        pass
-
-
-class Transport:
-    poll_guard = Guard()
-
-
 class FakeClient:
     max_concurrency = 4
     min_poll_interval = 0.0
-    transport = Transport()
+
+    def poll_ready_in(self, action_id: str) -> float:
+        return 0.0
+
+    def record_poll(self, action_id: str, seconds_ago: float = 0.0) -> None:
+        pass
 
     def __init__(self, *, delay: float = 0.0) -> None:
         self.delay = delay

@@ -60,11 +60,6 @@ class Guard:
         self.last[action_id] = time.monotonic() if at is None else at
 
 
-class Transport:
-    def __init__(self) -> None:
-        self.poll_guard = Guard()
-
-
 class FakeClient:
     """POST answers and final action states decided per order id."""
 
@@ -72,11 +67,17 @@ class FakeClient:
     min_poll_interval = 0.01
 
     def __init__(self) -> None:
-        self.transport = Transport()
+        self.guard = Guard()
         self.refuse: dict[str, Exception] = {}
         self.final: dict[str, Any] = {}
         self.post_delay: dict[str, float] = {}
         self.events: list[tuple[str, str]] = []
+
+    def poll_ready_in(self, action_id: str) -> float:
+        return max(0.0, self.guard.ready_at(action_id) - time.monotonic())
+
+    def record_poll(self, action_id: str, seconds_ago: float = 0.0) -> None:
+        self.guard.record(action_id, time.monotonic() - max(0.0, seconds_ago))
 
     async def cancel(self, request: CancelRequest) -> ActionAccepted:
         order_id = request.order_id
@@ -89,7 +90,7 @@ class FakeClient:
     async def get_action_status(self, action_id: str, *, retry: bool = True) -> ActionStatus:
         order_id = action_id.removeprefix("act-")
         self.events.append(("poll", order_id))
-        self.transport.poll_guard.record(action_id)
+        self.guard.record(action_id)
         final = self.final.get(order_id, ActionState.SUCCESS)
         if isinstance(final, Exception):
             raise final

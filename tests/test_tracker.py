@@ -51,11 +51,6 @@ class FakeGuard:
         self.last[action_id] = at
 
 
-class FakeTransport:
-    def __init__(self, guard: FakeGuard) -> None:
-        self.poll_guard = guard
-
-
 class FakeClient:
     """Answers status reads from a per-action script, on the manual clock.
 
@@ -68,12 +63,18 @@ class FakeClient:
         self.clock = clock
         self.min_poll_interval = min_poll_interval
         self.latency = latency
-        self.transport = FakeTransport(FakeGuard(min_poll_interval))
+        self.guard = FakeGuard(min_poll_interval)
         self.scripts: dict[str, list[Step]] = {}
         self.done_at: dict[str, float] = {}
         self.polls: dict[str, list[tuple[float, float]]] = {}
         self.in_flight = 0
         self.max_in_flight = 0
+
+    def poll_ready_in(self, action_id: str) -> float:
+        return max(0.0, self.guard.ready_at(action_id) - self.clock.monotonic())
+
+    def record_poll(self, action_id: str, seconds_ago: float = 0.0) -> None:
+        self.guard.record(action_id, self.clock.monotonic() - max(0.0, seconds_ago))
 
     def script(self, action_id: str, *steps: Step) -> None:
         self.scripts[action_id] = list(steps)
@@ -106,7 +107,7 @@ class FakeClient:
             self.in_flight -= 1
             end = self.clock.monotonic()
             self.polls.setdefault(action_id, []).append((start, end))
-            self.transport.poll_guard.record(action_id, end)
+            self.guard.record(action_id, end)
 
     def starts(self, action_id: str) -> list[float]:
         return [start for start, _ in self.polls.get(action_id, [])]
@@ -374,7 +375,7 @@ async def test_a_future_cancelled_by_its_waiter_does_not_stop_tracking(
 
 async def test_track_respects_a_read_made_directly_through_the_client(
         clock: ManualClock, client: FakeClient) -> None:
-    client.transport.poll_guard.record("a1", 1000.0 + 50.0)  # a direct read ended at +50
+    client.guard.record("a1", 1000.0 + 50.0)  # a direct read ended at +50
     policy = PollPolicy(min_interval=60.0, interval=300.0, first_delay=0.0)
     async with ActionTracker(client, policy, clock=clock) as tracker:
         tracker.add("a1")
@@ -522,7 +523,7 @@ async def test_resume_in_another_tracker_keeps_the_interval(clock: ManualClock,
     assert resumed.load(tmp_path / "pending.json") == 3
     assert resumed.import_pending(data) == 0  # already tracked
     # The guard knows about the read made by the other process (in its own clock).
-    assert second.transport.poll_guard.last["a1"] == pytest.approx(50.0 - 21.0)
+    assert second.guard.last["a1"] == pytest.approx(50.0 - 21.0)
     await clock2.advance(100.0)
     await resumed.aclose()
     # Exported min interval (60) wins over the new, smaller one: first read 60 s after

@@ -1,0 +1,158 @@
+"""The once-a-minute read ceiling is the API's: shared by every client of one API and
+credential, never charged for a read that did not leave, and honest in its logs.
+
+Over the wire, against small loopback servers, on the transport's virtual clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+import pytest
+from aiohttp import web
+from conftest import FakeClock, serve
+
+from mirakl_cancel import (
+    ActionTracker,
+    ClientCredentials,
+    ConnectError,
+    MiraklConnectClient,
+    PollPolicy,
+    RetryPolicy,
+    ServerError,
+    StaticToken,
+)
+
+STATUS = {"id": "a1", "status": "PENDING"}
+
+
+def status_app(reads: list[tuple[str, float]], clock: FakeClock | None = None,
+               *, fail_first: int = 0) -> web.Application:
+    async def handler(request: web.Request) -> web.Response:
+        reads.append((request.match_info["id"], clock.now if clock else 0.0))
+        if len(reads) <= fail_first:
+            return web.json_response({"message": "boom"}, status=500)
+        return web.json_response({**STATUS, "id": request.match_info["id"]})
+
+    app = web.Application()
+    app.router.add_get("/v2/orders/actions/{id}", handler)
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_two_clients_share_one_ceiling(clock: FakeClock) -> None:
+    reads: list[tuple[str, float]] = []
+    async with serve(status_app(reads, clock)) as url:
+        first = MiraklConnectClient(auth=StaticToken("t-1"), base_url=url)
+        second = MiraklConnectClient(auth=StaticToken("t-1"), base_url=url)
+        other = MiraklConnectClient(auth=StaticToken("t-2"), base_url=url)
+        async with first, second, other:
+            assert second.poll_ready_in("a1") == 0.0
+            await first.get_action_status("a1")
+            # The second client knows about the first one's read...
+            assert second.poll_ready_in("a1") == pytest.approx(60.0)
+            assert second.poll_ready_in("a2") == 0.0
+            # ...and another credential has its own ceiling.
+            assert other.poll_ready_in("a1") == 0.0
+            await second.get_action_status("a1")
+            await other.get_action_status("a1")
+    times = [at for _, at in reads]
+    assert times[1] - times[0] >= 60.0
+    assert times[2] == times[1]  # the other credential did not wait
+
+
+async def test_client_credentials_share_by_client_id(clock: FakeClock) -> None:
+    async with serve(status_app([], clock)) as url:
+        def make(secret: str) -> MiraklConnectClient:
+            auth = ClientCredentials("cid", secret, token_url=f"{url}/token")
+            return MiraklConnectClient(auth=auth, base_url=url)
+
+        a, b = make("s1"), make("s2")
+        a.record_poll("a1", seconds_ago=10.0)
+        assert b.poll_ready_in("a1") == pytest.approx(50.0)
+        await a.close()
+        await b.close()
+
+
+async def test_record_poll_in_the_future_counts_as_now(clock: FakeClock) -> None:
+    c = MiraklConnectClient(auth=StaticToken("t"), base_url="http://127.0.0.1:9")
+    c.record_poll("a1", seconds_ago=-3600.0)  # a clock far ahead: "just read"
+    assert c.poll_ready_in("a1") == pytest.approx(60.0)
+    await c.close()
+
+
+async def test_a_refused_connection_is_not_a_read(clock: FakeClock) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    async with MiraklConnectClient(auth=StaticToken("t"), base_url=url,
+                                   retry=RetryPolicy(max_attempts=3, base_delay=0.01)) as c:
+        with pytest.raises(ConnectError):
+            await c.get_action_status("a1")
+        assert c.poll_ready_in("a1") == 0.0
+    # No 60 s waits between the attempts: only the backoff's small delays.
+    assert all(delay < 1.0 for delay in clock.sleeps)
+
+
+async def test_retry_log_states_the_real_wait(clock: FakeClock,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    reads: list[tuple[str, float]] = []
+    async with serve(status_app(reads, clock, fail_first=1)) as url, MiraklConnectClient(
+            auth=StaticToken("t"), base_url=url, retry=RetryPolicy(base_delay=0.01)) as c:
+        with caplog.at_level(logging.INFO, logger="mirakl_cancel"):
+            await c.get_action_status("a1")
+    assert reads[1][1] - reads[0][1] >= 60.0
+    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert retries and "in 60.00s" in retries[0], retries
+
+
+async def test_a_read_that_cannot_wait_within_max_time_gives_up(clock: FakeClock) -> None:
+    reads: list[tuple[str, float]] = []
+    async with serve(status_app(reads, clock, fail_first=5)) as url, MiraklConnectClient(
+            auth=StaticToken("t"), base_url=url, retry=RetryPolicy(max_time=30.0)) as c:
+        with pytest.raises(ServerError):
+            await c.get_action_status("a1")
+    assert len(reads) == 1  # the guard's 60 s wait does not fit in 30 s: no silent wait
+
+
+async def test_tracker_sees_reads_of_another_client(clock: FakeClock) -> None:
+    reads: list[tuple[str, float]] = []
+    async with serve(status_app(reads)) as url:
+        direct = MiraklConnectClient(auth=StaticToken("t"), base_url=url)
+        tracked = MiraklConnectClient(auth=StaticToken("t"), base_url=url)
+        async with direct, tracked:
+            direct.record_poll("a1")
+            policy = PollPolicy(first_delay=0.0)
+            async with ActionTracker(tracked, policy) as tracker:
+                tracker.add("a1")
+                tracker.add("a2")
+                for _ in range(3000):
+                    if reads:
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.05)
+                # a2 is read at once; a1 is held back by the other client's read.
+                assert [action for action, _ in reads] == ["a2"]
+                await tracker.close(drain=False)
+
+
+def test_status_client_protocol_needs_no_transport() -> None:
+    class Fake:
+        min_poll_interval = 0.0
+
+        def poll_ready_in(self, action_id: str) -> float:
+            return 0.0
+
+        def record_poll(self, action_id: str, seconds_ago: float = 0.0) -> None:
+            pass
+
+        async def get_action_status(self, action_id: str, *, retry: bool = True) -> Any:
+            raise NotImplementedError
+
+    ActionTracker(Fake())  # no `transport` attribute is needed
