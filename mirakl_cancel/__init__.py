@@ -22,7 +22,7 @@ from ._hooks import (
     UncertainEvent,
 )
 from ._pgstore import PostgresStore
-from ._transport import RetryPolicy, Timeout, TransportStats
+from ._transport import Limits, RetryPolicy, Timeout, TransportStats
 from ._version import __version__
 from .auth import Auth, ClientCredentials, StaticToken
 from .batching import CancelBatcher, CancelOutcome, LineCancel, group_by_order
@@ -93,6 +93,7 @@ __all__ = [
     "ConnectError",
     "ErrorItem",
     "Hooks",
+    "Limits",
     "LineCancel",
     "MiraklConnectClient",
     "MiraklError",

@@ -41,6 +41,17 @@ DEFAULT_RETRY_BASE_DELAY = 0.5
 DEFAULT_RETRY_MAX_DELAY = 30.0
 #: A Retry-After longer than this surfaces as RateLimitError rather than a silent sleep.
 DEFAULT_MAX_RETRY_AFTER = 300.0
+#: One attempt as a whole, connecting to last byte: a trickling server cannot stretch it.
+DEFAULT_ANSWER_TIMEOUT = 60.0
+
+# --- Bounds on answers (Limits) -----------------------------------------------------------
+
+#: An answer's body, after decompression; a 100-order page is well under 1 MiB.
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+#: JSON nesting, checked before decoding; the API's documents nest fewer than 10 levels.
+DEFAULT_MAX_JSON_DEPTH = 64
+#: A token answer is a few hundred bytes: more than this is not one.
+MAX_TOKEN_ANSWER_BYTES = 64 * 1024
 
 # --- Tokens (ClientCredentials) ---------------------------------------------------------
 
@@ -49,6 +60,11 @@ TOKEN_REFRESH_MARGIN = 60.0
 TOKEN_REQUEST_TIMEOUT = 30.0
 #: The lifetime assumed when a token answer has no usable `expires_in` (OAuth2's common one).
 DEFAULT_TOKEN_LIFETIME = 3600.0
+#: A stated `expires_in` is kept within these bounds: a negative or zero one must not make
+#: every request fetch a token (a 401 still renews one that really expired), and an
+#: absurd one must not overflow or keep a token for ever.
+MIN_TOKEN_LIFETIME = 1.0
+MAX_TOKEN_LIFETIME = 86400.0
 
 # --- Tracking (PollPolicy, ActionTracker) -----------------------------------------------
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from datetime import datetime, timezone
 from typing import Protocol
 
 import attrs
 
-from .errors import MiraklError
+from .errors import MiraklError, UncertainDeliveryError
 from .models import ActionAccepted, CancelRequest
 
 __all__ = ["CancelOutcome", "Canceller", "send_many", "send_one"]
@@ -30,7 +30,8 @@ class Canceller(Protocol):
     @property
     def max_concurrency(self) -> int: ...
 
-    async def cancel(self, request: CancelRequest) -> ActionAccepted: ...
+    async def cancel(self, request: CancelRequest, *,
+                     on_send: Callable[[], None] | None = None) -> ActionAccepted: ...
 
 
 @attrs.frozen
@@ -51,16 +52,35 @@ class CancelOutcome:
 
 
 async def send_one(client: Canceller, request: CancelRequest) -> CancelOutcome:
-    """Send one request and turn any failure into an outcome."""
+    """Send one request and turn any failure into an outcome.
+
+    An unexpected failure (not a MiraklError) once the cancel may have left is
+    UNCERTAIN (`UncertainDeliveryError`), never a plain error: a caller, or a re-run,
+    would feel free to send a plain error again, and cancel twice.
+    """
     sent_at = datetime.now(timezone.utc)
+    left = False
+
+    def on_send() -> None:
+        nonlocal left
+        left = True
+
     try:
-        return CancelOutcome(request, accepted=await client.cancel(request), sent_at=sent_at)
+        accepted = await client.cancel(request, on_send=on_send)
+        return CancelOutcome(request, accepted=accepted, sent_at=sent_at)
     except MiraklError as exc:
         return CancelOutcome(request, error=exc, sent_at=sent_at)
     except (asyncio.CancelledError, KeyboardInterrupt):
         raise
     except Exception as exc:  # a bug must not lose the other requests' outcomes
-        error = MiraklError(f"unexpected {type(exc).__name__}: {exc}")
+        error: MiraklError
+        if left:
+            error = UncertainDeliveryError(
+                f"the cancel of order {request.order_id} may have been processed, then "
+                f"failed unexpectedly ({type(exc).__name__}): check it before resending",
+                order_id=request.order_id)
+        else:
+            error = MiraklError(f"unexpected {type(exc).__name__} before sending: {exc}")
         error.__cause__ = exc
         return CancelOutcome(request, error=error, sent_at=sent_at)
 

@@ -13,12 +13,16 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
+from ._constants import DEFAULT_MAX_JSON_DEPTH
+
+if TYPE_CHECKING:
+    import aiohttp
 from .errors import ErrorItem, ValidationError, ValidationIssue
 from .models import (
     ActionAccepted,
@@ -39,7 +43,10 @@ from .models import (
 )
 
 __all__ = [
+    "AnswerTooLarge",
+    "JSONDepthError",
     "cancelation_json",
+    "check_json_depth",
     "converter",
     "dumps",
     "loads",
@@ -48,6 +55,7 @@ __all__ = [
     "parse_datetime",
     "parse_error_body",
     "parse_orders_page",
+    "read_bounded",
     "request_body",
     "structure_cancelation",
     "structure_request",
@@ -149,12 +157,78 @@ def dumps(value: object) -> str:
 #: One decoder for every call: `json.loads(..., parse_float=...)` builds a new one each time.
 _DECODER = json.JSONDecoder(parse_float=Decimal)
 
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_INNERMOST = re.compile(r"\[\]|\{\}")
 
-def loads(text: str | bytes) -> Any:
-    """Parse JSON, reading non-integer numbers as Decimal so money stays exact."""
+
+class JSONDepthError(ValueError):
+    """A JSON document nests deeper than allowed (refused before decoding it)."""
+
+
+def check_json_depth(text: str, max_depth: int) -> None:
+    """Refuse `text` if its arrays and objects nest deeper than `max_depth`.
+
+    Done before decoding because the decoder recurses once per level: 100,000 nested
+    brackets would raise RecursionError (or, in a thread with a small stack, worse).
+    Every step is a C-level pass: strings are dropped (escaped backslashes, then escaped
+    quotes, then every other quote-delimited piece: their brackets do not count), then
+    everything but brackets, then each pass strips the innermost pairs, so a document of
+    depth d is empty after d passes. Malformed text is left to the decoder.
+    """
+    if text.count("[") + text.count("{") <= max_depth:
+        return  # the common case: too few brackets to nest that deep
+    outside = "".join(text.replace("\\\\", "").replace('\\"', "").split('"')[::2])
+    brackets = _NOT_BRACKET.sub("", outside)
+    for _ in range(max_depth):
+        if not brackets:
+            return
+        reduced = _INNERMOST.sub("", brackets)
+        if reduced == brackets:
+            return  # unbalanced: not JSON, the decoder will say so
+        brackets = reduced
+    if _INNERMOST.search(brackets):
+        raise JSONDepthError(f"JSON nested deeper than {max_depth} levels")
+
+
+class AnswerTooLarge(Exception):
+    """An answer's body broke its size limit (`Limits.max_body_bytes`, or the token
+    answer's): internal, mapped to a public error by whoever read it."""
+
+
+async def read_bounded(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """The body of `response`, decompressed, refusing more than `max_bytes` of it.
+
+    Read chunk by chunk as it arrives (never `read()` unbounded): the memory an answer
+    costs is bounded by the limit, whatever the server declares or sends.
+    """
+    declared = response.content_length
+    if declared is not None and declared > max_bytes:
+        raise AnswerTooLarge(f"the answer declares {declared} bytes, more than the "
+                             f"{max_bytes} allowed")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > max_bytes:
+            raise AnswerTooLarge(f"the answer is larger than the {max_bytes} bytes allowed")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def loads(text: str | bytes, *, max_depth: int | None = DEFAULT_MAX_JSON_DEPTH) -> Any:
+    """Parse JSON, reading non-integer numbers as Decimal so money stays exact.
+
+    Only ValueError leaves (JSONDecodeError, UnicodeDecodeError, JSONDepthError, a
+    too-long integer): never RecursionError, whatever the input.
+    """
     if isinstance(text, (bytes, bytearray)):
         text = text.decode(json.detect_encoding(text), "surrogatepass")  # as json.loads does
-    return _DECODER.decode(text)
+    if max_depth is not None:
+        check_json_depth(text, max_depth)
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        raise JSONDepthError("JSON nested too deeply to decode") from None
 
 
 # --- responses ------------------------------------------------------------------------

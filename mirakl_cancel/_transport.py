@@ -23,8 +23,11 @@ from yarl import URL
 
 from ._constants import (
     API_MIN_INTERVAL,
+    DEFAULT_ANSWER_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_JSON_DEPTH,
     DEFAULT_MAX_RETRY_AFTER,
     DEFAULT_READ_TIMEOUT,
     DEFAULT_RETRY_BASE_DELAY,
@@ -35,7 +38,7 @@ from ._constants import (
 from ._hooks import Call, Hooks, RateLimitEvent, RequestEvent, ResponseEvent, RetryEvent
 from ._pacing import FleetPacing
 from ._pollguard import PollGuard, shared_reads
-from ._serde import loads, parse_error_body
+from ._serde import AnswerTooLarge, loads, parse_error_body, read_bounded
 from ._urls import check_base_url, encode_segment
 from .auth import Auth, credential_identity
 from .errors import (
@@ -48,7 +51,7 @@ from .errors import (
     api_error_class,
 )
 
-__all__ = ["Response", "RetryPolicy", "Timeout", "Transport", "TransportStats"]
+__all__ = ["Limits", "Response", "RetryPolicy", "Timeout", "Transport", "TransportStats"]
 
 logger = logging.getLogger("mirakl_cancel")
 
@@ -80,16 +83,52 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(max_attempts=1)
 
 
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+            or not math.isfinite(value):
+        raise ValueError(f"{attribute.name} must be a finite number > 0, not {value!r}")
+
+
 @attrs.frozen
 class Timeout:
-    """Connect and read timeouts, in seconds.
+    """Connect, read and whole-answer timeouts, in seconds.
 
-    There is deliberately no total timeout: a request waiting for a free slot under the
-    concurrency limit or the rate limit has not been sent, so it must not time out.
+    `read` bounds each wait for data; `answer` bounds one attempt as a whole, from the
+    moment it starts connecting to the last byte of the answer, so a server trickling
+    one byte per second cannot stretch a request past it. Time spent waiting for a
+    free slot under the concurrency limit or the rate limit is not counted: such a
+    request has not been sent, so it must not time out.
     """
 
-    connect: float = DEFAULT_CONNECT_TIMEOUT
-    read: float = DEFAULT_READ_TIMEOUT
+    connect: float = attrs.field(default=DEFAULT_CONNECT_TIMEOUT, validator=_positive)
+    read: float = attrs.field(default=DEFAULT_READ_TIMEOUT, validator=_positive)
+    answer: float = attrs.field(default=DEFAULT_ANSWER_TIMEOUT, validator=_positive)
+
+
+def _positive_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name} must be an integer >= 1, not {value!r}")
+
+
+@attrs.frozen
+class Limits:
+    """How much of an answer the client accepts before giving up on it.
+
+    `max_body_bytes` caps an answer's body as read, after decompression (so a gzip
+    bomb stops there too); a Content-Length above it is refused before reading.
+    `max_json_depth` caps nesting, checked before decoding. The defaults are far above
+    anything Mirakl Connect sends (a 100-order page is well under 1 MiB, nesting under
+    10). A cancel whose answer breaks a bound may have been processed: it raises
+    `UncertainDeliveryError`; a read raises `ServerError`.
+    """
+
+    max_body_bytes: int = attrs.field(default=DEFAULT_MAX_BODY_BYTES, validator=_positive_int)
+    max_json_depth: int = attrs.field(default=DEFAULT_MAX_JSON_DEPTH, validator=_positive_int)
+
+
+DEFAULT_LIMITS = Limits()
+
+
 
 
 @attrs.define
@@ -161,6 +200,7 @@ class Transport:
         session: aiohttp.ClientSession | None,
         min_poll_interval: float = API_MIN_INTERVAL,
         hooks: Hooks | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -171,14 +211,18 @@ class Transport:
         self.auth = auth
         self.retry = retry
         self.timeout = timeout
+        self.limits = limits
         self.max_concurrency = max_concurrency
         self.rate_limit = rate_limit
         self.stats = TransportStats()
         self._session = session
         self._owns_session = session is None
         self._semaphore = asyncio.Semaphore(max_concurrency)
+        # aiohttp's total covers connecting, sending and reading the whole body; it
+        # starts after our own waits (concurrency, rate limit, token), so those never
+        # count. A timeout while connecting is ConnectionTimeoutError: not sent.
         self._client_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=timeout.connect, sock_read=timeout.read)
+            total=timeout.answer, sock_connect=timeout.connect, sock_read=timeout.read)
         self._paused_until = 0.0
         self._next_slot = 0.0
         #: Spacing of reads of one action (the API's once-a-minute ceiling), shared by
@@ -392,33 +436,46 @@ class Transport:
                 call.attempts += 1
                 self.hooks.emit("request", RequestEvent(call, call.attempts))
                 sent = time.monotonic()
+            failure: Exception | None = None
+            status = 0
             try:
                 async with session.request(
                     method, url, data=body, params=params, headers=headers,
                     timeout=self._client_timeout, allow_redirects=False,
                 ) as response:
                     status = response.status
-                    raw = await response.read()
+                    try:
+                        raw = await read_bounded(response, self.limits.max_body_bytes)
+                    except AnswerTooLarge:
+                        response.close()  # do not drain the rest into a pooled connection
+                        raise
                     # Headers matter only for an error answer: skip parsing them otherwise.
                     failed = status not in expected
                     retry_after_header = response.headers.get("Retry-After") if failed else None
                     content_type = response.content_type if failed else ""
             except asyncio.CancelledError:
                 raise
+            except AnswerTooLarge as exc:
+                failure = self._unreadable(ServerError(status, None, str(exc)), method, url,
+                                           idempotent)
             except Exception as exc:
                 if call is not None:
                     self.hooks.emit("response", ResponseEvent(
                         call, call.attempts, None, time.monotonic() - sent, type(exc).__name__))
-                raise self._map_failure(exc, method, url, idempotent) from None
+                failure = self._map_failure(exc, method, url, idempotent)
+            if failure is not None:
+                # Raised outside the except block: aiohttp's exception (whose request
+                # info holds our Authorization header) must not become its __context__.
+                raise failure
         if call is not None:
             call.status = status
             self.hooks.emit("response", ResponseEvent(
                 call, call.attempts, status, time.monotonic() - sent))
         if status in expected:
             try:
-                return Response(status, loads(raw) if raw else None)
-            except ValueError:
-                unreadable = ServerError(status, None, "answer is not valid JSON",
+                return Response(status, self._loads(raw) if raw else None)
+            except ValueError as exc:
+                unreadable = ServerError(status, None, f"answer is not valid JSON: {exc}",
                                          body=_snippet(raw))
             if idempotent:
                 raise unreadable
@@ -427,7 +484,8 @@ class Transport:
             raise UncertainDeliveryError(
                 f"{method} {url.path} answered {status} with an unreadable body: it was "
                 "processed, but its result is unknown") from unreadable
-        error = _api_error(status, raw, content_type, retry_after_header)
+        error = _api_error(status, raw, content_type, retry_after_header,
+                           self.limits.max_json_depth)
         if 200 <= status < 300 and not idempotent:
             # A success status we did not expect still means the request was processed.
             self.stats.uncertain += 1
@@ -448,6 +506,24 @@ class Transport:
                 raise _Retry(error, error.retry_after)
             raise self._uncertain(error, method, url)
         raise error
+
+    def _loads(self, raw: bytes) -> Any:
+        return loads(raw, max_depth=self.limits.max_json_depth)
+
+    def _unreadable(self, error: ServerError, method: str, url: URL,
+                    idempotent: bool) -> Exception:
+        """An answer that broke a bound: an error for a read, UNCERTAIN for a cancel
+        (whatever its status said, the cancel reached the server)."""
+        if idempotent:
+            return error
+        self.stats.uncertain += 1
+        logger.warning("%s %s: %s; it may have been processed and will not be sent again",
+                       method, url.path, error.message)
+        uncertain = UncertainDeliveryError(
+            f"{method} {url.path} may have been processed: its answer was refused "
+            f"({error.message})")
+        uncertain.__cause__ = error
+        return uncertain
 
     def _uncertain(self, error: Exception, method: str, url: URL) -> Exception:
         """A non-idempotent request may have been processed: surface it, or retry if opted in."""
@@ -513,12 +589,13 @@ def _snippet(raw: bytes, limit: int = 2000) -> str:
 
 
 def _api_error(status: int, raw: bytes, content_type: str,
-               retry_after_header: str | None) -> ApiError:
+               retry_after_header: str | None,
+               max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> ApiError:
     """The public error for an error answer, useful even when its body is not JSON."""
     data: Any = None
     if raw:
         try:
-            data = loads(raw)
+            data = loads(raw, max_depth=max_depth)
         except ValueError:
             data = None
     parsed = parse_error_body(data)

@@ -18,16 +18,34 @@ from yarl import URL
 from ._constants import (
     DEFAULT_TOKEN_LIFETIME,
     DEFAULT_TOKEN_URL,
+    MAX_TOKEN_ANSWER_BYTES,
+    MAX_TOKEN_LIFETIME,
+    MIN_TOKEN_LIFETIME,
     TOKEN_REFRESH_MARGIN,
     TOKEN_REQUEST_TIMEOUT,
 )
-from ._serde import loads
+from ._serde import AnswerTooLarge, loads, read_bounded
 from ._urls import is_loopback_host
 from .errors import AuthenticationError, ServerError, TransportError, api_error_class
 
 __all__ = ["Auth", "ClientCredentials", "StaticToken", "credential_identity"]
 
 logger = logging.getLogger("mirakl_cancel")
+
+def token_lifetime(expires_in: object) -> float:
+    """Seconds a fetched token is used, from the answer's `expires_in` (default 1 h),
+    clamped to [MIN_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME]; unreadable values give 1 h."""
+    if isinstance(expires_in, bool):
+        return DEFAULT_TOKEN_LIFETIME
+    try:
+        lifetime = float(expires_in)  # type: ignore[arg-type]
+    except OverflowError:  # an integer too large for a float: "forever"
+        lifetime = MAX_TOKEN_LIFETIME
+    except (TypeError, ValueError):
+        return DEFAULT_TOKEN_LIFETIME
+    if lifetime != lifetime:  # NaN
+        return DEFAULT_TOKEN_LIFETIME
+    return min(max(lifetime, MIN_TOKEN_LIFETIME), MAX_TOKEN_LIFETIME)
 
 
 @runtime_checkable
@@ -65,6 +83,11 @@ class StaticToken:
         return "StaticToken(token='***')"
 
     __str__ = __repr__
+
+
+def _usable_token(token: str) -> bool:
+    return 0 < len(token) <= 16384 and token.isascii() and token.isprintable() \
+        and token.strip() == token
 
 
 def _digest(*parts: str) -> str:
@@ -177,6 +200,7 @@ class ClientCredentials:
         form = {"grant_type": "client_credentials", "client_id": self._client_id,
                 "client_secret": self._client_secret}
         logger.debug("requesting an access token from %s", self.token_url)
+        failure: str | None = None
         try:
             # No redirects: a 307/308 would post the secret again, to wherever it points.
             async with session.post(
@@ -184,13 +208,19 @@ class ClientCredentials:
                 timeout=aiohttp.ClientTimeout(total=self.timeout), allow_redirects=False,
             ) as response:
                 status = response.status
-                raw = await response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise TransportError(
-                f"token request to {self.token_url} failed: {type(exc).__name__}") from None
+                raw = await read_bounded(response, MAX_TOKEN_ANSWER_BYTES)
+        except AnswerTooLarge as exc:
+            failure = str(exc)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            failure = type(exc).__name__
+        if failure is not None:
+            # Raised outside the except block, so that no aiohttp exception (holding the
+            # request) stays in the chain as __context__.
+            raise TransportError(f"token request to {self.token_url} failed: {failure}")
         try:
             # Bytes, not text(): an undecodable body must be "no JSON", not a crash that
             # escapes the library's error tree (UnicodeDecodeError is a ValueError).
+            # loads() bounds the nesting too: deep JSON is "no JSON", not RecursionError.
             data = loads(raw) if raw else None
         except ValueError:
             data = None
@@ -204,9 +234,8 @@ class ClientCredentials:
             raise cls(status, code, message)
         if not isinstance(data, dict) or not isinstance(data.get("access_token"), str):
             raise ServerError(status, None, "token endpoint answered without an access_token")
-        expires_in = data.get("expires_in", DEFAULT_TOKEN_LIFETIME)
-        try:
-            lifetime = float(expires_in)
-        except (TypeError, ValueError):
-            lifetime = DEFAULT_TOKEN_LIFETIME
-        return data["access_token"], lifetime
+        if not _usable_token(data["access_token"]):
+            # It goes into a header: a control character or non-ASCII text would make
+            # every request fail before sending (or split the header).
+            raise ServerError(status, None, "token endpoint answered an unusable access_token")
+        return data["access_token"], token_lifetime(data.get("expires_in"))

@@ -33,7 +33,15 @@ from ._serde import (
     request_body,
     structure_request,
 )
-from ._transport import NO_RETRY, RetryPolicy, Timeout, Transport, TransportStats
+from ._transport import (
+    DEFAULT_LIMITS,
+    NO_RETRY,
+    Limits,
+    RetryPolicy,
+    Timeout,
+    Transport,
+    TransportStats,
+)
 from ._urls import is_loopback_url
 from .auth import Auth, credential_identity
 from .errors import ServerError, UncertainDeliveryError, ValidationError, ValidationIssue
@@ -79,12 +87,14 @@ class MiraklConnectClient:
         min_list_interval: float = API_MIN_INTERVAL,
         hooks: Hooks | None = None,
         store: SharedStore | None = None,
+        limits: Limits | None = None,
     ) -> None:
         if not isinstance(auth, Auth):
             raise TypeError("auth must be StaticToken(...) or ClientCredentials(...)")
         if isinstance(timeout, (int, float)):
-            timeout = Timeout(connect=min(float(timeout), DEFAULT_CONNECT_TIMEOUT),
-                              read=float(timeout))
+            seconds = float(timeout)
+            timeout = Timeout(connect=min(seconds, DEFAULT_CONNECT_TIMEOUT), read=seconds,
+                              answer=max(seconds, Timeout().answer))
         self._transport = Transport(
             base_url=base_url,
             auth=auth,
@@ -95,6 +105,7 @@ class MiraklConnectClient:
             session=session,
             min_poll_interval=min_poll_interval,
             hooks=hooks,
+            limits=limits or DEFAULT_LIMITS,
         )
         check_min_intervals(base_url, min_poll_interval, min_list_interval)
         self.base_url = base_url.rstrip("/")
@@ -215,7 +226,7 @@ class MiraklConnectClient:
             raise
         try:
             return parse_action_accepted(response.data, request.order_id)
-        except ValueError as exc:
+        except Exception as exc:  # whatever broke, the cancel was processed
             # Accepted, but we cannot tell which action: as uncertain as a lost answer.
             raise UncertainDeliveryError(
                 f"cancel of order {request.order_id} answered {response.status} without a "

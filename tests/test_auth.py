@@ -225,7 +225,8 @@ async def test_one_token_request_for_50_concurrent_api_calls(mocked: aioresponse
 
 @pytest.mark.parametrize(("expires_in", "renew_after"),
                          [(3599, 3539.0), (100, 90.0), ("120", 108.0), (None, 3540.0),
-                          ("soon", 3540.0), (0, 0.0)])
+                          ("soon", 3540.0), (0, 0.9), (-5, 0.9), (10**400, 86340.0),
+                          ("1e400", 86340.0), ("nan", 3540.0), (True, 3540.0)])
 async def test_token_refreshed_before_expiry(
         mocked: aioresponses, session: aiohttp.ClientSession, monotonic: Monotonic,
         expires_in: object, renew_after: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -47,7 +48,7 @@ class FakeClient:
         self.sent: list[CancelRequest] = []
         self.refuse: set[str] = set()
 
-    async def cancel(self, request: CancelRequest) -> ActionAccepted:
+    async def cancel(self, request: CancelRequest, *, on_send: Any = None) -> ActionAccepted:
         self.sent.append(request)
         await asyncio.sleep(self.delay)
         if request.order_id in self.refuse:
@@ -195,7 +196,7 @@ async def test_stopping_cancel_many_early_names_the_cancels_in_flight(
     class Slow:
         max_concurrency = 2
 
-        async def cancel(self, request: CancelRequest) -> ActionAccepted:
+        async def cancel(self, request: CancelRequest, *, on_send: Any = None) -> ActionAccepted:
             if request.order_id == "FAST":
                 return ActionAccepted("a-1", request.order_id)
             started.set()

@@ -79,7 +79,7 @@ class FakeClient:
     def record_poll(self, action_id: str, seconds_ago: float = 0.0) -> None:
         self.guard.record(action_id, time.monotonic() - max(0.0, seconds_ago))
 
-    async def cancel(self, request: CancelRequest) -> ActionAccepted:
+    async def cancel(self, request: CancelRequest, *, on_send: Any = None) -> ActionAccepted:
         order_id = request.order_id
         await asyncio.sleep(self.post_delay.get(order_id, 0.0))
         self.events.append(("post", order_id))

@@ -39,6 +39,7 @@ EXPECTED = [
     "ConnectError",
     "ErrorItem",
     "Hooks",
+    "Limits",
     "LineCancel",
     "MiraklConnectClient",
     "MiraklError",

@@ -156,3 +156,20 @@ def test_status_client_protocol_needs_no_transport() -> None:
             raise NotImplementedError
 
     ActionTracker(Fake())  # no `transport` attribute is needed
+
+
+async def test_reads_are_spaced_from_the_end_of_the_previous_one(clock: FakeClock) -> None:
+    starts: list[float] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        starts.append(clock.now)
+        clock.now += 10.0  # this answer takes 10 (virtual) seconds
+        return web.json_response(STATUS)
+
+    app = web.Application()
+    app.router.add_get("/v2/orders/actions/{id}", slow)
+    async with serve(app) as url, MiraklConnectClient(auth=StaticToken("t"), base_url=url) as c:
+        await c.get_action_status("a1")
+        assert c.poll_ready_in("a1") == pytest.approx(60.0)
+        await c.get_action_status("a1")
+    assert starts[1] - starts[0] >= 70.0
