@@ -11,15 +11,14 @@ import asyncio
 import math
 import time
 from collections import Counter
-from decimal import Decimal
+
+import builders
 
 from mirakl_cancel import (
     BadRequestError,
-    Cancelation,
     CancelReason,
     CancelRequest,
     MiraklConnectClient,
-    Money,
     NotFoundError,
     RetryPolicy,
     StaticToken,
@@ -53,12 +52,10 @@ def client_for(sim: Simulator, **overrides: object) -> MiraklConnectClient:
 def cancel_all(order: SimOrder, *, excess: bool = False) -> CancelRequest:
     """One unit of every line; with `excess`, one unit more than the first line has."""
     cancelations = [
-        Cancelation(quantity=line.quantity + 1 if excess and i == 0 else 1,
-                    reason=CancelReason.CUSTOMER_CANCELATION,
-                    price=Money(line.price, line.currency),
-                    shipping_price=Money(Decimal("0"), line.currency),
-                    order_line_id=line.id)
-        for i, line in enumerate(order.lines)]
+        builders.line(sim_line.id, sim_line.quantity + 1 if excess and i == 0 else 1,
+                      price=sim_line.price, currency=sim_line.currency,
+                      reason=CancelReason.CUSTOMER_CANCELATION)
+        for i, sim_line in enumerate(order.lines)]
     return CancelRequest(order.id, cancelations)
 
 

@@ -7,6 +7,7 @@ import logging
 from decimal import Decimal
 from typing import Any
 
+import builders
 import pytest
 
 from mirakl_cancel import (
@@ -16,12 +17,9 @@ from mirakl_cancel import (
     Call,
     CallEndEvent,
     CallOutcome,
-    Cancelation,
-    CancelReason,
     CancelRequest,
     Hooks,
     MiraklConnectClient,
-    Money,
     Observer,
     PollEvent,
     PollPolicy,
@@ -91,10 +89,8 @@ def order(order_id: str = "0001_H-A") -> SimOrder:
 
 
 def request_for(sim_order: SimOrder) -> CancelRequest:
-    line = sim_order.lines[0]
-    return CancelRequest(sim_order.id, [Cancelation(
-        order_line_id=line.id, quantity=1, reason=CancelReason.OUT_OF_STOCK,
-        price=Money(line.price, "EUR"), shipping_price=Money(Decimal("0"), "EUR"))])
+    first = sim_order.lines[0]
+    return CancelRequest(sim_order.id, [builders.line(first.id, price=first.price)])
 
 
 def client_for(sim: Simulator, hooks: Hooks | None = None) -> MiraklConnectClient:
