@@ -42,13 +42,20 @@ class Sizes:
     rate_limit_requests: int = 2_000
     batching_lines: int = 10_000
     batching_orders: int = 2_000
+    journal_requests: int = 1_500
+    journal_requests_large: int = 5_000
+    journal_rounds: int = 2
+    big_rows: int = 1_000_000
+    big_run_seconds: float = 10.0
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(overhead_requests=300, overhead_rounds=1, latency_requests=320,
                    latency_rounds=1, tracker_actions=2_000, tracker_dispatch=500,
                    polling_actions=20, polling_scale=0.001, rate_limit_requests=150,
-                   batching_lines=500, batching_orders=100)
+                   batching_lines=500, batching_orders=100, journal_requests=60,
+                   journal_requests_large=120, journal_rounds=1, big_rows=5_000,
+                   big_run_seconds=1.0)
 
 
 @dataclass

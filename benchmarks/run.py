@@ -2,6 +2,7 @@
 
     python -m benchmarks            # the full run (a few minutes on 2 cores)
     python -m benchmarks --quick    # tiny sizes, for a smoke test (seconds)
+    python -m benchmarks --big      # also figure 9: a 1,000,000-row file (minutes)
 
 The table goes between the `<!-- results:start -->` and `<!-- results:end -->` markers
 of the output file (`--output`, default `benchmarks/README.md`); the rest of the file
@@ -24,7 +25,15 @@ from pathlib import Path
 
 import aiohttp
 
-from . import fig_batching, fig_latency, fig_overhead, fig_polling, fig_ratelimit, fig_tracker
+from . import (
+    fig_batching,
+    fig_journal,
+    fig_latency,
+    fig_overhead,
+    fig_polling,
+    fig_ratelimit,
+    fig_tracker,
+)
 from ._clients import httpx_available
 from ._common import Figure, Sizes
 
@@ -41,7 +50,12 @@ FIGURES: dict[int, tuple[str, Callable[[Sizes], Awaitable[Figure]]]] = {
     4: ("Polling economy", fig_polling.run),
     5: ("Goodput under a server rate limit", fig_ratelimit.run),
     6: ("Batching", fig_batching.run),
+    7: ("Journaled job on a slow disk", fig_journal.run_slowdisk),
+    8: ("Journaled CLI job vs the library", fig_journal.run_overhead),
+    9: ("A 1,000,000-row file", fig_journal.run_big),
 }
+#: Figures run only when asked for (`--big`, or `--only`): they take minutes.
+BIG = (9,)
 
 
 def machine() -> dict[str, str]:
@@ -134,9 +148,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                         help="markdown file to write the table into (default: %(default)s)")
     parser.add_argument("--only", type=lambda s: [int(x) for x in s.split(",")],
-                        default=sorted(FIGURES), metavar="N[,N...]",
-                        help="run only these figures (default: all)")
+                        default=None, metavar="N[,N...]",
+                        help="run only these figures (default: all but --big's)")
+    parser.add_argument("--big", action="store_true",
+                        help="also figure 9: a 1,000,000-row file (several minutes)")
     args = parser.parse_args(argv)
+    if args.only is None:
+        args.only = [n for n in sorted(FIGURES) if n not in BIG or args.big]
     unknown = set(args.only) - set(FIGURES)
     if unknown:
         parser.error(f"unknown figure(s): {sorted(unknown)}")

@@ -87,7 +87,14 @@ from .errors import (
     UncertainDeliveryError,
 )
 from .journal import Journal, PlanStaging, SqliteStore
-from .models import ActionAccepted, ActionStatus, Cancelation, CancelRequest
+from .models import (
+    ActionAccepted,
+    ActionStatus,
+    Cancelation,
+    CancelReason,
+    CancelRequest,
+    Money,
+)
 from .reconcile import ReconcilePolicy, SentCancel, Verdict, reconcile
 from .tracker import ActionTracker, PollPolicy, TrackedResult
 
@@ -250,6 +257,15 @@ def outcome_for_send_error(request: CancelRequest, error: MiraklError) -> tuple[
     return result.outcome.value, result.error_texts()
 
 
+#: The request an accepted cancel's tracking result is judged with in the job. bulk's
+#: rules decide from the tracking result alone (the request is only carried into the
+#: CancelResult), so the job need not read back and parse each request's body for it.
+_CARRIED = CancelRequest("-", [Cancelation(quantity=0, reason=CancelReason.OUT_OF_STOCK,
+                                           price=Money(Decimal(0), "EUR"),
+                                           shipping_price=Money(Decimal(0), "EUR"),
+                                           order_line_id="-")])
+
+
 def outcome_for_tracking(request: CancelRequest, action_id: str,
                          tracked: TrackedResult) -> tuple[str, list[str]]:
     """Outcome of an accepted cancel once tracking ended (bulk's rules)."""
@@ -335,8 +351,7 @@ class _Run:
 
     async def _record_tracked(self, key: str, result: TrackedResult) -> None:
         try:
-            request = self._cancel_request(await self.store.request(key))
-            outcome, errors = outcome_for_tracking(request, result.action_id, result)
+            outcome, errors = outcome_for_tracking(_CARRIED, result.action_id, result)
             status = result.status.raw_status if result.status else None
             if result.status is not None or isinstance(result.error, NotFoundError):
                 await self.store.mark_done(key, outcome, status=status, errors=errors)

@@ -1,4 +1,5 @@
-"""The benchmark command runs end to end on tiny sizes and writes all six figures.
+"""The benchmark command runs end to end on tiny sizes and writes its figures (1-8;
+figure 9, the million-row file, runs only with `--big`).
 
 Timings are never asserted: this only proves that `python -m benchmarks --quick`
 works (servers start, every figure runs, every subprocess ends) and fills the table.
@@ -19,7 +20,7 @@ def test_quick_benchmark_writes_all_figures(tmp_path: Path) -> None:
                       "<!-- results:end -->\n\nafter\n", encoding="utf-8")
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--output", str(output)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
     assert completed.returncode == 0, completed.stderr[-3000:]
     text = output.read_text(encoding="utf-8")
     assert text.startswith("# Results\n\nintro\n") and text.endswith("\nafter\n")
@@ -27,8 +28,8 @@ def test_quick_benchmark_writes_all_figures(tmp_path: Path) -> None:
     assert "PREVIOUS-RESULTS" not in block
     summary = [line for line in block.splitlines() if line.startswith("| ")]
     numbers = {line.split("|")[1].strip() for line in summary}
-    assert {"1", "2", "3", "4", "5", "6"} <= numbers
-    for number in range(1, 7):
+    assert {"1", "2", "3", "4", "5", "6", "7", "8"} <= numbers and "9" not in numbers
+    for number in range(1, 9):
         assert f"#### {number}. " in block
     assert "error:" not in block
     assert "aiohttp" in block and "cores" in block

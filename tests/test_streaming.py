@@ -195,3 +195,26 @@ def test_the_journal_is_compact(tmp_path: Path) -> None:
     assert size / 5_000 < 120  # bytes per row, before sending (issue: <= 250 after a run)
     with Journal.open(tmp_path / "in.csv.journal.sqlite") as reopened:
         assert len(reopened.rows()) == 5_000
+
+
+def test_the_fast_cancelation_writer_matches_the_generic_one() -> None:
+    from decimal import Decimal
+
+    from mirakl_cancel import Cancelation, CancelReason, Money, Tax
+    from mirakl_cancel._serde import converter, dumps
+
+    rnd = random.Random(3)
+    for _ in range(500):
+        currency = rnd.choice(["EUR", "USD"])
+
+        def money(currency: str = currency) -> Money:
+            return Money(Decimal(rnd.choice(["0", "1.5", "12.340", "0.01", "1E+2", "7"])),
+                         currency)
+
+        ids = rnd.choice([("L\u00e91", None), (None, "P\"9"), ("L2", "P2")])
+        cancelation = Cancelation(
+            quantity=rnd.randint(0, 5), reason=rnd.choice(list(CancelReason)), price=money(),
+            shipping_price=money(), order_line_id=ids[0], product_id=ids[1],
+            taxes=[Tax(rnd.choice(["VAT", "ECO"]), money()) for _ in range(rnd.randint(0, 2))],
+            shipping_taxes=[Tax("TVA", money()) for _ in range(rnd.randint(0, 1))])
+        assert cancelation_json(cancelation) == dumps(converter.unstructure(cancelation))

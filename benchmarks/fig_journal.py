@@ -1,0 +1,259 @@
+"""Figures 7-9 — the journaled CLI job: disk speed, its own cost, files of any size.
+
+Every run is a real `mirakl-cancel run` process (and, for the baseline, a process running
+the library's `cancel_and_track` on the same file) against the lean fixed-answer server.
+
+7. **A slow disk.** 1,500 requests answered after 20 ms, concurrency 16, on this
+   machine's disk and on a disk whose every flush (fsync/fdatasync) takes 10 ms longer:
+   an LD_PRELOAD shim (`_slowdisk.py`, compiled here) delays them in the job's process.
+8. **The journal's cost.** The same requests with no added latency: the journaled job
+   against the library alone, at two sizes, to show the ratio does not grow.
+9. **A million rows** (`--big` only): peak memory of `--dry-run` and of `run`, time to
+   the first POST, and the journal's size per row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ._common import Figure, Sizes, fmt_ratio
+from ._procs import REPO_ROOT, fetch_json, fixed_server
+from ._slowdisk import SlowDisk
+
+__all__ = ["run_big", "run_overhead", "run_slowdisk", "write_input"]
+
+TOKEN = "bench-token"
+POLL = "0.2"  # seconds between reads of one action (allowed against a loopback server)
+
+_LIBRARY = """
+import asyncio, sys
+from pathlib import Path
+from mirakl_cancel import MiraklConnectClient, StaticToken, cancel_and_track
+from mirakl_cancel._input import read_input
+from mirakl_cancel.batching import group_by_order
+from mirakl_cancel.tracker import PollPolicy
+
+async def main(base, path, concurrency, poll):
+    parsed = read_input(Path(path))
+    requests = group_by_order((r.order_id, r.cancelation) for r in parsed.rows)
+    policy = PollPolicy(min_interval=poll, interval=poll, first_delay=poll)
+    done = 0
+    async with MiraklConnectClient(auth=StaticToken("t"), base_url=base,
+                                   max_concurrency=concurrency,
+                                   min_poll_interval=poll) as client:
+        async for result in cancel_and_track(client, requests, policy):
+            done += result.outcome.value == "SUCCEEDED"
+    assert done == len(requests), (done, len(requests))
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))
+"""
+
+
+def write_input(path: Path, rows: int, *, lines_per_order: tuple[int, int] = (1, 1),
+                seed: int = 14) -> int:
+    """A CSV of `rows` lines, `lines_per_order` lines per order; returns the orders."""
+    rnd = random.Random(seed)
+    orders = 0
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["order_id", "order_line_id", "quantity", "reason", "price_amount",
+                         "price_currency", "shipping_amount"])
+        written = 0
+        while written < rows:
+            orders += 1
+            for line in range(rnd.randint(*lines_per_order)):
+                if written == rows:
+                    break
+                writer.writerow([f"O{orders:07d}", f"O{orders:07d}-{line + 1}",
+                                 rnd.randint(1, 3), "OUT_OF_STOCK",
+                                 f"{rnd.randint(100, 9999) / 100:.2f}", "EUR", "0"])
+                written += 1
+    return orders
+
+
+def _env(base: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRAKL_")}
+    env.update(MIRAKL_CONNECT_TOKEN=TOKEN, MIRAKL_CONNECT_BASE_URL=base)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", ""))
+                                        if p)
+    env.update(extra or {})
+    return env
+
+
+def _timed(args: list[str], env: dict[str, str]) -> tuple[float, int]:
+    """(wall seconds, peak RSS in MB) of a child process; it must succeed."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(args, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    errors = proc.stderr.read().decode("utf-8", "replace")
+    proc.stderr.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args[2:4]} exited {proc.returncode}: {errors[-1500:]}")
+    return wall, usage.ru_maxrss // 1024
+
+
+def _job(base: str, source: Path, concurrency: int, extra_env: dict[str, str] | None = None,
+         ) -> tuple[float, int]:
+    """(wall seconds, journal bytes) of a whole journaled job."""
+    journal = source.with_name(source.name + f".{time.monotonic_ns()}.journal.sqlite")
+    wall, _ = _timed([sys.executable, "-m", "mirakl_cancel.cli", "run", str(source), "-q",
+                      "--journal", str(journal), "--concurrency", str(concurrency),
+                      "--min-poll-interval", POLL, "--poll-interval", POLL,
+                      "--first-poll-delay", POLL], _env(base, extra_env))
+    size = journal.stat().st_size
+    for leftover in journal.parent.glob(journal.name + "*"):
+        leftover.unlink()
+    return wall, size
+
+
+def _library(base: str, source: Path, concurrency: int) -> float:
+    wall, _ = _timed([sys.executable, "-c", _LIBRARY, base, str(source), str(concurrency),
+                      POLL], _env(base))
+    return wall
+
+
+async def run_slowdisk(sizes: Sizes) -> Figure:
+    n, conc, latency, flush = sizes.journal_requests, 16, 0.020, 10.0
+    if not SlowDisk.available():
+        return Figure(number=7, title="Journaled job on a slow disk",
+                      result="skipped: no C compiler for the slow-disk shim", baseline="-",
+                      ratio="-", goal="≤ 1.50x", met=None)
+    rows: list[list[str]] = []
+    with tempfile.TemporaryDirectory(prefix="fig7-") as tmp, SlowDisk() as disk, \
+            fixed_server(latency=latency, impl="lean") as server:
+        base = f"http://127.0.0.1:{server.info['port']}"
+        source = Path(tmp) / "in.csv"
+        write_input(source, n)
+        fast: list[float] = []
+        slow: list[float] = []
+        counts = Path(tmp) / "flushes"
+        flushes = 0
+        for _ in range(sizes.journal_rounds):  # interleaved: both see the same load
+            fast.append(_job(base, source, conc, disk.env(0.0))[0])
+            slow.append(_job(base, source, conc, disk.env(flush, counts))[0])
+            flushes = int(counts.read_text() or 0)
+    fast_s, slow_s = min(fast), min(slow)
+    ratio = slow_s / fast_s
+    rows = [["this machine's disk", f"{fast_s:.2f} s", "1.00x"],
+            [f"every flush +{flush:.0f} ms (LD_PRELOAD shim)", f"{slow_s:.2f} s",
+             fmt_ratio(ratio)]]
+    return Figure(
+        number=7, title="Journaled job on a slow disk",
+        result=f"{slow_s:.2f} s with {flush:.0f} ms flushes",
+        baseline=f"{fast_s:.2f} s on this disk", ratio=fmt_ratio(ratio), goal="≤ 1.50x",
+        met=ratio <= 1.5, header=["disk", "wall (best of rounds)", "ratio"], rows=rows,
+        notes=[f"`mirakl-cancel run` of {n:,} one-line requests, concurrency {conc}, answers "
+               f"after {latency * 1000:.0f} ms (lean fixed server), status reads "
+               f"{POLL} s apart; {sizes.journal_rounds} interleaved round(s), best kept. "
+               f"The slow run made {flushes:,} flushes for {2 * n:,} guarding marks (group "
+               "commit: the marks of requests leaving together share one flush)."])
+
+
+async def run_overhead(sizes: Sizes) -> Figure:
+    conc = 16
+    rows: list[list[str]] = []
+    ratios: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="fig8-") as tmp, \
+            fixed_server(latency=0.0, impl="lean") as server:
+        base = f"http://127.0.0.1:{server.info['port']}"
+        for n in (sizes.journal_requests, sizes.journal_requests_large):
+            source = Path(tmp) / f"in-{n}.csv"
+            write_input(source, n)
+            jobs: list[float] = []
+            libs: list[float] = []
+            size = 0
+            for _ in range(sizes.journal_rounds):
+                wall, size = _job(base, source, conc)
+                jobs.append(wall)
+                libs.append(_library(base, source, conc))
+            job, lib = min(jobs), min(libs)
+            ratios.append(job / lib)
+            rows.append([f"{n:,}", f"{job:.2f} s", f"{lib:.2f} s", fmt_ratio(job / lib),
+                         f"{size / n:.0f} B"])
+    worst = max(ratios)
+    return Figure(
+        number=8, title="Journaled CLI job vs the library",
+        result=f"{rows[-1][1]} ({rows[-1][0]} requests)",
+        baseline=f"library `cancel_and_track`: {rows[-1][2]}", ratio=fmt_ratio(ratios[-1]),
+        goal="≤ 1.30x, not growing", met=worst <= 1.3 and ratios[-1] <= ratios[0] * 1.1,
+        header=["requests", "journaled job", "library", "ratio", "journal per row (done)"],
+        rows=rows,
+        notes=["Both are whole processes on the same file (the library process reads it with "
+               "the same reader and groups it with `group_by_order`), concurrency 16, no "
+               f"added latency, status reads {POLL} s apart, best of "
+               f"{sizes.journal_rounds} interleaved round(s)."])
+
+
+async def _first_post(args: list[str], env: dict[str, str], stats_url: str,
+                      stop_after: float) -> tuple[float, float, int]:
+    """(seconds to the first POST, wall, peak RSS MB) of a run stopped `stop_after`
+    seconds after its first POST (SIGINT: a clean stop, journaled)."""
+    started = time.perf_counter()
+    # Popen and wait4, not asyncio's subprocesses: only wait4 gives the child's peak RSS.
+    proc = subprocess.Popen(args, env=env, cwd=REPO_ROOT,  # noqa: ASYNC220
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first: float | None = None
+    while proc.poll() is None:
+        data = await fetch_json("GET", stats_url)
+        if first is None and isinstance(data, dict) and data.get("cancel", 0) > 0:
+            first = time.perf_counter() - started
+        if first is not None and time.perf_counter() - started > first + stop_after:
+            proc.send_signal(2)
+            break
+        await asyncio.sleep(0.2)
+    _, _, usage = os.wait4(proc.pid, 0)  # noqa: ASYNC222 - it has been told to stop
+    proc.returncode = 0
+    return (first if first is not None else float("nan"), time.perf_counter() - started,
+            usage.ru_maxrss // 1024)
+
+
+async def run_big(sizes: Sizes) -> Figure:
+    n = sizes.big_rows
+    with tempfile.TemporaryDirectory(prefix="fig9-") as tmp, \
+            fixed_server(latency=0.0, impl="lean", max_seconds=3600) as server:
+        base = f"http://127.0.0.1:{server.info['port']}"
+        source = Path(tmp) / "big.csv"
+        orders = write_input(source, n, lines_per_order=(1, 3))
+        size_mb = source.stat().st_size / 1e6
+        dry_wall, dry_rss = _timed([sys.executable, "-m", "mirakl_cancel.cli", "run",
+                                    str(source), "--dry-run", "-q"], _env(base))
+        journal = Path(tmp) / "big.journal.sqlite"
+        first, _wall, run_rss = await _first_post(
+            [sys.executable, "-m", "mirakl_cancel.cli", "run", str(source), "-q",
+             "--journal", str(journal), "--concurrency", "16", "--min-poll-interval", POLL,
+             "--poll-interval", POLL, "--first-poll-delay", POLL], _env(base),
+            f"{base}/_stats", stop_after=sizes.big_run_seconds)
+        stats = await fetch_json("GET", f"{base}/_stats")
+        sent = stats.get("cancel", 0) if isinstance(stats, dict) else 0
+        per_row = journal.stat().st_size / n
+    self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    met = max(dry_rss, run_rss) <= 300 and first <= 30 and per_row <= 250
+    return Figure(
+        number=9, title="A 1,000,000-row file" if n == 1_000_000 else f"A {n:,}-row file",
+        result=f"peak {max(dry_rss, run_rss)} MB, first POST after {first:.1f} s, "
+               f"{per_row:.0f} B/row",
+        baseline="goal: ≤ 300 MB, ≤ 30 s, ≤ 250 B/row", ratio="-",
+        goal="≤ 300 MB, ≤ 30 s, ≤ 250 B/row", met=met,
+        header=["measure", "value"],
+        rows=[["input", f"{n:,} rows, {orders:,} orders, {size_mb:.0f} MB"],
+              ["`--dry-run`: peak RSS, wall", f"{dry_rss} MB, {dry_wall:.1f} s"],
+              ["`run`: peak RSS", f"{run_rss} MB"],
+              ["`run`: first POST after", f"{first:.1f} s"],
+              ["journal size per row", f"{per_row:.0f} B (after {sent:,} requests sent and "
+               f"tracked for {sizes.big_run_seconds:.0f} s, then SIGINT)"]],
+        notes=[f"The run is stopped (SIGINT, a clean stop) {sizes.big_run_seconds:.0f} s after "
+               "its first POST; a stopped job's journal holds the whole plan. "
+               f"(The benchmark process itself peaked at {self_rss} MB.)"])
