@@ -90,7 +90,8 @@ def _env(base: str, extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _timed(args: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS in MB) of a child process; it must succeed."""
+    """(wall seconds, peak RSS in MB) of a child process; it must succeed. Its CPU
+    seconds go to `_last_cpu`."""
     started = time.perf_counter()
     proc = subprocess.Popen(args, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -102,7 +103,12 @@ def _timed(args: list[str], env: dict[str, str]) -> tuple[float, int]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{args[2:4]} exited {proc.returncode}: {errors[-1500:]}")
+    _last_cpu[0] = usage.ru_utime + usage.ru_stime
     return wall, usage.ru_maxrss // 1024
+
+
+#: CPU seconds (user + system) of the last child `_timed` waited for.
+_last_cpu = [0.0]
 
 
 def _job(base: str, source: Path, concurrency: int, extra_env: dict[str, str] | None = None,
@@ -174,22 +180,28 @@ async def run_overhead(sizes: Sizes) -> Figure:
             write_input(source, n)
             jobs: list[float] = []
             libs: list[float] = []
+            job_cpu: list[float] = []
+            lib_cpu: list[float] = []
             size = 0
             for _ in range(sizes.journal_rounds):
                 wall, size = _job(base, source, conc)
                 jobs.append(wall)
+                job_cpu.append(_last_cpu[0])
                 libs.append(_library(base, source, conc))
+                lib_cpu.append(_last_cpu[0])
             job, lib = min(jobs), min(libs)
             ratios.append(job / lib)
             rows.append([f"{n:,}", f"{job:.2f} s", f"{lib:.2f} s", fmt_ratio(job / lib),
-                         f"{size / n:.0f} B"])
+                         f"{min(job_cpu):.2f} s / {min(lib_cpu):.2f} s "
+                         f"({fmt_ratio(min(job_cpu) / min(lib_cpu))})", f"{size / n:.0f} B"])
     worst = max(ratios)
     return Figure(
         number=8, title="Journaled CLI job vs the library",
         result=f"{rows[-1][1]} ({rows[-1][0]} requests)",
         baseline=f"library `cancel_and_track`: {rows[-1][2]}", ratio=fmt_ratio(ratios[-1]),
         goal="≤ 1.30x, not growing", met=worst <= 1.3 and ratios[-1] <= ratios[0] * 1.1,
-        header=["requests", "journaled job", "library", "ratio", "journal per row (done)"],
+        header=["requests", "journaled job", "library", "ratio", "CPU: job / library",
+                "journal per row (done)"],
         rows=rows,
         notes=["Both are whole processes on the same file (the library process reads it with "
                "the same reader and groups it with `group_by_order`), concurrency 16, no "
@@ -198,18 +210,20 @@ async def run_overhead(sizes: Sizes) -> Figure:
 
 
 async def _first_post(args: list[str], env: dict[str, str], stats_url: str,
-                      stop_after: float) -> tuple[float, float, int]:
-    """(seconds to the first POST, wall, peak RSS MB) of a run stopped `stop_after`
-    seconds after its first POST (SIGINT: a clean stop, journaled)."""
+                      stop_after: float) -> tuple[float, float, int, float]:
+    """(seconds to the first POST, wall, peak RSS MB, CPU seconds to the first POST) of
+    a run stopped `stop_after` seconds after its first POST (SIGINT: a clean stop)."""
     started = time.perf_counter()
     # Popen and wait4, not asyncio's subprocesses: only wait4 gives the child's peak RSS.
     proc = subprocess.Popen(args, env=env, cwd=REPO_ROOT,  # noqa: ASYNC220
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first: float | None = None
+    cpu = float("nan")
     while proc.poll() is None:
         data = await fetch_json("GET", stats_url)
         if first is None and isinstance(data, dict) and data.get("cancel", 0) > 0:
             first = time.perf_counter() - started
+            cpu = _cpu_seconds(proc.pid)
         if first is not None and time.perf_counter() - started > first + stop_after:
             proc.send_signal(2)
             break
@@ -217,7 +231,17 @@ async def _first_post(args: list[str], env: dict[str, str], stats_url: str,
     _, _, usage = os.wait4(proc.pid, 0)  # noqa: ASYNC222 - it has been told to stop
     proc.returncode = 0
     return (first if first is not None else float("nan"), time.perf_counter() - started,
-            usage.ru_maxrss // 1024)
+            usage.ru_maxrss // 1024, cpu)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a running process (Linux /proc): what its wall time would be
+    on an idle machine, when other work shares the cores."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def run_big(sizes: Sizes) -> Figure:
@@ -228,10 +252,12 @@ async def run_big(sizes: Sizes) -> Figure:
         source = Path(tmp) / "big.csv"
         orders = write_input(source, n, lines_per_order=(1, 3))
         size_mb = source.stat().st_size / 1e6
+        load = os.getloadavg()[0]
         dry_wall, dry_rss = _timed([sys.executable, "-m", "mirakl_cancel.cli", "run",
                                     str(source), "--dry-run", "-q"], _env(base))
+        dry_cpu = _last_cpu[0]
         journal = Path(tmp) / "big.journal.sqlite"
-        first, _wall, run_rss = await _first_post(
+        first, _wall, run_rss, first_cpu = await _first_post(
             [sys.executable, "-m", "mirakl_cancel.cli", "run", str(source), "-q",
              "--journal", str(journal), "--concurrency", "16", "--min-poll-interval", POLL,
              "--poll-interval", POLL, "--first-poll-delay", POLL], _env(base),
@@ -249,11 +275,14 @@ async def run_big(sizes: Sizes) -> Figure:
         goal="≤ 300 MB, ≤ 30 s, ≤ 250 B/row", met=met,
         header=["measure", "value"],
         rows=[["input", f"{n:,} rows, {orders:,} orders, {size_mb:.0f} MB"],
-              ["`--dry-run`: peak RSS, wall", f"{dry_rss} MB, {dry_wall:.1f} s"],
+              ["`--dry-run`: peak RSS, wall, CPU", f"{dry_rss} MB, {dry_wall:.1f} s, "
+               f"{dry_cpu:.1f} s"],
               ["`run`: peak RSS", f"{run_rss} MB"],
-              ["`run`: first POST after", f"{first:.1f} s"],
+              ["`run`: first POST after", f"{first:.1f} s wall, {first_cpu:.1f} s of CPU"],
               ["journal size per row", f"{per_row:.0f} B (after {sent:,} requests sent and "
                f"tracked for {sizes.big_run_seconds:.0f} s, then SIGINT)"]],
-        notes=[f"The run is stopped (SIGINT, a clean stop) {sizes.big_run_seconds:.0f} s after "
+        notes=[f"Load average at the start: {load:.1f} on {os.cpu_count()} cores (the CPU "
+               "seconds are what the wall time is on an idle machine). "
+               f"The run is stopped (SIGINT, a clean stop) {sizes.big_run_seconds:.0f} s after "
                "its first POST; a stopped job's journal holds the whole plan. "
                f"(The benchmark process itself peaked at {self_rss} MB.)"])
