@@ -556,39 +556,34 @@ class _Run:
                      else ", not sent again")
             logger.warning("%d request(s) were being sent when the previous run stopped: "
                            "reported UNCERTAIN%s", len(interrupted), later)
-        # A first pass only counts (without bodies): the second streams the work itself.
-        choices: Counter[str | None] = Counter()
-        async for request in self.store.requests(bodies=False):
-            choice = self._choice(request, resume)
-            choices[choice] += 1
-            if request.outcome == "NOT_APPLIED" and choice == "resend":
-                self.resent_unapplied += 1
-        sends = choices["send"] + choices["resend"]
-        self.progress.resolved = self.progress.total - sends - choices["track"]
+        # Everything starts as done; each request found to send or track is taken off
+        # as the store streams it (no counting pass first: the first POST leaves at once).
+        self.progress.resolved = self.progress.total
 
         async def work() -> AsyncIterator[tuple[JournalRequest, str]]:
             async for request in self.store.requests():
                 choice = self._choice(request, resume)
                 if choice is not None:
+                    if request.outcome == "NOT_APPLIED" and choice == "resend":
+                        self.resent_unapplied += 1
+                    self.progress.resolved -= 1
                     yield request, choice
 
-        return await self._pass(work(), sends, choices["track"])
+        return await self._pass(work())
 
-    async def _pass(self, work: AsyncIterator[tuple[JournalRequest, str]], sends: int,
-                    tracks: int) -> bool:
-        """Send and track `work` (`sends` to send, `tracks` to track on) to the end; True
-        when interrupted. The work streams from the store through a bounded queue."""
+    async def _pass(self, work: AsyncIterator[tuple[JournalRequest, str]]) -> bool:
+        """Send and track `work` to the end; True when interrupted. The work streams from
+        the store through a bounded queue; `outstanding` counts what was handed out,
+        plus one for the producer until it has read everything."""
         opts = self.options
-        self.outstanding = sends + tracks
-        if self.outstanding == 0:
-            return False
-        self.progress.to_send = self.progress.sends_over + sends
-        self._sends_left = sends
+        self.outstanding = 1
+        self.progress.to_send = self.progress.sends_over
+        self._sends_left = 0
         self.all_done.clear()
         tracker = ActionTracker(self.client, opts.policy, concurrency=opts.concurrency)
         self.tracker = tracker
         unsubscribe = tracker.subscribe(self._on_tracked)
-        count = min(opts.concurrency, sends)
+        count = opts.concurrency
         # Bounded by `room` (requests read ahead of the senders), not by the queue itself,
         # so that the end-of-work marks always fit, even during a cancellation.
         queue: asyncio.Queue[tuple[JournalRequest, bool] | None] = asyncio.Queue()
@@ -600,6 +595,10 @@ class _Run:
                 async for request, choice in work:
                     if self.interrupt.is_set():
                         break
+                    self.outstanding += 1
+                    if choice != "track":
+                        self._sends_left += 1  # taken off by a sender, or after a stop
+                        self.progress.to_send += 1
                     if choice == "track":
                         assert request.action_id is not None
                         self._track(request, request.action_id, request.order_id,
@@ -610,6 +609,9 @@ class _Run:
             finally:
                 for _ in senders:
                     queue.put_nowait(None)
+            self.outstanding -= 1  # everything is handed out
+            if self.outstanding <= 0:
+                self.all_done.set()
 
         producer = asyncio.create_task(produce())
         try:
@@ -675,7 +677,7 @@ class _Run:
             self._note(f"sending again {len(unapplied)} cancel(s) proven not applied "
                        "(--resend-unapplied)")
             self.resent_unapplied += len(unapplied)
-            if await self._pass(self._resends(unapplied), len(unapplied), 0):
+            if await self._pass(self._resends(unapplied)):
                 return True
             if self.stop.is_set():
                 return False
