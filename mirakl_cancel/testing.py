@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from ._constants import API_MIN_INTERVAL
 from ._scheduler import Clock, LoopClock, ManualClock
@@ -59,15 +59,6 @@ class _ClockGuard:
             self._last[action_id] = at
 
 
-class _Transport:
-    """The one attribute of a transport the tracker reads (`client.transport.poll_guard`)."""
-
-    __slots__ = ("poll_guard",)
-
-    def __init__(self, guard: _ClockGuard) -> None:
-        self.poll_guard = guard
-
-
 class FakeStatusClient:
     """Answers `get_action_status` from a script, keeping the API's polling ceiling.
 
@@ -85,7 +76,6 @@ class FakeStatusClient:
             raise ValueError("min_poll_interval must not be negative")
         self.clock: Clock = clock or LoopClock()
         self._guard = _ClockGuard(self.clock, min_poll_interval)
-        self._transport = _Transport(self._guard)
         self._script: dict[str, list[Answer]] = {}
         #: Reads answered so far, per action.
         self.reads: dict[str, int] = {}
@@ -108,11 +98,6 @@ class FakeStatusClient:
     def min_poll_interval(self) -> float:
         """Seconds kept between two reads of one action (the API's ceiling by default)."""
         return self._guard.min_interval
-
-    @property
-    def transport(self) -> _Transport:
-        """For the tracker: the poll guard it consults, as on a real client."""
-        return self._transport
 
     def poll_ready_in(self, action_id: str) -> float:
         """Seconds until `action_id` may be read again (0 if now)."""
@@ -165,6 +150,13 @@ class FakeStatusClient:
             await future
         finally:
             handle.cancel()
+
+
+if TYPE_CHECKING:
+    from .tracker import StatusClient
+
+    def _is_a_status_client(client: FakeStatusClient) -> StatusClient:
+        return client  # mypy checks here that the fake keeps up with the protocol
 
 
 def _present_as_this_module() -> None:

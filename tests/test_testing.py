@@ -63,7 +63,6 @@ async def test_reads_made_elsewhere_count() -> None:
     client = FakeStatusClient({"a": ["SUCCESS"]}, clock=clock)
     client.record_poll("a", seconds_ago=45.0)
     assert client.poll_ready_in("a") == 15.0
-    assert client.transport.poll_guard.ready_at("a") == 115.0
 
 
 def test_bad_scripts_are_refused() -> None:
