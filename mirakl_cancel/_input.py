@@ -26,8 +26,17 @@ from typing import Any
 
 import attrs
 
+from ._text import printable
 from .errors import ValidationError
-from .models import Cancelation, CancelReason, Money, Tax
+from .models import (
+    AMOUNT_MAX_DIGITS,
+    QUANTITY_MAX,
+    Cancelation,
+    CancelReason,
+    Money,
+    Tax,
+    coerce_amount,
+)
 
 __all__ = [
     "COLUMNS",
@@ -57,6 +66,11 @@ REQUIRED_COLUMNS = ("order_id", "quantity", "reason", "price_amount", "price_cur
 _JSONL_EXTRA_KEYS = ("price", "shipping_price")
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+#: The longest cell (CSV) or string (JSONL) a row may hold: the csv module's own default
+#: field limit. Longer ones are refused for their row only; the rest of the file is read.
+FIELD_MAX_CHARS = 128 * 1024
+#: How deeply a JSONL line may nest; a row needs 4 levels (row, taxes, tax, amount).
+JSONL_MAX_DEPTH = 32
 _REASONS = {r.value: r for r in CancelReason}
 
 
@@ -93,9 +107,11 @@ class InputIssue:
         return f"line {self.line}" if self.line is not None else "file"
 
     def __str__(self) -> str:
+        # Printed to a terminal: a field or message quoting the file must not carry
+        # escape sequences through (the issue itself keeps the raw text for the report).
         kind = "warning" if self.warning else "error"
-        field = f", {self.field}" if self.field else ""
-        return f"{kind}: {self.where}{field}: {self.message}"
+        field = f", {printable(self.field, 80)}" if self.field else ""
+        return f"{kind}: {self.where}{field}: {printable(self.message, 400)}"
 
 
 @attrs.frozen
@@ -300,11 +316,21 @@ def _quantity(r: _Row, value: object) -> int | None:
             try:
                 Decimal(text)
             except InvalidOperation:
-                r.error("quantity", f"{text!r} is not a whole number")
+                r.error("quantity", f"{_shown(text)} is not a whole number")
             else:
-                r.error("quantity", f"{text!r} is not a whole number of units")
+                r.error("quantity", f"{_shown(text)} is not a whole number of units")
+            return None
+        if len(text.lstrip("+-").lstrip("0")) > len(str(QUANTITY_MAX)):
+            # Checked on the text: int() of 5,000 digits raises (and 10**22 overflows
+            # the journal's integer column); the number itself is bounded just below.
+            r.error("quantity", f"{_shown(text)} is more than {QUANTITY_MAX}, the most the "
+                                "API takes")
             return None
         number = int(text)
+    elif isinstance(value, _HugeNumber):
+        r.error("quantity", f"{_shown(value.text)} is out of range: the most the API takes is "
+                            f"{QUANTITY_MAX}")
+        return None
     elif isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, Decimal):
             r.error("quantity", f"{value} is not a whole number of units")
@@ -316,7 +342,15 @@ def _quantity(r: _Row, value: object) -> int | None:
     if number < 0:
         r.error("quantity", f"{number} is negative: the quantity to cancel must be 0 or more")
         return None
+    if number > QUANTITY_MAX:
+        r.error("quantity", f"{number} is more than {QUANTITY_MAX}, the most the API takes")
+        return None
     return number
+
+
+def _shown(text: str) -> str:
+    """User text quoted for a message, cut when long (a message must stay one line)."""
+    return repr(text) if len(text) <= 40 else repr(text[:40]) + f"... ({len(text)} chars)"
 
 
 def _reason(r: _Row, value: object) -> CancelReason | None:
@@ -338,19 +372,19 @@ def _amount(r: _Row, name: str, value: object, *, required: bool = True) -> Deci
         if required:
             r.error(name, "is required")
         return None
+    if isinstance(value, _HugeNumber):
+        r.error(name, f"{_shown(value.text)} is out of range: an amount has at most "
+                      f"{AMOUNT_MAX_DIGITS} digits")
+        return None
     if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
         r.error(name, f"must be a number, not {_json_type(value)}")
         return None
-    try:
-        amount = Decimal(value.strip()) if isinstance(value, str) else Decimal(value)
-    except InvalidOperation:
-        r.error(name, f"{value!r} is not a decimal number (use a dot: 12.34)")
-        return None
-    if not amount.is_finite():
-        r.error(name, f"{value} is not a finite amount")
-        return None
-    if amount < 0:
-        r.error(name, f"{value} is negative: amounts must be 0 or more")
+    # The model's rule (ASCII digits, at most AMOUNT_MAX_DIGITS digits, finite): one home.
+    amount = coerce_amount(value)
+    if isinstance(amount, str):
+        if amount.endswith("greater than or equal to 0"):
+            amount = f"{value} is negative: amounts must be 0 or more"
+        r.error(name, amount)
         return None
     return amount
 
@@ -421,7 +455,7 @@ def _json_type(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
-    if isinstance(value, (int, Decimal)):
+    if isinstance(value, (int, Decimal, _HugeNumber)):
         return "a number"
     if isinstance(value, list):
         return "an array"
@@ -432,6 +466,13 @@ def _json_type(value: object) -> str:
 
 def _check_row(r: _Row, fields: Mapping[str, Any], *, jsonl: bool) -> InputRow | InvalidRow:
     """Check every field of one row and build its Cancelation, or say what is wrong."""
+    oversized = [(name, len(value)) for name, value in fields.items()
+                 if isinstance(value, str) and len(value) > FIELD_MAX_CHARS]
+    if oversized:  # nothing else of such a row is worth checking (or quoting)
+        for name, size in oversized:
+            r.error(printable(name, 80), f"is {size} characters long, more than the "
+                                         f"{FIELD_MAX_CHARS} a field may have")
+        return InvalidRow(r.row, r.line, None, None, None, None, tuple(r.issues))
     order_id = _text(r, "order_id", fields.get("order_id"), required=True)
     line_id = _text(r, "order_line_id", fields.get("order_line_id"), required=False)
     product_id = _text(r, "product_id", fields.get("product_id"), required=False)
@@ -521,6 +562,26 @@ def _finish(kind: InputFormat, results: list[InputRow | InvalidRow],
 
 
 # --- CSV -------------------------------------------------------------------------------
+
+#: The csv module's field limit while this module reads one record: high enough that no
+#: real cell reaches it. Cells over FIELD_MAX_CHARS are then refused by the row check.
+_CSV_READ_LIMIT = 2**31 - 1
+
+
+def _next_record(reader: Any) -> list[str]:
+    """The next record, read whole however long its cells are.
+
+    With the csv module's default limit (128 KiB) an oversized cell raises in the middle
+    of its record and the reader restarts at the next physical line: inside a quoted
+    cell, that turns the rest of the file into garbage. The limit is process-wide, so it
+    is raised only for the synchronous read of one record, and always restored.
+    """
+    previous = csv.field_size_limit(_CSV_READ_LIMIT)
+    try:
+        cells: list[str] = next(reader)
+    finally:
+        csv.field_size_limit(previous)
+    return cells
 
 def _delimiter(header_line: str) -> str:
     """`,` unless the header is clearly separated by `;` or tabs (spreadsheet exports)."""
@@ -661,15 +722,18 @@ def _csv_rows(lines: Iterable[str], issues: list[InputIssue], *,
     previous_line = reader.line_num
     while True:
         try:
-            cells = next(reader)
+            cells = _next_record(reader)
         except StopIteration:
             break
         except csv.Error as exc:
-            row_number += 1
-            r = _Row(row_number, previous_line + 1)
-            r.error(None, f"unreadable CSV: {exc}")
-            yield InvalidRow(r.row, r.line, None, None, None, None, tuple(r.issues))
-            break  # the reader cannot resynchronise after a broken quote
+            # The reader cannot resynchronise after a broken quote: what follows could be
+            # read as rows that are not. A file error, so even --skip-invalid sends nothing
+            # rather than silently dropping (or misreading) the rows after it.
+            issues.append(InputIssue(
+                f"unreadable CSV in row {row_number + 1}: {exc}; the rows after it cannot be "
+                "read reliably, so the file is refused: fix it (a broken quote?)",
+                None, previous_line + 1))
+            break
         start_line, previous_line = previous_line + 1, reader.line_num
         if not any(cell.strip() for cell in cells):
             continue  # blank lines are not rows
@@ -708,6 +772,96 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a valid amount")
 
 
+@attrs.frozen
+class _HugeNumber:
+    """A JSON number too long or too large to convert; never a valid amount or quantity.
+
+    int() refuses 4,300+ digits (ValueError) and Decimal an exponent past 10**18
+    (InvalidOperation, not even a ValueError): both would fail the whole line, or escape.
+    """
+
+    text: str
+
+
+def _parse_int(text: str) -> int | _HugeNumber:
+    return int(text) if len(text) <= 40 else _HugeNumber(text)
+
+
+def _parse_float(text: str) -> Decimal | _HugeNumber:
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return _HugeNumber(text)
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: a key given twice is an error, not "the last one wins"."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
+def _json_problem(data: object) -> str | None:
+    """Why a decoded line cannot be used as it is: nested too deeply, or a lone surrogate.
+
+    A lone surrogate (`"\\ud800"`) is valid JSON but not text: it cannot be journaled,
+    printed or sent. Iterative, so no depth can raise RecursionError here.
+    """
+    stack: list[tuple[object, str, int]] = [(data, "", 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > JSONL_MAX_DEPTH:
+                return f"nested more than {JSONL_MAX_DEPTH} levels deep"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str) and _has_surrogate(key):
+                    return f"key {printable(key, 40)!r} contains a lone surrogate"
+                where = f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]"
+                stack.append((item, where.lstrip("."), depth + 1))
+        elif isinstance(value, str) and _has_surrogate(value):
+            return f"{printable(path, 80) or 'the line'}: contains a lone surrogate, not text"
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _decode_line(r: _Row, line: str) -> object:
+    """The line's JSON value, or None with the reason recorded on `r`."""
+    try:
+        data = json.loads(line, parse_float=_parse_float, parse_int=_parse_int,
+                          parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        r.error(printable(exc.key, 80), "appears more than once in one object: give it once")
+        return None
+    except RecursionError:
+        r.error(None, f"not valid JSON: nested more than {JSONL_MAX_DEPTH} levels deep")
+        return None
+    except ValueError as exc:
+        r.error(None, f"not valid JSON: {exc}")
+        return None
+    problem = _json_problem(data)
+    if problem is not None:
+        r.error(None, problem)
+        return None
+    return data
+
+
 def _json_lines(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
     for number, line in enumerate(lines, start=1):
         if line.strip():
@@ -729,10 +883,8 @@ def _jsonl_rows(lines: Iterable[str],
     known = set(COLUMNS) | set(_JSONL_EXTRA_KEYS)
     for row_number, (line_number, line) in enumerate(_json_lines(lines), start=1):
         r = _Row(row_number, line_number)
-        try:
-            data = json.loads(line, parse_float=Decimal, parse_constant=_reject_constant)
-        except ValueError as exc:
-            r.error(None, f"not valid JSON: {exc}")
+        data = _decode_line(r, line)
+        if r.issues:
             yield InvalidRow(r.row, r.line, None, None, None, None, tuple(r.issues))
             continue
         if not isinstance(data, dict):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -81,29 +81,77 @@ def _issues_or_none(issues: list[ValidationIssue]) -> None:
         raise ValidationError(issues)
 
 
+#: The most digits an amount may have written out, integer part and decimals together:
+#: so at most 18 significant digits, at most 18 decimals, and less than 10**18. Far more
+#: than any price needs, and it keeps every amount short on the wire, in the journal and
+#: in reports, which write amounts out in full (`1E+999999999` would be a gigabyte).
+AMOUNT_MAX_DIGITS = 18
+#: The largest quantity. The spec gives `CancelRequest.quantity` no format, and the API's
+#: other quantities are int32: a larger number could overflow on the server's side.
+QUANTITY_MAX = 2**31 - 1
+#: An amount as text: ASCII digits only (no `1_000`, no other scripts' digits, no NaN).
+_AMOUNT_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+#: Longer text cannot be a valid amount (18 digits, a sign, a dot and an exponent).
+_AMOUNT_TEXT_MAX = 64
+_NOT_FINITE = frozenset({"nan", "snan", "inf", "infinity"})
+#: Ints this long have more than AMOUNT_MAX_DIGITS digits: refused before conversion.
+_INT_BITS_MAX = 64
+
+
+def _quote(text: str, limit: int = 40) -> str:
+    """`text` quoted for a message, cut if long (a 100 KiB cell must not flood one)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} chars)"
+
+
+def written_digits(amount: Decimal) -> int:
+    """How many digits `amount` has written out in plain notation (as on the wire).
+
+    Computed from the exponent, never by writing it out: `1E+999999999` would take a
+    gigabyte. Leading zeros (`0.05`) do not count; every decimal does.
+    """
+    _, digits, exponent = amount.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    if exponent >= 0:
+        return 1 if digits == (0,) else len(digits) + exponent
+    return max(len(digits), -exponent)
+
+
 def coerce_amount(value: object) -> Decimal | str:
     """An exact Decimal from `value`, or the reason it cannot be one.
 
     Floats are refused rather than converted: `0.1` is not exactly one tenth, and a
-    cancel must refund exactly what the user meant.
+    cancel must refund exactly what the user meant. Text must be ASCII digits with an
+    optional dot and exponent. At most AMOUNT_MAX_DIGITS digits written out.
     """
     if isinstance(value, bool):
         return "must be a Decimal, int or str, not bool"
     if isinstance(value, Decimal):
         amount = value
     elif isinstance(value, int):
+        if value.bit_length() > _INT_BITS_MAX:
+            return f"has more than {AMOUNT_MAX_DIGITS} digits"
         amount = Decimal(value)
     elif isinstance(value, str):
+        text = value.strip()
+        if text.lower().lstrip("+-") in _NOT_FINITE:
+            return "must be a finite number"
+        if len(text) > _AMOUNT_TEXT_MAX or not _AMOUNT_TEXT.fullmatch(text):
+            return (f"{_quote(value)} is not a decimal number (ASCII digits, a dot for "
+                    "decimals, e.g. 12.34)")
         try:
-            amount = Decimal(value.strip())
-        except InvalidOperation:
-            return f"{value!r} is not a decimal number"
+            amount = Decimal(text)
+        except InvalidOperation:  # an exponent beyond what Decimal can hold
+            return f"{_quote(value)} is out of range"
     elif isinstance(value, float):
         return "must be a Decimal, int or str, not float (floats are inexact; use Decimal('...'))"
     else:
         return f"must be a Decimal, int or str, not {type(value).__name__}"
     if not amount.is_finite():
         return "must be a finite number"
+    digits = written_digits(amount)
+    if digits > AMOUNT_MAX_DIGITS:
+        return (f"has {digits} digits written out, more than the {AMOUNT_MAX_DIGITS} an "
+                "amount may have (integer part and decimals together)")
     if amount < 0:
         return "must be greater than or equal to 0"
     return amount
@@ -141,13 +189,37 @@ class Tax:
         issues: list[ValidationIssue] = []
         if not isinstance(self.code, str) or not self.code:
             issues.append(ValidationIssue("code", "must be a non-empty string"))
+        elif issue := _surrogate_issue("code", self.code):
+            issues.append(issue)
         if not isinstance(self.amount, Money):
             issues.append(ValidationIssue("amount", "must be a Money"))
         _issues_or_none(issues)
 
 
+def _not_a_list(value: object) -> bool:
+    # A str is iterable, but "TVA" as a list of taxes is a mistake, not three taxes.
+    return isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable)
+
+
 def _as_tuple(value: Iterable[Tax] | None) -> tuple[Tax, ...]:
-    return () if value is None else tuple(value)
+    if value is None:
+        return ()
+    if _not_a_list(value):
+        # Kept as given for __attrs_post_init__ to refuse with the field named (a
+        # converter raising TypeError here would escape as a non-Mirakl error).
+        return cast("tuple[Tax, ...]", value)
+    return tuple(value)
+
+
+def _surrogate_issue(name: str, value: str) -> ValidationIssue | None:
+    """A lone surrogate cannot be sent (it has no UTF-8 form): name the field up front."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(value[exc.start])
+        return ValidationIssue(name, f"contains a lone surrogate (\\u{code:04x}) at position "
+                                     f"{exc.start}: not valid Unicode text")
+    return None
 
 
 def scalar_issues(quantity: object, reason: object, order_line_id: object,
@@ -155,15 +227,26 @@ def scalar_issues(quantity: object, reason: object, order_line_id: object,
     """Problems with a cancelation's own fields (not its amounts), with relative paths."""
     issues: list[ValidationIssue] = []
     if isinstance(quantity, bool) or not isinstance(quantity, int):
-        issues.append(ValidationIssue("quantity", f"must be an integer, not {quantity!r}"))
+        shown = repr(quantity)
+        shown = shown if len(shown) <= 40 else shown[:40] + "..."
+        issues.append(ValidationIssue("quantity", f"must be an integer, not {shown}"))
     elif quantity < 0:
         issues.append(ValidationIssue("quantity", "must be greater than or equal to 0"))
+    elif quantity > QUANTITY_MAX:
+        issues.append(ValidationIssue(
+            "quantity", f"must be at most {QUANTITY_MAX} (the API's 32-bit integer)"))
     if not isinstance(reason, str) or reason not in _REASONS:
         allowed = ", ".join(r.value for r in CancelReason)  # enum order: stable messages
         issues.append(ValidationIssue("reason", f"{reason!r} is not one of {allowed}"))
     for name, value in (("order_line_id", order_line_id), ("product_id", product_id)):
         if value is not None and (not isinstance(value, str) or not value):
             issues.append(ValidationIssue(name, "must be a non-empty string when given"))
+        elif isinstance(value, str) and (issue := _surrogate_issue(name, value)):
+            issues.append(issue)
+    if order_line_id is None and product_id is None:
+        issues.append(ValidationIssue(
+            "order_line_id", "neither order_line_id nor product_id is given: one is needed to "
+                             "say which line to cancel"))
     return issues
 
 
@@ -173,7 +256,12 @@ def _cancelation_issues(c: Cancelation) -> list[ValidationIssue]:
         object.__setattr__(c, "reason", CancelReason(c.reason))
     monies: list[tuple[str, object]] = [("price", c.price), ("shipping_price", c.shipping_price)]
     for group in ("taxes", "shipping_taxes"):
-        for i, tax in enumerate(getattr(c, group)):
+        value = getattr(c, group)
+        if not isinstance(value, tuple):
+            issues.append(ValidationIssue(
+                group, f"must be a list of Tax, not {type(value).__name__}"))
+            continue
+        for i, tax in enumerate(value):
             if not isinstance(tax, Tax):
                 issues.append(ValidationIssue(f"{group}[{i}]", "must be a Tax"))
             else:
@@ -207,6 +295,8 @@ class Cancelation:
 
 
 def _cancelations_tuple(value: Iterable[Cancelation]) -> tuple[Cancelation, ...]:
+    if _not_a_list(value):  # refused, field named, by __attrs_post_init__
+        return cast("tuple[Cancelation, ...]", value)
     return tuple(value)
 
 
@@ -221,6 +311,13 @@ class CancelRequest:
         issues: list[ValidationIssue] = []
         if not isinstance(self.order_id, str) or not self.order_id.strip():
             issues.append(ValidationIssue("order_id", "must be a non-empty string"))
+        elif issue := _surrogate_issue("order_id", self.order_id):
+            issues.append(issue)
+        if not isinstance(self.cancelations, tuple):
+            issues.append(ValidationIssue(
+                "cancelations",
+                f"must be a list of Cancelation, not {type(self.cancelations).__name__}"))
+            _issues_or_none(issues)
         if not self.cancelations:
             issues.append(ValidationIssue("cancelations", "must contain at least one cancelation"))
         for i, c in enumerate(self.cancelations):

@@ -42,7 +42,7 @@ JWT_2 = "eyJ.jwt-TWO.sig"
 STATIC = "static-TOKEN-xyz"
 ANY_API = re.compile(r"^http://127\.0\.0\.1:9/.*$")
 LINE = {"quantity": 1, "reason": "RETURN", "price": {"amount": "1", "currency": "EUR"},
-        "shipping_price": {"amount": "0", "currency": "EUR"}}
+        "shipping_price": {"amount": "0", "currency": "EUR"}, "order_line_id": "L-1"}
 STATUS_BODY = {"id": "act-1", "status": "SUCCESS"}
 
 

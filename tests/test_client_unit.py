@@ -44,7 +44,7 @@ ANY_ACTION = re.compile(r"^https://connect\.example\.com/api/v2/orders/actions/[
 TOKEN = "tok-SECRET-abc"
 LINE = {"quantity": 2, "reason": "OUT_OF_STOCK",
         "price": {"amount": "19.99", "currency": "EUR"},
-        "shipping_price": {"amount": "0", "currency": "EUR"}}
+        "shipping_price": {"amount": "0", "currency": "EUR"}, "order_line_id": "L-1"}
 ACCEPTED = {"action_id": "act-1", "tracking_id": "act-1"}
 STATUS_BODY = {"id": "act-1", "status": "PENDING",
                "created_at": "2021-07-06T09:24:36.32Z", "updated_at": "2021-07-06T09:24:36.32Z"}
@@ -152,7 +152,7 @@ async def test_headers_and_body(mocked: aioresponses) -> None:
     assert json.loads(body) == {"cancelations": [{
         "quantity": 2, "reason": "OUT_OF_STOCK",
         "price": {"amount": 19.99, "currency": "EUR"},
-        "shipping_price": {"amount": 0, "currency": "EUR"}}]}
+        "shipping_price": {"amount": 0, "currency": "EUR"}, "order_line_id": "L-1"}]}
 
 
 async def test_get_headers(mocked: aioresponses) -> None:
@@ -263,7 +263,7 @@ async def test_cancel_202(mocked: aioresponses) -> None:
 async def test_cancel_accepts_model_objects(mocked: aioresponses) -> None:
     mocked.post(ANY, status=202, payload={"action_id": "act-2"})
     line = Cancelation(quantity=1, reason="RETURN", price=Money(Decimal("1"), "EUR"),
-                       shipping_price=Money(0, "EUR"))
+                       shipping_price=Money(0, "EUR"), product_id="P-1")
     async with client() as c:
         accepted = await c.cancel_order_lines("O-2", (x for x in [line]))
     assert (accepted.action_id, accepted.tracking_id) == ("act-2", None)
@@ -462,7 +462,7 @@ async def test_cancel_many_outcomes(mocked: aioresponses) -> None:
                 payload={"code": "INVALID_INPUT", "message": "no"})
     mocked.post(f"{BASE}/v2/orders/lost/cancel", status=500)
     line = Cancelation(quantity=1, reason="RETURN", price=Money("1", "EUR"),
-                       shipping_price=Money("0", "EUR"))
+                       shipping_price=Money("0", "EUR"), order_line_id="L-1")
     requests = [CancelRequest(order_id, [line]) for order_id in ("ok", "bad", "lost")]
     async with client() as c:
         outcomes: list[CancelOutcome] = [o async for o in c.cancel_many(requests)]

@@ -85,7 +85,7 @@ async def test_status_mapping_over_http(mocked: aioresponses, status: int,
 async def test_rate_limit_error_carries_retry_after(mocked: aioresponses) -> None:
     mocked.post(ANY, status=429, headers={"Retry-After": "42"}, body="")
     line = {"quantity": 1, "reason": "RETURN", "price": {"amount": "1", "currency": "EUR"},
-            "shipping_price": {"amount": "0", "currency": "EUR"}}
+            "shipping_price": {"amount": "0", "currency": "EUR"}, "order_line_id": "L-1"}
     async with client() as c:
         with pytest.raises(RateLimitError) as info:
             await c.cancel_order_lines("O", [line])

@@ -28,8 +28,8 @@ def cancelations(draw: st.DrawFn) -> Cancelation:
         reason=draw(st.sampled_from(list(CancelReason))),
         price=Money(draw(amounts), currency),
         shipping_price=Money(draw(amounts), currency),
-        order_line_id=draw(st.none() | ids),
-        product_id=draw(st.none() | ids),
+        **draw(st.sampled_from([{"order_line_id": draw(ids)}, {"product_id": draw(ids)},
+                                {"order_line_id": draw(ids), "product_id": draw(ids)}])),
         taxes=taxes,
     )
 

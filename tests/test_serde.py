@@ -38,7 +38,8 @@ def eur(amount: str) -> Money:
 
 def minimal_line(**overrides: Any) -> Cancelation:
     fields: dict[str, Any] = {"quantity": 1, "reason": "OUT_OF_STOCK",
-                              "price": eur("19.99"), "shipping_price": eur("0")}
+                              "price": eur("19.99"), "shipping_price": eur("0"),
+                              "order_line_id": "L-9"}
     fields.update(overrides)
     return Cancelation(**fields)
 
@@ -49,6 +50,7 @@ def line_data(**overrides: Any) -> dict[str, Any]:
         "reason": "RETURN",
         "price": {"amount": "10.00", "currency": "EUR"},
         "shipping_price": {"amount": 0, "currency": "EUR"},
+        "order_line_id": "L-9",
     }
     data.update(overrides)
     return data
@@ -80,9 +82,10 @@ def test_request_body_minimal_has_no_optional_fields() -> None:
         "reason": "OUT_OF_STOCK",
         "price": {"amount": 19.99, "currency": "EUR"},
         "shipping_price": {"amount": 0, "currency": "EUR"},
+        "order_line_id": "L-9",
     }]}
     raw = request_body(CancelRequest("O-1", [minimal_line()])).decode()
-    for absent in ("order_line_id", "product_id", "taxes", "shipping_taxes", "null", "order_id"):
+    for absent in ("product_id", "taxes", "shipping_taxes", "null", "order_id"):
         assert absent not in raw
 
 
@@ -97,7 +100,7 @@ def test_request_body_full_field_names() -> None:
     assert first["quantity"] == 0  # a zero is not an unset optional field
     assert first["taxes"] == [{"code": "VAT", "amount": {"amount": 1, "currency": "EUR"}}]
     assert first["shipping_taxes"] == [{"code": "SHIP", "amount": {"amount": 2, "currency": "EUR"}}]
-    assert set(second) == {"quantity", "reason", "price", "shipping_price"}
+    assert set(second) == {"quantity", "reason", "price", "shipping_price", "order_line_id"}
 
 
 def test_request_body_escapes_strings_as_json() -> None:
@@ -177,6 +180,7 @@ def test_structure_request_full_paths_all_at_once() -> None:
         "cancelations[8].price",
         "cancelations[8].shipping_price",
         "cancelations[8].reason",
+        "cancelations[8].order_line_id",
     )
 
 

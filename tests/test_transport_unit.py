@@ -47,7 +47,7 @@ ANY_CANCEL = re.compile(r"^http://127\.0\.0\.1:9/api/v2/orders/[^/]+/cancel$")
 ANY_ACTION = re.compile(r"^http://127\.0\.0\.1:9/api/v2/orders/actions/[^/]+$")
 LINE = {"quantity": 1, "reason": "OUT_OF_STOCK",
         "price": {"amount": "10.00", "currency": "EUR"},
-        "shipping_price": {"amount": "0", "currency": "EUR"}}
+        "shipping_price": {"amount": "0", "currency": "EUR"}, "order_line_id": "L-1"}
 ACCEPTED = {"action_id": "act-1", "tracking_id": "act-1"}
 def client(**kwargs: Any) -> MiraklConnectClient:
     kwargs.setdefault("auth", StaticToken("tok-123"))
