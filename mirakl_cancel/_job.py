@@ -72,6 +72,7 @@ from ._store import (
     PlannedRow,
     RequestState,
 )
+from ._text import printable
 from ._transport import RetryPolicy
 from .auth import Auth
 from .batching import group_by_order
@@ -202,8 +203,8 @@ def print_dry_run(staging: PlanStaging, max_lines: int | None, out: TextIO) -> N
         for currency, amount in request.totals.items():
             totals[currency] += amount
         rows = ",".join(str(n) for n in request.rows)
-        print(f"  {request.order_id}: {len(request.rows)} line(s), {request.units} unit(s), "
-              f"{_amounts(request.totals)} (rows {rows})", file=out)
+        print(f"  {printable(request.order_id)}: {len(request.rows)} line(s), "
+              f"{request.units} unit(s), {_amounts(request.totals)} (rows {rows})", file=out)
     print(f"total: {count} request(s), {staging.valid_rows} line(s), {units} unit(s), "
           f"{_amounts(totals) or 'no amount'} (price + shipping + taxes)", file=out)
     if staging.invalid_rows:

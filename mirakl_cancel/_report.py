@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from ._store import JournalRequest, JournalRow, RequestState
+from ._text import neutralise_cell
 
 __all__ = [
     "REPORT_FIELDS",
@@ -144,7 +145,10 @@ class ReportWriter:
             self._handle.write(json.dumps(data, ensure_ascii=False) + "\n")
             return
         data["errors"] = " | ".join(line.errors)
-        self._csv.writerow({k: "" if v is None else v for k, v in data.items()})
+        # JSONL is for programs: every value exactly as it is. CSV is opened in spreadsheets,
+        # where an id or a server message such as `=HYPERLINK(...)` would run as a formula.
+        self._csv.writerow({k: "" if v is None else neutralise_cell(v) if isinstance(v, str)
+                            else v for k, v in data.items()})
 
     def commit(self) -> None:
         """Close and rename into place."""
