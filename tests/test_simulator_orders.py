@@ -17,7 +17,10 @@ from mirakl_cancel.simulator import Fault, SimLine, SimOrder, Simulator, Simulat
 
 pytestmark = pytest.mark.asyncio
 
-CONFIG = SimulatorConfig(time_scale=0.001, processing_delay=(20.0, 20.0), seed=3)
+# These tests read pages back to back to check the listing itself; its once-a-minute
+# ceiling is tested in test_simulator_hostile.py.
+CONFIG = SimulatorConfig(time_scale=0.001, processing_delay=(20.0, 20.0), seed=3,
+                         min_list_interval=0)
 
 
 def assert_valid(schema: str, body: Any) -> None:

@@ -163,7 +163,7 @@ def create_app(state: SimState) -> web.Application:
         client_id, secret = _client_credentials(request, form)
         if client_id != config.client_id or secret != config.client_secret:
             return json_response(401, {"error": "invalid_client"}, {"WWW-Authenticate": "Basic"})
-        access_token, lifetime = state.tokens.issue()
+        access_token, lifetime = state.tokens.issue(owner=client_id or "")
         expires_in: float | int = lifetime if lifetime != int(lifetime) else int(lifetime)
         if isinstance(expires_in, float):
             expires_in = round(expires_in, 3)
@@ -234,6 +234,15 @@ def create_app(state: SimState) -> web.Application:
     async def orders(request: web.Request) -> web.Response:
         if (refused := _authorize(state, request)) is not None:
             return refused
+        credential = state.tokens.owner(request.headers.get("Authorization"))
+        wait = state.accept_listing(credential, state.clock.now())
+        if wait > 0:
+            return error_response(
+                429,
+                "TOO_MANY_REQUEST",
+                "v2-listOrders may be called at most once per minute",
+                headers={"Retry-After": state.clock.retry_after(wait)},
+            )
         try:
             query, direction, key = parse_list_query(request.query, request.query.getall)
         except ListQueryError as exc:

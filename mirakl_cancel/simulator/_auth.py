@@ -21,8 +21,11 @@ class TokenStore:
         self._clock = clock
         self.ttl = ttl
         self._expiry: dict[str, float] = {}
+        #: The credential (client id) each token was issued to: per-credential ceilings
+        #: such as v2-listOrders' hold across every token of one credential.
+        self._owner: dict[str, str] = {}
 
-    def issue(self, ttl: float | None = None) -> tuple[str, float]:
+    def issue(self, ttl: float | None = None, owner: str = "") -> tuple[str, float]:
         """Return ``(token, real_lifetime_seconds)``; ``ttl`` in API seconds."""
         lifetime = self._clock.scaled(self.ttl if ttl is None else ttl)
         token = secrets.token_urlsafe(32)
@@ -30,8 +33,14 @@ class TokenStore:
         if len(self._expiry) >= 1024:
             # Long benchmarks with short TTLs would otherwise grow this forever.
             self._expiry = {t: exp for t, exp in self._expiry.items() if exp > now}
+            self._owner = {t: who for t, who in self._owner.items() if t in self._expiry}
         self._expiry[token] = now + lifetime
+        self._owner[token] = owner
         return token, lifetime
+
+    def owner(self, header: str | None) -> str:
+        """The credential behind a (checked) ``Authorization`` header."""
+        return self._owner.get((header or "").partition(" ")[2].strip(), "")
 
     def check(self, header: str | None) -> str | None:
         """Return why ``Authorization`` is refused, or None when the token is valid."""
@@ -50,3 +59,4 @@ class TokenStore:
     def revoke_all(self) -> None:
         """Invalidate every token, e.g. to test a client's refresh-on-401."""
         self._expiry.clear()
+        self._owner.clear()

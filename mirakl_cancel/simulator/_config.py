@@ -52,6 +52,8 @@ class SimulatorConfig:
     time_scale: float = 1.0
     processing_delay: tuple[float, float] = (1.0, 5.0)
     min_poll_interval: float = 60.0
+    #: v2-listOrders' ceiling: once a minute per credential (API seconds).
+    min_list_interval: float = 60.0
     rate_limit: float | None = None
     token_ttl: float = 3599.0
     latency: tuple[float, float] = (0.0, 0.0)
@@ -67,6 +69,8 @@ class SimulatorConfig:
         _check_range("latency", self.latency)
         if self.min_poll_interval < 0:
             raise ValueError("min_poll_interval must be >= 0")
+        if self.min_list_interval < 0:
+            raise ValueError("min_list_interval must be >= 0")
         if self.rate_limit is not None and not self.rate_limit > 0:
             raise ValueError("rate_limit must be > 0 or None")
         if not self.token_ttl > 0:

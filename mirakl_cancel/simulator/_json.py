@@ -25,11 +25,41 @@ def _reject_constant(name: str) -> Any:
     raise InvalidJSON(f"{name} is not valid JSON")
 
 
+#: Deeper bodies are refused: no request of the API nests more than 5 levels.
+MAX_DEPTH = 64
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether `value` nests deeper than `limit` (iterative: no RecursionError)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def loads(raw: bytes) -> Any:
+    """Parse a request body; anything a hostile client can send becomes InvalidJSON (a 400).
+
+    Beyond syntax: too deep a nesting (RecursionError), an integer of 4,300+ digits
+    (ValueError from int()) and an exponent Decimal cannot hold (InvalidOperation) would
+    otherwise surface as 500s.
+    """
     try:
-        return json.loads(raw.decode("utf-8"), parse_float=Decimal, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidJSON(str(exc)) from exc
+        value = json.loads(
+            raw.decode("utf-8"), parse_float=Decimal, parse_constant=_reject_constant
+        )
+    except RecursionError:
+        raise InvalidJSON(f"nested more than {MAX_DEPTH} levels deep") from None
+    except (ValueError, ArithmeticError) as exc:  # JSONDecodeError, UnicodeDecodeError too
+        raise InvalidJSON(str(exc) or type(exc).__name__) from None
+    if _depth_exceeds(value, MAX_DEPTH):
+        raise InvalidJSON(f"nested more than {MAX_DEPTH} levels deep")
+    return value
 
 
 def _write(value: Any, out: list[str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -109,7 +110,7 @@ def _decode_token(token: str) -> tuple[ListQuery, str, tuple[str, str]]:
             int(data["l"]),
         )
         return query, direction, (str(key[0]), str(key[1]))
-    except (ValueError, KeyError, TypeError, UnicodeEncodeError, binascii.Error) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError, binascii.Error) as exc:
         raise ListQueryError([{"field": "page_token", "message": "invalid page token"}]) from exc
 
 
@@ -121,7 +122,8 @@ def parse_list_query(
     limit = 10
     raw_limit = params.get("limit")
     if raw_limit is not None:
-        if raw_limit.strip().lstrip("-").isdigit() and 1 <= int(raw_limit) <= 100:
+        # ASCII digits only: str.isdigit() takes "²", which int() then refuses (a 500).
+        if re.fullmatch(r"[0-9]{1,3}", raw_limit.strip()) and 1 <= int(raw_limit) <= 100:
             limit = int(raw_limit)
         else:
             errors.append({"field": "limit", "message": "must be an integer between 1 and 100"})

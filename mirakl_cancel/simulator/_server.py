@@ -120,7 +120,7 @@ class Simulator:
 
     def issue_token(self, ttl: float | None = None) -> str:
         """Mint another valid token, optionally with its own ``ttl`` (API seconds)."""
-        return self.state.tokens.issue(ttl)[0]
+        return self.state.tokens.issue(ttl, owner=self.config.client_id)[0]
 
     def revoke_tokens(self) -> None:
         """Invalidate every token issued so far (forces the client through a 401)."""

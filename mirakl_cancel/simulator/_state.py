@@ -54,6 +54,7 @@ class SimState:
         self.orders: dict[str, SimOrder] = {}
         self.actions: dict[str, SimAction] = {}
         self._seen_posts: set[tuple[str, str]] = set()
+        self._last_listing: dict[str, float] = {}
         self._generated = 0
         self._adjustments = 0
 
@@ -233,6 +234,21 @@ class SimState:
             self.stats.poll_violations += 1
             return interval - (now - last)
         action.last_accepted_poll = now
+        return 0.0
+
+    def accept_listing(self, credential: str, now: float) -> float:
+        """Record a v2-listOrders call; 0 if allowed, else the real seconds still to wait.
+
+        Like a poll: a refused call does not move the window, so a client that retries
+        as soon as Retry-After says gets through.
+        """
+        self.stats.list_calls += 1
+        interval = self.clock.scaled(self.config.min_list_interval)
+        last = self._last_listing.get(credential)
+        if last is not None and now - last < interval:
+            self.stats.list_violations += 1
+            return interval - (now - last)
+        self._last_listing[credential] = now
         return 0.0
 
 

@@ -34,6 +34,10 @@ class SimulatorStats:
     actions_created: int = 0
     polls_per_action: dict[str, int] = field(default_factory=dict)
     poll_violations: int = 0
+    #: v2-listOrders calls, and those that came sooner than once a minute per credential
+    #: (answered 429): a client that keeps the ceiling shows 0 here.
+    list_calls: int = 0
+    list_violations: int = 0
     responses_429: int = 0
     faults_injected: dict[str, int] = field(default_factory=dict)
     drops: int = 0

@@ -34,6 +34,19 @@ def _err(errors: ErrorItems, field: str, message: str) -> None:
     errors.append({"field": field, "message": message})
 
 
+def _is_text(value: str) -> bool:
+    # A lone surrogate ("\ud800" in the JSON) parses, but is no text: it has no UTF-8
+    # form, so echoing it in an answer would fail. Refused like any malformed string.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_NOT_TEXT = "must be valid Unicode text (no lone surrogates)"
+
+
 def _is_number(value: Any) -> bool:
     # JSON numbers arrive as int or Decimal (parse_float=Decimal); bool is an
     # int subclass in Python but never a JSON number.
@@ -57,7 +70,7 @@ def _money(value: Any, path: str, errors: ErrorItems) -> None:
     currency = value.get("currency")
     if currency is None:
         _err(errors, f"{path}.currency", "must not be null")
-    elif not isinstance(currency, str) or not _CURRENCY.match(currency):
+    elif not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
         _err(errors, f"{path}.currency", "must be an ISO 4217 currency code (3 upper-case letters)")
 
 
@@ -73,14 +86,20 @@ def _taxes(value: Any, path: str, errors: ErrorItems) -> None:
         code = tax.get("code")
         if not isinstance(code, str) or not code:
             _err(errors, f"{item}.code", "must be a non-empty string")
+        elif not _is_text(code):
+            _err(errors, f"{item}.code", _NOT_TEXT)
         _money(tax.get("amount"), f"{item}.amount", errors)
 
 
 def _optional_id(item: dict[str, Any], key: str, path: str, errors: ErrorItems) -> None:
     if key in item and item[key] is not None:
         value = item[key]
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str):
+            _err(errors, f"{path}.{key}", "must be a string")
+        elif not value:
             _err(errors, f"{path}.{key}", "size must be at least 1")
+        elif not _is_text(value):
+            _err(errors, f"{path}.{key}", _NOT_TEXT)
 
 
 def _cancelation(item: Any, path: str, errors: ErrorItems) -> None:
@@ -99,7 +118,8 @@ def _cancelation(item: Any, path: str, errors: ErrorItems) -> None:
     reason = item.get("reason")
     if reason is None:
         _err(errors, f"{path}.reason", "must not be null")
-    elif reason not in REASONS:
+    elif not isinstance(reason, str) or reason not in REASONS:
+        # isinstance first: an object or array is unhashable, and `in` a set would raise.
         _err(errors, f"{path}.reason", f"must be one of {', '.join(sorted(REASONS))}")
     _money(item.get("price"), f"{path}.price", errors)
     _money(item.get("shipping_price"), f"{path}.shipping_price", errors)
