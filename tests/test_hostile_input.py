@@ -26,7 +26,7 @@ from mirakl_cancel import (
     ValidationError,
 )
 from mirakl_cancel._input import FIELD_MAX_CHARS, parse_csv, parse_jsonl
-from mirakl_cancel._report import ReportLine, _render
+from mirakl_cancel._report import ReportLine, ReportWriter
 from mirakl_cancel._serde import structure_request
 from mirakl_cancel._text import neutralise_cell, printable
 from mirakl_cancel.models import AMOUNT_MAX_DIGITS, QUANTITY_MAX
@@ -302,13 +302,20 @@ def _line(**overrides: Any) -> ReportLine:
     return ReportLine(**values)
 
 
-def test_csv_report_cells_are_neutralised_and_jsonl_kept_raw() -> None:
-    [row] = list(csv.DictReader(_render([_line()], "csv").splitlines()))
+def _render(tmp_path: Path, kind: str) -> str:
+    path = tmp_path / f"report.{kind}"
+    with ReportWriter(path) as writer:
+        writer.add(_line())
+    return path.read_text(encoding="utf-8")
+
+
+def test_csv_report_cells_are_neutralised_and_jsonl_kept_raw(tmp_path: Path) -> None:
+    [row] = list(csv.DictReader(_render(tmp_path, "csv").splitlines()))
     assert row["order_id"] == "'=cmd|'/c calc'!A1"
     assert row["order_line_id"] == "'+L" and row["product_id"] == "'@P"
     assert row["action_id"] == "'-a" and row["errors"] == "'=1+1 | x"
     assert row["quantity"] == "1" and row["outcome"] == "FAILED"
-    [data] = [json.loads(text) for text in _render([_line()], "jsonl").splitlines()]
+    [data] = [json.loads(text) for text in _render(tmp_path, "jsonl").splitlines()]
     assert data["order_id"] == "=cmd|'/c calc'!A1" and data["errors"] == ["=1+1", "x"]
 
 
