@@ -44,6 +44,7 @@ from ._job import (
 )
 from ._progress import ProgressLogHandler
 from ._report import check_report_path
+from ._text import printable
 from ._urls import check_base_url
 from ._version import __version__
 from .auth import Auth, ClientCredentials, StaticToken
@@ -498,7 +499,7 @@ async def _statuses(client: MiraklConnectClient, action_ids: Sequence[str],
             if as_json:
                 print(json.dumps({"id": action_id, "state": state, "error": str(result)}))
             else:
-                print(f"{action_id}  {state}  {result}")
+                print(printable(f"{action_id}  {state}  {result}", limit=None))
             continue
         errors = [f"{e.code}: {e.message}" for e in result.errors]
         updated = result.updated_at.isoformat() if result.updated_at else None
@@ -509,7 +510,7 @@ async def _statuses(client: MiraklConnectClient, action_ids: Sequence[str],
             line = f"{action_id}  {result.raw_status}  updated_at={updated or '-'}"
             if errors:
                 line += "  errors: " + "; ".join(errors)
-            print(line)
+            print(printable(line, limit=None))  # the server's words: no terminal escapes
     return code
 
 

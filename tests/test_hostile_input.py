@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import SCALE, cli, env_for, poll_flags, read_report
+from cli_support import SCALE, cli, env_for, poll_flags, read_report
 
 from mirakl_cancel import (
     Cancelation,
