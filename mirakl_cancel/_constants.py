@@ -74,6 +74,9 @@ DEFAULT_POLL_INTERVAL = 300.0
 DEFAULT_FIRST_POLL_DELAY = API_MIN_INTERVAL
 #: Status reads in flight at most, per tracker.
 DEFAULT_TRACKER_CONCURRENCY = 8
+#: A status read refused (429) for longer than this ends that action's tracking with
+#: the RateLimitError (PollPolicy.max_retry_after): nothing waits for ever.
+DEFAULT_TRACKER_MAX_RETRY_AFTER = 3600.0
 
 # --- Reconciliation (ReconcilePolicy) ---------------------------------------------------
 

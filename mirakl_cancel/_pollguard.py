@@ -5,15 +5,20 @@ credential. Keeping that rule in the transport, rather than trusting each caller
 schedule, makes it hold for a user's own polling loop, for retries after a 5xx, and for
 the tracker alike. And since the ceiling is the API's, not one client object's, every
 guard of one process for the same API base URL and credential shares one record of
-reads (`shared_reads`): two clients reading one action cannot together break it.
+reads (`shared_reads`): two clients reading one action cannot together break it. That
+record is also kept on disk for the other processes of the machine (`_pollstore`), so
+two `mirakl-cancel status` in a row, or a resumed run, keep the ceiling too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import weakref
 from collections.abc import Hashable
+
+from . import _pollstore
 
 __all__ = ["PollGuard", "ReadLog", "shared_reads"]
 
@@ -25,14 +30,28 @@ class ReadLog:
     time to time, so a long job's log stays as small as its recent reads.
     """
 
-    __slots__ = ("__weakref__", "_sweep_at", "horizon", "last")
+    __slots__ = ("__weakref__", "_sweep_at", "horizon", "last", "name", "store")
 
-    def __init__(self) -> None:
+    def __init__(self, store: _pollstore.PollStore | None = None, name: str = "") -> None:
         self.last: dict[str, float] = {}
         #: The largest min_interval of the guards using this log: reads older than that
         #: constrain nobody.
         self.horizon = 0.0
         self._sweep_at = 1024
+        #: The machine-wide record of the same scope, if it can be used.
+        self.store = store
+        self.name = name
+        if store is not None:
+            try:
+                self.last.update(store.load(name, time.monotonic(), time.time()))
+            except sqlite3.Error as exc:
+                self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        """Carry on without the disk record after it failed (said once)."""
+        if self.store is not None:
+            _pollstore.disable(self.store, exc)
+            self.store = None
 
     def record(self, key: str, at: float) -> None:
         if at > self.last.get(key, float("-inf")):
@@ -56,19 +75,23 @@ def shared_reads(scope: Hashable) -> ReadLog:
     """The process-wide read log of `scope`, created on first use."""
     log = _SHARED.get(scope)
     if log is None:
-        log = _SHARED[scope] = ReadLog()
+        name = "\x1f".join(map(str, scope)) if isinstance(scope, tuple) else str(scope)
+        log = _SHARED[scope] = ReadLog(_pollstore.default_store(), name)
     return log
 
 
 class Claim:
     """A read slot taken before sending; released if the request never left."""
 
-    __slots__ = ("at", "key", "previous")
+    __slots__ = ("at", "key", "previous", "row", "wall")
 
     def __init__(self, key: str, previous: float | None, at: float) -> None:
         self.key = key
         self.previous = previous
         self.at = at
+        #: Set when the claim is on disk too: our wall time, and the row it replaced.
+        self.wall: float | None = None
+        self.row: _pollstore.Row | None = None
 
 
 class PollGuard:
@@ -103,12 +126,39 @@ class PollGuard:
         return max(0.0, self.ready_at(action_id) - time.monotonic())
 
     async def wait(self, action_id: str) -> None:
-        """Sleep until `action_id` may be read again (no wait for a fresh one)."""
+        """Sleep until `action_id` may be read again (no wait for a fresh one).
+
+        This knows the reads of this process; `acquire` also asks the other processes'.
+        """
         while True:
             delay = self.ready_at(action_id) - time.monotonic()
             if delay <= 0:
                 return
             await asyncio.sleep(delay)
+
+    async def acquire(self, action_id: str) -> Claim:
+        """Wait until `action_id` may be read, by this process and by the others of the
+        machine, and take the slot (in memory and on disk at once)."""
+        log = self._log
+        while True:
+            await self.wait(action_id)
+            store = log.store
+            if store is None:
+                return self.claim(action_id)
+            now, wall = time.monotonic(), time.time()
+            try:
+                delay, last, row = store.try_claim(log.name, action_id, self.min_interval,
+                                                   now, wall)
+            except sqlite3.Error as exc:
+                log.fail(exc)
+                return self.claim(action_id)
+            if delay > 0:
+                assert last is not None
+                log.record(action_id, last)  # another process read it: wait for that
+                continue
+            claim = self.claim(action_id)
+            claim.wall, claim.row = wall, row
+            return claim
 
     def record(self, action_id: str, at: float | None = None) -> None:
         """Note that a read of `action_id` ended at monotonic time `at` (default now).
@@ -117,7 +167,14 @@ class PollGuard:
         the next read wait the full interval, never longer.
         """
         now = time.monotonic()
-        self._log.record(action_id, now if at is None else min(at, now))
+        at = now if at is None else min(at, now)
+        self._log.record(action_id, at)
+        store = self._log.store
+        if store is not None:
+            try:
+                store.record(self._log.name, action_id, now - at, now, time.time())
+            except sqlite3.Error as exc:
+                self._log.fail(exc)
 
     def record_ago(self, action_id: str, seconds_ago: float) -> None:
         """Note a read that ended `seconds_ago` seconds ago (negative: taken as now)."""
@@ -137,3 +194,9 @@ class PollGuard:
                 del self._log.last[claim.key]
             else:
                 self._log.last[claim.key] = claim.previous
+        store = self._log.store
+        if store is not None and claim.wall is not None:
+            try:
+                store.release(self._log.name, claim.key, (claim.wall, claim.at), claim.row)
+            except sqlite3.Error as exc:
+                self._log.fail(exc)

@@ -59,6 +59,7 @@ __all__ = [
     "request_body",
     "structure_cancelation",
     "structure_request",
+    "unsendable_text",
 ]
 
 T = TypeVar("T")
@@ -76,6 +77,28 @@ converter.register_unstructure_hook(
 converter.register_unstructure_hook(
     CancelRequest,
     make_dict_unstructure_fn(CancelRequest, converter, order_id=override(omit=True)))
+
+
+def unsendable_text(value: object, path: str) -> list[ValidationIssue]:
+    """Strings in `value` (nested in mappings and lists) that have no UTF-8 form.
+
+    A lone surrogate (e.g. from a file decoded with `surrogateescape`) cannot go into
+    a URL and would be sent as an invalid `\\udXXX` escape in JSON: refused up front,
+    with the field named, instead of an UnicodeEncodeError halfway through a send.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return [ValidationIssue(path, "contains a lone surrogate (not valid Unicode text)")]
+        return []
+    if isinstance(value, Mapping):
+        return [issue for key, item in value.items()
+                for issue in unsendable_text(item, f"{path}.{key}" if path else str(key))]
+    if isinstance(value, (list, tuple)):
+        return [issue for i, item in enumerate(value)
+                for issue in unsendable_text(item, f"{path}[{i}]")]
+    return []
 
 
 def request_body(request: CancelRequest) -> bytes:

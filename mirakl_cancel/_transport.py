@@ -333,10 +333,10 @@ class Transport:
                 if poll_key is None:
                     return await self._attempt(
                         method, url, body, params, idempotent, expected, on_send, call)
-                await guard.wait(poll_key)
-                # Claim the slot before sending (no await in between), so that a concurrent
-                # read of the same key waits too; the end of the attempt is recorded below.
-                claim = guard.claim(poll_key)
+                # Wait for the slot and claim it before sending (in memory and on disk, at
+                # once), so that a concurrent read of the same key, in this process or
+                # another, waits too; the end of the attempt is recorded below.
+                claim = await guard.acquire(poll_key)
                 fleet = self.fleet
                 reservation: object = None
                 try:

@@ -13,6 +13,8 @@ from urllib.parse import quote
 
 from yarl import URL
 
+from .errors import ValidationError, ValidationIssue
+
 __all__ = ["check_base_url", "encode_segment", "is_loopback_host", "is_loopback_url"]
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
@@ -51,9 +53,22 @@ def is_loopback_url(url: str) -> bool:
     return is_loopback_host(URL(url).host or "")
 
 
+def check_no_userinfo(url: URL, name: str) -> None:
+    """Refuse `user:pass@` in a URL: the password would end up in journals, logs and
+    messages. The error does not repeat the URL, so the secret is not echoed either."""
+    if url.user is not None or url.password is not None:
+        raise ValidationError([ValidationIssue(
+            name, "must not contain a user name or password (user:pass@); pass credentials "
+                  "with StaticToken or ClientCredentials instead")])
+
+
 def check_base_url(base_url: str) -> URL:
-    """Refuse plain http except on loopback, where the simulator lives."""
-    url = URL(base_url.rstrip("/"))
+    """Refuse plain http except on loopback, where the simulator lives, and userinfo."""
+    try:
+        url = URL(base_url.rstrip("/"))
+    except (TypeError, ValueError):
+        raise ValueError("base_url must be an http(s) URL") from None
+    check_no_userinfo(url, "base_url")
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
     if url.scheme == "http" and not is_loopback_host(url.host):

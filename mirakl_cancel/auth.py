@@ -25,7 +25,7 @@ from ._constants import (
     TOKEN_REQUEST_TIMEOUT,
 )
 from ._serde import AnswerTooLarge, loads, read_bounded
-from ._urls import is_loopback_host
+from ._urls import check_no_userinfo, is_loopback_host
 from .errors import AuthenticationError, ServerError, TransportError, api_error_class
 
 __all__ = ["Auth", "ClientCredentials", "StaticToken", "credential_identity"]
@@ -125,6 +125,7 @@ def _check_token_url(token_url: str) -> None:
         url = URL(token_url)
     except (TypeError, ValueError):
         raise ValueError(f"token_url must be an http(s) URL, not {token_url!r}") from None
+    check_no_userinfo(url, "token_url")
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"token_url must be an http(s) URL, not {token_url!r}")
     if url.scheme == "http" and not is_loopback_host(url.host):

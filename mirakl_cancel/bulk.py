@@ -215,6 +215,17 @@ def _untracked(outcome: CancelOutcome) -> CancelResult:
                         exception=error)
 
 
+def _duplicate(outcome: CancelOutcome, other_order: str) -> CancelResult:
+    accepted = outcome.accepted
+    assert accepted is not None
+    error = UncertainDeliveryError(
+        f"the API answered with action {accepted.action_id}, already given to the cancel "
+        f"of order {other_order}: whether this cancel was applied is unknown; check the "
+        "order before resending", order_id=outcome.request.order_id)
+    return CancelResult(outcome.request, Outcome.UNCERTAIN, accepted.action_id,
+                        errors=(error,), exception=error)
+
+
 async def cancel_and_track(
     client: MiraklConnectClient,
     requests: Iterable[CancelRequest] | AsyncIterable[CancelRequest],
@@ -338,6 +349,18 @@ async def _run(
                         hold[0].append(SentCancel(outcome.request, sent_at))
                     else:
                         results.put_nowait(result_from_outcome(outcome))
+                    continue
+                if accepted.action_id in waiting:
+                    # One action id for two requests: the API's status of that action
+                    # cannot tell whether *this* cancel was applied.
+                    other = waiting[accepted.action_id].request.order_id
+                    logger.warning("the cancel of order %s was answered with action %s, "
+                                   "already given to the cancel of order %s: UNCERTAIN",
+                                   outcome.request.order_id, accepted.action_id, other)
+                    if hold is not None:
+                        hold[0].append(SentCancel(outcome.request, sent_at))
+                    else:
+                        results.put_nowait(_duplicate(outcome, other))
                     continue
                 if hold is not None:
                     hold[1].append(SentCancel(outcome.request, sent_at))

@@ -27,11 +27,13 @@ from ._pacing import SharedStore, fleet_key
 from ._pollguard import PollGuard, shared_reads
 from ._sending import CancelOutcome, send_many
 from ._serde import (
+    converter,
     parse_action_accepted,
     parse_action_status,
     parse_orders_page,
     request_body,
     structure_request,
+    unsendable_text,
 )
 from ._transport import (
     DEFAULT_LIMITS,
@@ -205,21 +207,29 @@ class MiraklConnectClient:
         it returns an awaitable, the attempt leaves only once that is done.
         """
         if not isinstance(request, CancelRequest):
-            raise TypeError("cancel() takes a CancelRequest")
+            raise ValidationError([ValidationIssue("request", "cancel() takes a CancelRequest")])
+        body = request_body(request)
+        # The ASCII body escapes every non-ASCII character; a lone surrogate shows as
+        # \ud8xx-\udfxx there (so do valid pairs: only then is the request walked).
+        if "\\ud" in body.decode("ascii") or unsendable_text(request.order_id, "order_id"):
+            issues = unsendable_text(request.order_id, "order_id") + unsendable_text(
+                converter.unstructure(request)["cancelations"], "cancelations")
+            if issues:
+                raise ValidationError(issues)
         hooks = self._transport.hooks
         if not hooks.active:
-            return await self._cancel(request, on_send, None)
+            return await self._cancel(request, on_send, None, body)
         call = Call(ROUTE_CANCEL, "POST", order_id=request.order_id,
                     lines=len(request.cancelations))
-        return await hooks.observe(call, self._cancel(request, on_send, call))
+        return await hooks.observe(call, self._cancel(request, on_send, call, body))
 
     async def _cancel(self, request: CancelRequest,
                       on_send: Callable[[], Awaitable[None] | None] | None,
-                      call: Call | None) -> ActionAccepted:
+                      call: Call | None, body: bytes) -> ActionAccepted:
         url = self._transport.url("v2", "orders", request.order_id, "cancel")
         try:
             response = await self._transport.request(
-                "POST", url, body=request_body(request), idempotent=False, expected=(202, 200),
+                "POST", url, body=body, idempotent=False, expected=(202, 200),
                 on_send=on_send, call=call)
         except UncertainDeliveryError as exc:
             exc.order_id = request.order_id
@@ -242,6 +252,8 @@ class MiraklConnectClient:
         """
         if not isinstance(action_id, str) or not action_id:
             raise ValidationError([ValidationIssue("action_id", "must be a non-empty string")])
+        if issues := unsendable_text(action_id, "action_id"):
+            raise ValidationError(issues)
         hooks = self._transport.hooks
         if not hooks.active:
             return await self._get_action_status(action_id, retry, None)
@@ -268,6 +280,8 @@ class MiraklConnectClient:
         ids = list(dict.fromkeys(order_ids))
         if any(not isinstance(i, str) or not i for i in ids):
             raise ValidationError([ValidationIssue("order_ids", "must be non-empty strings")])
+        if issues := unsendable_text(ids, "order_ids"):
+            raise ValidationError(issues)
         hooks = self._transport.hooks
         if not hooks.active:
             return await self._list_orders(ids, None)

@@ -30,6 +30,7 @@ from ._constants import (
     DEFAULT_FIRST_POLL_DELAY,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_TRACKER_CONCURRENCY,
+    DEFAULT_TRACKER_MAX_RETRY_AFTER,
 )
 from ._hooks import ActionFinalEvent, ActionTrackedEvent, Hooks, PollEvent
 from ._scheduler import Clock, LoopClock, TimerHandle
@@ -88,9 +89,13 @@ class PollPolicy:
     interval: float = DEFAULT_POLL_INTERVAL
     first_delay: float = DEFAULT_FIRST_POLL_DELAY
     timeout: float | None = None
+    #: A status read refused (429) for longer than this ends the action's tracking with
+    #: that RateLimitError, rather than a wait nobody asked for (Retry-After: 999999999).
+    max_retry_after: float = DEFAULT_TRACKER_MAX_RETRY_AFTER
 
     def __attrs_post_init__(self) -> None:
-        issues = [issue for name in ("min_interval", "interval", "first_delay")
+        issues = [issue for name in ("min_interval", "interval", "first_delay",
+                                     "max_retry_after")
                   if (issue := _duration_issue(name, getattr(self, name))) is not None]
         if not issues and self.interval < self.min_interval:
             issues.append(ValidationIssue(
@@ -624,7 +629,14 @@ class ActionTracker:
         self.stats.poll_errors += 1
         if isinstance(error, RateLimitError):
             self.stats.rate_limited += 1
-            self._push(record, ended + max(self._min, error.retry_after or 0.0))
+            wait = error.retry_after or 0.0
+            if not wait <= self.policy.max_retry_after:  # NaN too
+                logger.warning("reading action %s: the server refuses reads for %.0f s, more "
+                               "than max_retry_after (%.0f s): tracking it stops here",
+                               record.action_id, wait, self.policy.max_retry_after)
+                self._finish(record, error=error)
+                return
+            self._push(record, ended + max(self._min, wait))
         elif isinstance(error, NotFoundError):
             self._finish(record, error=error)
         elif isinstance(error, (ServerError, TransportError)):

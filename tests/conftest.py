@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from aioresponses import aioresponses
 
-from mirakl_cancel import _pollguard, _transport
+from mirakl_cancel import _pollguard, _pollstore, _transport
 
 REAL_SLEEP = asyncio.sleep
 
@@ -50,11 +50,21 @@ class FakeClock:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_poll_state(monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_poll_state(monkeypatch: pytest.MonkeyPatch,
+                         tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Each test starts with no reads on record: the poll guards' process-wide logs
-    are shared by every client of an API and credential, so without this one test's
-    reads would hold back the next test's (same mocked URL, same token)."""
+    are shared by every client of an API and credential, and kept on disk for other
+    processes, so without this one test's reads would hold back the next test's (same
+    mocked URL, same token), and tests would write to the user's cache directory. The
+    environment variable reaches the CLI processes the tests start, too."""
     monkeypatch.setattr(_pollguard, "_SHARED", weakref.WeakValueDictionary())
+    monkeypatch.setenv("MIRAKL_CANCEL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    stores: dict[Any, Any] = {}
+    monkeypatch.setattr(_pollstore, "_STORES", stores)
+    yield
+    for store in stores.values():
+        if store is not None:
+            store.close()
 
 
 @pytest.fixture

@@ -242,7 +242,7 @@ async def test_bad_action_id_refused_before_sending(mocked: aioresponses) -> Non
 
 async def test_cancel_takes_a_cancel_request(mocked: aioresponses) -> None:
     async with client() as c:
-        with pytest.raises(TypeError, match="CancelRequest"):
+        with pytest.raises(ValidationError, match="CancelRequest"):
             await c.cancel({"order_id": "O"})  # type: ignore[arg-type]
     mocked.assert_not_called()
 

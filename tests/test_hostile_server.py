@@ -29,12 +29,14 @@ from mirakl_cancel import (
     Money,
     Outcome,
     PollPolicy,
+    RateLimitError,
     RetryPolicy,
     ServerError,
     StaticToken,
     Timeout,
     TransportError,
     UncertainDeliveryError,
+    ValidationError,
     cancel_and_track,
 )
 
@@ -352,3 +354,94 @@ def test_limits_are_validated() -> None:
         Limits(max_json_depth=True)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="answer"):
         Timeout(answer=float("inf"))
+
+
+# --- 3. nothing hangs ------------------------------------------------------------------
+
+
+async def test_an_absurd_retry_after_ends_tracking_with_a_clear_outcome() -> None:
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            method, _, _ = await read_request(reader)
+            if method == "POST":
+                writer.write(answer(202, b'{"action_id": "act-1"}'))
+            else:
+                writer.write(answer(429, b'{"message": "slow down"}',
+                                    {"Retry-After": "999999999"}))
+            await writer.drain()
+
+    policy = PollPolicy(min_interval=0.01, interval=0.01, first_delay=0.0)  # no timeout
+    async with hostile(refuse) as url, client(url) as c:
+        results = await asyncio.wait_for(
+            _collect(cancel_and_track(c, [request("o1")], policy)), HANG_GUARD)
+    [result] = results
+    assert result.outcome is Outcome.ERROR
+    assert result.action_id == "act-1"
+    assert isinstance(result.exception, RateLimitError)
+
+
+async def _collect(results: AsyncIterator[Any]) -> list[Any]:
+    return [r async for r in results]
+
+
+async def test_two_cancels_answered_with_one_action_id_get_one_result_each() -> None:
+    async def same_id(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            method, _, _ = await read_request(reader)
+            if method == "POST":
+                writer.write(answer(202, b'{"action_id": "act-same"}'))
+            else:
+                writer.write(answer(200, b'{"id": "act-same", "status": "SUCCESS"}'))
+            await writer.drain()
+
+    policy = PollPolicy(min_interval=0.01, interval=0.01, first_delay=0.0)
+    async with hostile(same_id) as url, client(url) as c:
+        results = await asyncio.wait_for(
+            _collect(cancel_and_track(c, [request("o1"), request("o2")], policy)), HANG_GUARD)
+    assert sorted(r.order_id for r in results) == ["o1", "o2"]
+    assert sorted(r.outcome.value for r in results) == ["SUCCEEDED", "UNCERTAIN"]
+
+
+# --- secrets and unsendable input -------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["https://user:pa55@connect.example.com/api",
+                                 "http://user@127.0.0.1:9"])
+def test_a_base_url_with_userinfo_is_refused_without_echoing_it(url: str) -> None:
+    with pytest.raises(ValidationError, match="base_url") as info:
+        MiraklConnectClient(auth=StaticToken(TOKEN), base_url=url)
+    assert "pa55" not in str(info.value)
+
+
+def test_a_token_url_with_userinfo_is_refused() -> None:
+    with pytest.raises(ValidationError, match="token_url") as info:
+        ClientCredentials("cid", "secret", token_url="https://u:pa55@auth.example.com/t")
+    assert "pa55" not in str(info.value)
+
+
+async def test_lone_surrogates_are_refused_before_sending() -> None:
+    hits: list[str] = []
+
+    async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hits.append("request")
+        await read_request(reader)
+
+    async with hostile(count) as url, client(url) as c:
+        line = Cancelation(quantity=1, reason=CancelReason.OUT_OF_STOCK,
+                           price=Money(Decimal("1"), "EUR"), shipping_price=Money(0, "EUR"),
+                           order_line_id="l-\udc80")
+        with pytest.raises(ValidationError, match=r"cancelations\[0\]\.order_line_id"):
+            await c.cancel(CancelRequest("o1", [line]))
+        with pytest.raises(ValidationError, match="order_id"):
+            await c.cancel(CancelRequest("o-\ud800", request().cancelations))
+        with pytest.raises(ValidationError, match="action_id"):
+            await c.get_action_status("a-\udfff")
+        with pytest.raises(ValidationError, match=r"order_ids\[1\]"):
+            await c.list_orders(["ok", "bad-\udc00"])
+        emoji = Cancelation(quantity=1, reason=CancelReason.OUT_OF_STOCK,
+                            price=Money(Decimal("1"), "EUR"), shipping_price=Money(0, "EUR"),
+                            order_line_id="l-\U0001f600")  # a valid pair is fine
+    assert hits == []
+    async with hostile(fixed(answer(202, b'{"action_id": "a"}'))) as url, client(url) as c:
+        accepted = await c.cancel(CancelRequest("o1", [emoji]))
+    assert accepted.action_id == "a"

@@ -1,0 +1,210 @@
+"""The polling ceiling across processes: last-read times kept on disk, per machine.
+
+Two `mirakl-cancel status ID` a few seconds apart, or a `run` resumed right after
+another stopped, are different processes reading the same action: only a file they
+all see can keep them a minute apart. It is a small SQLite database in the user's
+cache directory (`MIRAKL_CANCEL_CACHE_DIR`, else `$XDG_CACHE_HOME/mirakl-cancel`, else
+`~/.cache/mirakl-cancel`), one row per (scope, key) read recently:
+
+- the scope names the API base URL and a hash of the credential, never the secret;
+- a claim is checked and written in one `BEGIN IMMEDIATE` transaction, so two
+  processes cannot both take the same slot;
+- each row keeps the wall time *and* the boot id with the monotonic time: on the same
+  boot the monotonic time is used, exact whatever the wall clock did since (a step
+  forward an hour cannot make an old read look old); across a reboot only the wall
+  time is left, and one in the future (a clock stepped back) counts as "just read":
+  a clock step can make a read wait longer, never come sooner;
+- rows are pruned once old under both readings, so the file stays as small as the
+  last few minutes of reads.
+
+Any failure of the file (read-only, locked for too long, corrupt) is logged once and
+the process carries on with its in-memory guards: the ceiling then holds per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["PollStore", "cache_dir", "default_store"]
+
+logger = logging.getLogger("mirakl_cancel")
+
+ENV_CACHE_DIR = "MIRAKL_CANCEL_CACHE_DIR"
+FILE_NAME = "poll-state.sqlite3"
+#: Rows older than this under both readings (wall and monotonic) are deleted: far above
+#: the API's one-minute ceiling, so that no row that still constrains a read is lost.
+RETENTION = 600.0
+#: How long to wait for another process's transaction before giving up on the file.
+LOCK_TIMEOUT = 2.0
+_PRUNE_EVERY = 512
+
+
+def cache_dir() -> Path:
+    """The directory for the shared poll state (see the module docstring)."""
+    explicit = os.environ.get(ENV_CACHE_DIR)
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "mirakl-cancel"
+
+
+def _boot_id() -> str | None:
+    """This boot's id (Linux): monotonic times compare only within one boot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip() or None
+    except OSError:
+        return None
+
+
+Row = tuple[float, "str | None", float]  # wall, boot, mono
+
+
+class PollStore:
+    """Last-read times of one machine, in one SQLite file (thread-safe)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._boot = _boot_id()
+        self._lock = threading.Lock()
+        self._writes = 0
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db = sqlite3.connect(path, timeout=LOCK_TIMEOUT, isolation_level=None,
+                                   check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # a lost last read costs one 429
+            self._db.execute("CREATE TABLE IF NOT EXISTS reads (scope TEXT NOT NULL, "
+                             "key TEXT NOT NULL, wall REAL NOT NULL, boot TEXT, "
+                             "mono REAL NOT NULL, PRIMARY KEY (scope, key)) WITHOUT ROWID")
+            with self._lock:
+                self._prune(time.time(), time.monotonic())
+        except sqlite3.Error:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _local(self, row: Row, now_mono: float, now_wall: float) -> float:
+        """A stored read as a monotonic time of this process, never later than now:
+        its monotonic reading on this boot, else its wall reading."""
+        wall, boot, mono = row
+        if boot is not None and boot == self._boot:
+            return min(mono, now_mono)
+        return min(now_mono - (now_wall - wall), now_mono)
+
+    def load(self, scope: str, now_mono: float, now_wall: float) -> dict[str, float]:
+        """Every recent read of `scope`, as monotonic times of this process."""
+        with self._lock:
+            rows = self._db.execute("SELECT key, wall, boot, mono FROM reads WHERE scope = ?",
+                                    (scope,)).fetchall()
+        return {key: self._local((wall, boot, mono), now_mono, now_wall)
+                for key, wall, boot, mono in rows}
+
+    def try_claim(self, scope: str, key: str, interval: float, now_mono: float,
+                  now_wall: float) -> tuple[float, float | None, Row | None]:
+        """Take the read slot of `key` if the last read (by any process) allows it.
+
+        Returns (seconds still to wait, last read as a local monotonic time, the row
+        replaced): a wait of 0.0 means the slot is ours and written.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                found = self._db.execute(
+                    "SELECT wall, boot, mono FROM reads WHERE scope = ? AND key = ?",
+                    (scope, key)).fetchone()
+                previous: Row | None = None if found is None else (found[0], found[1], found[2])
+                last = None if previous is None else self._local(previous, now_mono, now_wall)
+                if last is not None and last + interval > now_mono:
+                    self._db.execute("COMMIT")
+                    return last + interval - now_mono, last, previous
+                self._write(scope, key, (now_wall, self._boot, now_mono))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return 0.0, last, previous
+
+    def record(self, scope: str, key: str, ago: float, now_mono: float,
+               now_wall: float) -> None:
+        """Note that a read of `key` ended `ago` seconds ago, unless a later one is
+        already on record."""
+        mono, wall = now_mono - ago, now_wall - ago
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                found = self._db.execute(
+                    "SELECT wall, boot, mono FROM reads WHERE scope = ? AND key = ?",
+                    (scope, key)).fetchone()
+                if found is None or self._local(found, now_mono, now_wall) <= mono:
+                    self._write(scope, key, (wall, self._boot, mono))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def release(self, scope: str, key: str, claimed: tuple[float, float],
+                previous: Row | None) -> None:
+        """Undo our claim (wall, mono) of `key`, if it is still the row on disk."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = self._db.execute(
+                    "DELETE FROM reads WHERE scope = ? AND key = ? AND wall = ? AND mono = ?",
+                    (scope, key, claimed[0], claimed[1]))
+                if cursor.rowcount and previous is not None:
+                    self._write(scope, key, previous)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _write(self, scope: str, key: str, row: Row) -> None:
+        self._db.execute("INSERT INTO reads (scope, key, wall, boot, mono) VALUES (?, ?, ?, ?, ?) "
+                         "ON CONFLICT (scope, key) DO UPDATE SET wall = excluded.wall, "
+                         "boot = excluded.boot, mono = excluded.mono", (scope, key, *row))
+        self._writes += 1
+        if self._writes % _PRUNE_EVERY == 1:
+            self._prune(row[0], row[2])
+
+    def _prune(self, now_wall: float, now_mono: float) -> None:
+        # Old under both readings: a wall clock stepped forward cannot prune a fresh row.
+        self._db.execute("DELETE FROM reads WHERE wall < ? AND (boot IS NOT ? OR mono < ?)",
+                         (now_wall - RETENTION, self._boot, now_mono - RETENTION))
+
+
+_STORES: dict[Path, PollStore | None] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def default_store() -> PollStore | None:
+    """The store of this machine's cache directory, or None when it cannot be used
+    (said once per directory, as a warning)."""
+    path = cache_dir() / FILE_NAME
+    with _STORES_LOCK:
+        if path not in _STORES:
+            try:
+                _STORES[path] = PollStore(path)
+            except (OSError, sqlite3.Error) as exc:
+                logger.warning("cannot keep the polling ceiling across processes in %s (%s): "
+                               "it holds within this process only", path, exc)
+                _STORES[path] = None
+        return _STORES[path]
+
+
+def disable(store: PollStore, exc: BaseException) -> None:
+    """Stop using a store that failed mid-run (logged once)."""
+    with _STORES_LOCK:
+        for path, known in list(_STORES.items()):
+            if known is store:
+                _STORES[path] = None
+                logger.warning("the shared poll state %s failed (%s): the polling ceiling "
+                               "now holds within this process only", path, exc)
