@@ -52,6 +52,7 @@ import attrs
 
 from ._constants import DEFAULT_JOB_CONCURRENCY, DEFAULT_PROGRESS_INTERVAL
 from ._input import InputError, InputFormat, InputIssue, InvalidRow, ParsedInput, open_input
+from ._net import network_options_from_env
 from ._progress import Progress, ProgressLogHandler
 from ._report import (
     JobCounts,
@@ -1136,7 +1137,8 @@ async def _run_with_store(options: JobOptions, auth: Auth, store: JobStore, resu
         rate_limit=options.rate_limit, retry=options.retry, timeout=options.http_timeout,
         min_poll_interval=options.policy.min_interval,
         # v2-listOrders (reconciliation) has the same once-a-minute ceiling as a status read.
-        min_list_interval=options.policy.min_interval)
+        min_list_interval=options.policy.min_interval,
+        **network_options_from_env(os.environ))
     client.job_store = store
     client.progress = progress
     client.read_interval = options.policy.interval

@@ -36,6 +36,7 @@ from ._constants import (
     USER_AGENT,
 )
 from ._hooks import Call, Hooks, RateLimitEvent, RequestEvent, ResponseEvent, RetryEvent
+from ._net import Network, current_network
 from ._pacing import FleetPacing
 from ._pollguard import PollGuard, shared_reads
 from ._serde import AnswerTooLarge, loads, parse_error_body, read_bounded
@@ -201,6 +202,7 @@ class Transport:
         min_poll_interval: float = API_MIN_INTERVAL,
         hooks: Hooks | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        network: Network | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -231,6 +233,8 @@ class Transport:
         self.hooks = hooks if hooks is not None else Hooks()
         #: Pacing shared with other processes (a store given to the client), or None.
         self.fleet: FleetPacing | None = None
+        #: Proxy and TLS settings (the token fetch uses them too, see `_net`).
+        self.network = network if network is not None else Network()
 
     def scope(self, kind: str) -> tuple[str, str, str]:
         """The key of the reads that one API ceiling counts together: per base URL and
@@ -418,15 +422,21 @@ class Transport:
                 await self.fleet.pace(self.rate_limit, self.retry.max_retry_after)
             elif self.rate_limit is not None or self._paused_until:
                 await self._pace()
+            network = self.network
+            reset = current_network.set(network)
             try:
                 token = await self.auth.token(session)
             except (TransportError, ServerError) as exc:
                 # Nothing of ours was sent yet: always safe to try again.
                 raise _Retry(exc, sent=False) from None
+                raise _Retry(exc) from None
+            finally:
+                current_network.reset(reset)
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json",
                        "User-Agent": USER_AGENT}  # also on a session the caller gave us
             if body is not None:
                 headers["Content-Type"] = "application/json"
+            proxy, proxy_headers = network.route(url, headers)
             self.stats.requests += 1
             if on_send is not None:
                 marked = on_send()
@@ -442,6 +452,7 @@ class Transport:
                 async with session.request(
                     method, url, data=body, params=params, headers=headers,
                     timeout=self._client_timeout, allow_redirects=False,
+                    proxy=proxy, proxy_headers=proxy_headers, ssl=network.ssl,
                 ) as response:
                     status = response.status
                     try:

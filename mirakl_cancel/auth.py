@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import ssl as ssl_module
 import time
 from typing import Protocol, runtime_checkable
 
@@ -24,6 +25,7 @@ from ._constants import (
     TOKEN_REFRESH_MARGIN,
     TOKEN_REQUEST_TIMEOUT,
 )
+from ._net import Network, current_network
 from ._serde import AnswerTooLarge, loads, read_bounded
 from ._urls import check_no_userinfo, is_loopback_host
 from .errors import AuthenticationError, ServerError, TransportError, api_error_class
@@ -140,12 +142,13 @@ class ClientCredentials:
     so a burst of cancels at start-up costs one call to the token endpoint, not one each.
     """
 
-    __slots__ = ("_client_id", "_client_secret", "_expires_at", "_lock", "_token",
+    __slots__ = ("_client_id", "_client_secret", "_expires_at", "_lock", "_network", "_token",
                  "refresh_margin", "timeout", "token_url")
 
     def __init__(self, client_id: str, client_secret: str, token_url: str = DEFAULT_TOKEN_URL,
                  *, refresh_margin: float = TOKEN_REFRESH_MARGIN,
-                 timeout: float = TOKEN_REQUEST_TIMEOUT) -> None:
+                 timeout: float = TOKEN_REQUEST_TIMEOUT, proxy: str | None = None,
+                 ssl: ssl_module.SSLContext | None = None) -> None:
         if not client_id or not client_secret:
             raise ValueError("ClientCredentials needs a client_id and a client_secret")
         _check_token_url(token_url)
@@ -155,6 +158,9 @@ class ClientCredentials:
         #: Seconds before expiry at which the token is renewed; capped to a tenth of its life.
         self.refresh_margin = refresh_margin
         self.timeout = timeout
+        #: Own proxy/TLS settings; None: those of the client asking for the token.
+        self._network = Network(proxy=proxy, ssl=ssl) if proxy is not None or ssl is not None \
+            else None
         self._token: str | None = None
         self._expires_at = 0.0
         self._lock = asyncio.Lock()
@@ -204,9 +210,13 @@ class ClientCredentials:
         failure: str | None = None
         try:
             # No redirects: a 307/308 would post the secret again, to wherever it points.
+            network = self._network or current_network.get() or Network()
+            headers = {"Accept": "application/json"}
+            proxy, proxy_headers = network.route(URL(self.token_url), headers)
             async with session.post(
-                self.token_url, data=form, headers={"Accept": "application/json"},
+                self.token_url, data=form, headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self.timeout), allow_redirects=False,
+                proxy=proxy, proxy_headers=proxy_headers, ssl=network.ssl,
             ) as response:
                 status = response.status
                 raw = await read_bounded(response, MAX_TOKEN_ANSWER_BYTES)

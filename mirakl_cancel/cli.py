@@ -42,6 +42,7 @@ from ._job import (
     reconcile_job,
     run_job,
 )
+from ._net import network_options_from_env
 from ._progress import ProgressLogHandler
 from ._report import check_report_path
 from ._text import printable
@@ -389,6 +390,7 @@ def _job_settings(args: argparse.Namespace, command: str,
         if reconciling is not None and getattr(args, "resend_uncertain", False):
             raise ValueError("--resend-uncertain sends uncertain cancels blindly, --reconcile "
                              "checks them first: use one or the other")
+        network_options_from_env(os.environ)  # MIRAKL_PROXY, MIRAKL_CA_BUNDLE... readable
     except (ValueError, ValidationError) as exc:
         print(f"mirakl-cancel {command}: error: {exc}", file=sys.stderr)
         return None
@@ -520,6 +522,7 @@ def _status_command(args: argparse.Namespace) -> int:
     try:
         check_base_url(base_url)
         check_min_intervals(base_url, args.min_poll_interval)
+        network = network_options_from_env(os.environ)
     except ValueError as exc:
         print(f"mirakl-cancel status: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -532,7 +535,8 @@ def _status_command(args: argparse.Namespace) -> int:
     async def go() -> int:
         async with MiraklConnectClient(
                 auth=auth, base_url=base_url, max_concurrency=args.concurrency,
-                rate_limit=args.rate_limit, min_poll_interval=args.min_poll_interval) as client:
+                rate_limit=args.rate_limit, min_poll_interval=args.min_poll_interval,
+                **network) as client:
             return await _statuses(client, action_ids, args.json)
 
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl as ssl_module
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -23,6 +24,7 @@ from ._constants import (
     LIST_ORDERS_MAX_IDS,
 )
 from ._hooks import ROUTE_CANCEL, ROUTE_GET_ACTION_STATUS, ROUTE_LIST_ORDERS, Call, Hooks
+from ._net import Network
 from ._pacing import SharedStore, fleet_key
 from ._pollguard import PollGuard, shared_reads
 from ._sending import CancelOutcome, send_many
@@ -73,6 +75,11 @@ class MiraklConnectClient:
     Given a `store` (a `PostgresStore`), the rate limit, the 429 pause and the read
     ceilings are shared with every process using that store for the same base URL and
     credential (see README, "Running a fleet").
+
+    Network: `HTTP(S)_PROXY` / `NO_PROXY` are honoured (except for loopback hosts) unless
+    `trust_env=False`; `proxy=` (an http(s) URL, credentials allowed) overrides them;
+    `ssl=` takes an `ssl.SSLContext` for a custom CA or mutual TLS. Both apply to the
+    token request of `ClientCredentials` too, unless it has its own.
     """
 
     def __init__(
@@ -90,6 +97,9 @@ class MiraklConnectClient:
         hooks: Hooks | None = None,
         store: SharedStore | None = None,
         limits: Limits | None = None,
+        proxy: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        trust_env: bool | None = None,
     ) -> None:
         if not isinstance(auth, Auth):
             raise TypeError("auth must be StaticToken(...) or ClientCredentials(...)")
@@ -108,6 +118,9 @@ class MiraklConnectClient:
             min_poll_interval=min_poll_interval,
             hooks=hooks,
             limits=limits or DEFAULT_LIMITS,
+            # A session of the caller's keeps its own choice about the environment.
+            network=Network(proxy=proxy, ssl=ssl, trust_env=trust_env if trust_env is not None
+                            else session.trust_env if session is not None else True),
         )
         check_min_intervals(base_url, min_poll_interval, min_list_interval)
         self.base_url = base_url.rstrip("/")
