@@ -25,6 +25,7 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "StoreError",
+    "SyncClientInLoopError",
     "TransportError",
     "UncertainDeliveryError",
     "ValidationError",
@@ -173,3 +174,8 @@ def api_error_class(status: int) -> type[ApiError]:
     if status >= 500:
         return ServerError
     return _STATUS_ERRORS.get(status, ApiError)
+
+
+class SyncClientInLoopError(MiraklError):
+    """The blocking client (`mirakl_cancel.sync`) was called inside a running event loop,
+    which it would freeze: async code uses the async client."""
