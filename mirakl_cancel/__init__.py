@@ -21,6 +21,7 @@ from ._hooks import (
     RetryEvent,
     UncertainEvent,
 )
+from ._logging import configure_from_env as _configure_logging_from_env
 from ._pgstore import PostgresStore
 from ._transport import Limits, RetryPolicy, Timeout, TransportStats
 from ._version import __version__
@@ -149,3 +150,7 @@ def _present_as_package() -> None:
 
 
 _present_as_package()
+
+
+# MIRAKL_CANCEL_LOG=debug|info: stderr logging without code (as OPENAI_LOG does).
+_configure_logging_from_env()

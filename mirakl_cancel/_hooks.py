@@ -252,7 +252,7 @@ class Hooks:
     event name. Both return a function that unregisters what they registered.
     """
 
-    __slots__ = ("_by_event", "active")
+    __slots__ = ("__weakref__", "_by_event", "active")
 
     def __init__(
         self,

@@ -51,6 +51,7 @@ from typing import TextIO, TypeVar
 import attrs
 
 from ._constants import DEFAULT_JOB_CONCURRENCY, DEFAULT_PROGRESS_INTERVAL
+from ._hooks import Hooks
 from ._input import InputError, InputFormat, InputIssue, InvalidRow, ParsedInput, open_input
 from ._net import network_options_from_env
 from ._progress import Progress, ProgressLogHandler
@@ -152,6 +153,8 @@ class JobOptions:
     http_timeout: float | None = None
     #: Reconcile UNCERTAIN requests after the run (`resend`: --resend-unapplied).
     reconcile: ReconcilePolicy | None = None
+    #: Hooks for the job's client (e.g. the metrics of --metrics-port).
+    hooks: Hooks | None = None
     #: The exact command that resumes this job, printed when a run stops early.
     resume_command: str | None = None
     #: The command that settles the job's UNCERTAIN cancels later (`mirakl-cancel reconcile`).
@@ -1138,7 +1141,7 @@ async def _run_with_store(options: JobOptions, auth: Auth, store: JobStore, resu
         min_poll_interval=options.policy.min_interval,
         # v2-listOrders (reconciliation) has the same once-a-minute ceiling as a status read.
         min_list_interval=options.policy.min_interval,
-        **network_options_from_env(os.environ))
+        hooks=options.hooks, **network_options_from_env(os.environ))
     client.job_store = store
     client.progress = progress
     client.read_interval = options.policy.interval

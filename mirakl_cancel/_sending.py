@@ -16,6 +16,7 @@ from typing import Protocol
 
 import attrs
 
+from ._logging import fields
 from .errors import MiraklError, UncertainDeliveryError
 from .models import ActionAccepted, CancelRequest
 
@@ -149,4 +150,4 @@ async def send_many(
             if request is not None:
                 logger.warning("the cancel of order %s was in flight when sending stopped: "
                                "it may have been processed; check it before resending",
-                               request.order_id)
+                               request.order_id, extra=fields(order_id=request.order_id))

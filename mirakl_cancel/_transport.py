@@ -36,6 +36,7 @@ from ._constants import (
     USER_AGENT,
 )
 from ._hooks import Call, Hooks, RateLimitEvent, RequestEvent, ResponseEvent, RetryEvent
+from ._logging import log_context
 from ._net import Network, current_network
 from ._pacing import FleetPacing
 from ._pollguard import PollGuard, shared_reads
@@ -331,8 +332,11 @@ class Transport:
         started = time.monotonic()
         attempt = 0
         refreshed = False
+        context = log_context.get()  # the ids the client set, for log records
         while True:
             attempt += 1
+            if context is not None:
+                context.attempt = attempt
             try:
                 if poll_key is None:
                     return await self._attempt(
@@ -371,7 +375,8 @@ class Transport:
                     raise expired.error from None
                 refreshed = True
                 self.stats.token_refreshes += 1
-                logger.info("401 from %s %s: renewing the token once", method, url.path)
+                logger.info("401 from %s %s: renewing the token once", method, url.path,
+                            extra={"status": 401})
                 attempt -= 1  # a token refresh is not a retry of the request
                 continue
             except _Retry as retry:
@@ -401,7 +406,7 @@ class Transport:
                     self.hooks.emit("retry", RetryEvent(call, attempt, wait, _describe(error)))
                 logger.info("retrying %s %s in %.2fs after %s (attempt %d of %d)",
                             method, url.path, wait, _describe(error), attempt + 1,
-                            policy.max_attempts)
+                            policy.max_attempts, extra={"status": _status_of(error)})
                 if not isinstance(error, RateLimitError):  # a 429 waits in _pace instead
                     await asyncio.sleep(delay)
 
@@ -508,7 +513,8 @@ class Transport:
         if status == 429:
             self.stats.rate_limited += 1
             logger.warning("429 from %s %s (Retry-After: %s): pausing all requests",
-                           method, url.path, retry_after_header or "none")
+                           method, url.path, retry_after_header or "none",
+                           extra={"status": 429})
             raise _Retry(error, error.retry_after)
         if status == 503:
             raise _Retry(error, error.retry_after)
@@ -542,7 +548,8 @@ class Transport:
             return _Retry(error)
         self.stats.uncertain += 1
         logger.warning("%s %s may have been processed, but its answer was lost (%s): "
-                       "it will not be sent again", method, url.path, _describe(error))
+                       "it will not be sent again", method, url.path, _describe(error),
+                       extra={"status": _status_of(error)})
         uncertain = UncertainDeliveryError(
             f"{method} {url.path} may have been processed: {_describe(error)}")
         uncertain.__cause__ = error
@@ -584,6 +591,11 @@ class _AuthExpired(Exception):
         super().__init__(str(error))
         self.token = token
         self.error = error
+
+
+def _status_of(error: BaseException) -> int | None:
+    """The HTTP status an error carries (for log records), if any."""
+    return error.status if isinstance(error, ApiError) else None
 
 
 def _describe(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from ._logging import fields
 from ._sending import CancelOutcome, send_one
 from .models import Cancelation, CancelRequest
 
@@ -190,7 +191,9 @@ class CancelBatcher:
                     self.tracker.add(accepted.action_id, order_id=accepted.order_id)
                 except RuntimeError:
                     logger.warning("tracker closed: action %s of order %s is not tracked",
-                                   accepted.action_id, accepted.order_id)
+                                   accepted.action_id, accepted.order_id,
+                                   extra=fields(order_id=accepted.order_id,
+                                                action_id=accepted.action_id))
         except BaseException:
             for future in batch.futures:
                 future.cancel()

@@ -24,6 +24,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
+
 from ._constants import (
     API_MIN_INTERVAL,
     DEFAULT_BASE_URL,
@@ -33,6 +35,7 @@ from ._constants import (
     DEFAULT_PROGRESS_INTERVAL,
     DEFAULT_TOKEN_URL,
 )
+from ._hooks import Hooks
 from ._job import (
     EXIT_BAD_INPUT,
     EXIT_OK,
@@ -42,6 +45,7 @@ from ._job import (
     reconcile_job,
     run_job,
 )
+from ._logging import env_level, remove_env_handler
 from ._net import network_options_from_env
 from ._progress import ProgressLogHandler
 from ._report import check_report_path
@@ -126,6 +130,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
     return value
 
 
@@ -258,6 +272,10 @@ def build_parser(*, load: Sequence[str] = _SIMULATOR_COMMANDS) -> argparse.Argum
                      help="send again the cancels that may already have been processed "
                           "(only once you checked they were not: a resent partial cancel "
                           "cancels more units)")
+    run.add_argument("--metrics-port", type=_port, metavar="PORT",
+                     help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics while "
+                          "the job runs (0: any free port, printed); needs "
+                          "mirakl-cancel[prometheus]")
     run.add_argument("--force", action="store_true",
                      help="resume even though the input file (or base URL) changed since the "
                           "journal was created; the journal's plan is used")
@@ -312,6 +330,11 @@ def build_parser(*, load: Sequence[str] = _SIMULATOR_COMMANDS) -> argparse.Argum
 
 
 def _setup_logging(verbose: int, quiet: bool) -> ProgressLogHandler:
+    # MIRAKL_CANCEL_LOG=info|debug works as -v|-vv, through this progress-aware handler.
+    level = env_level()
+    if level is not None:
+        verbose = max(verbose, 2 if level <= logging.DEBUG else 1)
+    remove_env_handler()
     handler = ProgressLogHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     logger = logging.getLogger("mirakl_cancel")
@@ -459,7 +482,33 @@ def _run_command(args: argparse.Namespace) -> int:
         resume_command=_command_line(args.argv),
         reconcile_command=_reconcile_command_line(
             args, args.journal or default_journal_path(args.file)))
-    return run_job(options, auth, log_handler=handler)
+    if args.metrics_port is None:
+        return run_job(options, auth, log_handler=handler)
+    return _run_with_metrics(args.metrics_port, options, auth, handler)
+
+
+def _run_with_metrics(port: int, options: JobOptions, auth: Auth | None,
+                      handler: ProgressLogHandler) -> int:
+    """`run --metrics-port`: the job, with /metrics served on 127.0.0.1 while it runs."""
+    try:
+        from ._metrics import PrometheusCollector, serve_metrics
+
+        collector = PrometheusCollector()
+        server = serve_metrics(port, collector)
+        bound = server.__enter__()
+    except ImportError:
+        print("mirakl-cancel run: error: --metrics-port needs prometheus_client: "
+              "pip install 'mirakl-cancel[prometheus]'", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"mirakl-cancel run: error: cannot serve metrics on 127.0.0.1:{port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        print(f"metrics: http://127.0.0.1:{bound}/metrics", file=sys.stderr, flush=True)
+        return run_job(attrs.evolve(options, hooks=Hooks(collector)), auth, log_handler=handler)
+    finally:
+        server.__exit__(None, None, None)
 
 
 def _reconcile_command(args: argparse.Namespace) -> int:

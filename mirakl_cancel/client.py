@@ -24,7 +24,9 @@ from ._constants import (
     LIST_ORDERS_MAX_IDS,
 )
 from ._hooks import ROUTE_CANCEL, ROUTE_GET_ACTION_STATUS, ROUTE_LIST_ORDERS, Call, Hooks
+from ._logging import LogContext, log_context
 from ._net import Network
+from ._otel import auto_instrument
 from ._pacing import SharedStore, fleet_key
 from ._pollguard import PollGuard, shared_reads
 from ._sending import CancelOutcome, send_many
@@ -123,6 +125,8 @@ class MiraklConnectClient:
                             else session.trust_env if session is not None else True),
         )
         check_min_intervals(base_url, min_poll_interval, min_list_interval)
+        # OpenTelemetry, when the program configured it: no code change needed.
+        auto_instrument(self._transport.hooks)
         self.base_url = base_url.rstrip("/")
         # v2-listOrders allows one call per minute: its own guard, shared by all pages
         # (and, like the action guard, by every client for this API and credential).
@@ -240,6 +244,7 @@ class MiraklConnectClient:
                       on_send: Callable[[], Awaitable[None] | None] | None,
                       call: Call | None, body: bytes) -> ActionAccepted:
         url = self._transport.url("v2", "orders", request.order_id, "cancel")
+        context = log_context.set(LogContext(order_id=request.order_id))
         try:
             response = await self._transport.request(
                 "POST", url, body=body, idempotent=False, expected=(202, 200),
@@ -247,6 +252,8 @@ class MiraklConnectClient:
         except UncertainDeliveryError as exc:
             exc.order_id = request.order_id
             raise
+        finally:
+            log_context.reset(context)
         try:
             return parse_action_accepted(response.data, request.order_id)
         except Exception as exc:  # whatever broke, the cancel was processed
@@ -276,9 +283,13 @@ class MiraklConnectClient:
     async def _get_action_status(self, action_id: str, retry: bool,
                                  call: Call | None) -> ActionStatus:
         url = self._transport.url("v2", "orders", "actions", action_id)
-        response = await self._transport.request(
-            "GET", url, idempotent=True, poll_key=action_id,
-            retry=None if retry else NO_RETRY, call=call)
+        context = log_context.set(LogContext(action_id=action_id))
+        try:
+            response = await self._transport.request(
+                "GET", url, idempotent=True, poll_key=action_id,
+                retry=None if retry else NO_RETRY, call=call)
+        finally:
+            log_context.reset(context)
         try:
             return parse_action_status(response.data)
         except ValueError as exc:

@@ -33,6 +33,7 @@ from ._constants import (
     DEFAULT_TRACKER_MAX_RETRY_AFTER,
 )
 from ._hooks import ActionFinalEvent, ActionTrackedEvent, Hooks, PollEvent
+from ._logging import fields
 from ._scheduler import Clock, LoopClock, TimerHandle
 from .errors import (
     ActionTimeoutError,
@@ -623,7 +624,9 @@ class ActionTracker:
                 return
             if status.state is ActionState.UNKNOWN:
                 logger.info("action %s has a status this version does not know (%r): "
-                            "still polling", record.action_id, status.raw_status)
+                            "still polling", record.action_id, status.raw_status,
+                            extra=fields(action_id=record.action_id, order_id=record.order_id,
+                                         attempt=record.polls))
             self._push(record, ended + self._interval)
             return
         self.stats.poll_errors += 1
@@ -645,7 +648,10 @@ class ActionTracker:
             exponent = min(record.failures - 1, _MAX_FAILURE_EXPONENT)
             delay = max(self._min, min(self._interval, base * 2.0 ** exponent))
             logger.info("reading action %s failed (%s): next read in %.2fs",
-                        record.action_id, error, delay)
+                        record.action_id, error, delay,
+                        extra=fields(action_id=record.action_id, order_id=record.order_id,
+                                     attempt=record.polls,
+                                     status=getattr(error, "status", None)))
             self._push(record, ended + delay)
         elif isinstance(error, (ApiError, ValidationError)):
             self._finish(record, error=error)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,17 @@ def no_env_proxy(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
+@pytest.fixture
+def cli_logger() -> Iterator[None]:
+    """`main()` in-process sets up the CLI's logging: give the logger back as it was."""
+    logger = logging.getLogger("mirakl_cancel")
+    saved = (logger.level, list(logger.handlers), logger.propagate)
+    yield
+    logger.setLevel(saved[0])
+    logger.handlers[:] = saved[1]
+    logger.propagate = saved[2]
+
+
 
 async def test_explicit_proxy_carries_the_token_fetch_and_every_request(
         no_env_proxy: pytest.MonkeyPatch) -> None:
@@ -289,7 +301,7 @@ def test_bad_proxy_and_ssl_values_are_refused_without_echoing_secrets() -> None:
 
 
 def test_cli_network_settings_are_checked_first(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        cli_logger: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         cert: tuple[Path, Path]) -> None:
     with pytest.raises(ValueError, match="MIRAKL_CA_BUNDLE: cannot load"):
         network_options_from_env({"MIRAKL_CA_BUNDLE": "/nonexistent/ca.pem"})

@@ -1,0 +1,194 @@
+"""Prometheus metrics: a collector in a caller's own registry, and `/metrics` scraped
+from a real `mirakl-cancel run` while it works."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("prometheus_client")
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from mirakl_cancel import (
+    ActionTracker,
+    Cancelation,
+    CancelReason,
+    CancelRequest,
+    Hooks,
+    MiraklConnectClient,
+    Money,
+    PollPolicy,
+    RetryPolicy,
+    StaticToken,
+    UncertainDeliveryError,
+)
+from mirakl_cancel._metrics import PrometheusCollector
+from mirakl_cancel.simulator import (
+    Fault,
+    SimLine,
+    SimOrder,
+    Simulator,
+    SimulatorConfig,
+    ThreadedSimulator,
+)
+
+SCALE = 0.001
+MIN = 60.0 * SCALE
+POLICY = PollPolicy(min_interval=MIN, interval=0.1, first_delay=MIN, timeout=10.0)
+
+
+def order(order_id: str) -> SimOrder:
+    return SimOrder(id=order_id, lines=[
+        SimLine(id=f"{order_id}-1", product_id="P1", quantity=3, price=Decimal("9.99"))])
+
+
+def request_for(order_id: str) -> CancelRequest:
+    return CancelRequest(order_id, [Cancelation(
+        order_line_id=f"{order_id}-1", quantity=1, reason=CancelReason.OUT_OF_STOCK,
+        price=Money("9.99", "EUR"), shipping_price=Money(Decimal("0"), "EUR"))])
+
+@pytest.fixture
+def cli_logger() -> Iterator[None]:
+    """`main()` in-process sets up the CLI's logging: give the logger back as it was."""
+    logger = logging.getLogger("mirakl_cancel")
+    saved = (logger.level, list(logger.handlers), logger.propagate)
+    yield
+    logger.setLevel(saved[0])
+    logger.handlers[:] = saved[1]
+    logger.propagate = saved[2]
+
+
+
+async def test_a_collector_in_the_callers_registry() -> None:
+    collector = PrometheusCollector()
+    registry = CollectorRegistry()
+    registry.register(collector)
+    value = registry.get_sample_value
+    assert value("mirakl_cancel_pending_actions") == 0  # present before any event
+    config = SimulatorConfig(time_scale=SCALE, processing_delay=(30.0, 60.0), seed=4)
+    async with Simulator(config) as sim:
+        for order_id in ("0001_M-A", "0002_M-A"):
+            sim.add_order(order(order_id))
+        sim.inject(Fault.http(429, retry_after=10.0), route="cancel")
+        sim.inject(Fault.http(503), route="status")
+        async with MiraklConnectClient(
+                auth=StaticToken(sim.token), base_url=sim.base_url, min_poll_interval=MIN,
+                retry=RetryPolicy(base_delay=0.001, max_delay=0.01),
+                hooks=Hooks(collector)) as client:
+            accepted = await client.cancel(request_for("0001_M-A"))
+            sim.inject(Fault.drop_after_read(), route="cancel")  # the second cancel
+            with pytest.raises(UncertainDeliveryError):
+                await client.cancel(request_for("0002_M-A"))
+            async with ActionTracker(client, POLICY) as tracker:
+                tracker.add(accepted.action_id)
+                assert value("mirakl_cancel_pending_actions") == 1
+    cancel = "v2-cancelOrderLines"
+    assert value("mirakl_cancel_requests_total", {"route": cancel, "status": "429"}) == 1
+    assert value("mirakl_cancel_requests_total", {"route": cancel, "status": "202"}) == 1
+    assert value("mirakl_cancel_requests_total", {"route": cancel, "status": "none"}) == 1
+    assert value("mirakl_cancel_rate_limited_total", {"route": cancel}) == 1
+    assert value("mirakl_cancel_rate_limit_pause_seconds_total")  # > 0
+    assert value("mirakl_cancel_uncertain_total", {"route": cancel}) == 1
+    assert value("mirakl_cancel_calls_total", {"route": cancel, "outcome": "uncertain"}) == 1
+    assert value("mirakl_cancel_retries_total", {"route": cancel, "reason": "HTTP 429"}) == 1
+    assert value("mirakl_cancel_requests_total",
+                 {"route": "v2-getActionStatus", "status": "503"}) == 1
+    assert value("mirakl_cancel_pending_actions") == 0
+    assert value("mirakl_cancel_actions_final_total", {"state": "SUCCESS"}) == 1
+    assert value("mirakl_cancel_action_duration_seconds_count", {"state": "SUCCESS"}) == 1
+    assert value("mirakl_cancel_poll_lag_seconds_count")  # one per read
+    assert value("mirakl_cancel_request_duration_seconds_bucket",
+                 {"route": cancel, "le": "+Inf"}) == 3
+    text = generate_latest(registry).decode()
+    assert "order_id" not in text and accepted.action_id not in text  # ids are not labels
+
+
+# --- the CLI ---------------------------------------------------------------------------
+
+def write_csv(path: Path, orders: list[SimOrder]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["order_id", "order_line_id", "quantity", "reason", "price_amount",
+                         "price_currency", "shipping_amount"])
+        for sim_order in orders:
+            for line in sim_order.lines:
+                writer.writerow([sim_order.id, line.id, 1, "OUT_OF_STOCK", line.price,
+                                 line.currency, "0"])
+
+
+def test_metrics_scraped_during_a_cli_run(tmp_path: Path) -> None:
+    # Actions take 1-2 s to end: time enough to scrape while they are pending.
+    config = SimulatorConfig(time_scale=SCALE, processing_delay=(1000.0, 2000.0), seed=5)
+    with ThreadedSimulator(config) as sim:
+        orders = sim.generate_orders(n_orders=20, lines_per_order=(1, 1), wrong_state_ratio=0)
+        source = tmp_path / "lines.csv"
+        write_csv(source, orders)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MIRAKL_")}
+        env.update(MIRAKL_CONNECT_TOKEN=sim.token, MIRAKL_CONNECT_BASE_URL=sim.base_url)
+        ceiling = str(MIN)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mirakl_cancel.cli", "run", str(source), "--metrics-port",
+             "0", "--journal", str(tmp_path / "j.db"), "--min-poll-interval", ceiling,
+             "--poll-interval", "0.2", "--first-poll-delay", ceiling],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stderr is not None
+            url = None
+            for line in proc.stderr:
+                found = re.search(r"metrics: (http://127\.0\.0\.1:\d+/metrics)", line)
+                if found:
+                    url = found.group(1)
+                    break
+            assert url is not None, "the CLI did not say where its metrics are"
+            scrapes: list[str] = []
+            while proc.poll() is None:
+                try:
+                    with urllib.request.urlopen(url, timeout=5) as response:
+                        scrapes.append(response.read().decode())
+                except OSError:
+                    break  # the job ended between poll() and the scrape
+                time.sleep(0.05)
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 0, out
+    pending = [float(m.group(1)) for text in scrapes
+               for m in re.finditer(r"^mirakl_cancel_pending_actions (\S+)$", text, re.M)]
+    assert pending and max(pending) > 0
+    last = scrapes[-1]
+    assert 'mirakl_cancel_requests_total{route="v2-cancelOrderLines",status="202"}' in last
+    assert "mirakl_cancel_request_duration_seconds_bucket" in last
+    assert "mirakl_cancel_poll_lag_seconds_count" in last
+
+
+def test_metrics_port_in_use_is_a_usage_error(
+        cli_logger: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from mirakl_cancel.cli import main
+
+    source = tmp_path / "lines.csv"
+    write_csv(source, [order("0001_M-A")])
+    monkeypatch.setenv("MIRAKL_CONNECT_TOKEN", "t")
+    monkeypatch.setenv("MIRAKL_CONNECT_BASE_URL", "http://127.0.0.1:9")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["run", str(source), "--metrics-port", str(port),
+                     "--journal", str(tmp_path / "j.db")]) == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in capsys.readouterr().err
