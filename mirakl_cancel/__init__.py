@@ -22,6 +22,8 @@ from ._hooks import (
     UncertainEvent,
 )
 from ._logging import configure_from_env as _configure_logging_from_env
+from ._metrics import PrometheusCollector
+from ._otel import TracingObserver
 from ._pgstore import PostgresStore
 from ._transport import Limits, RetryPolicy, Timeout, TransportStats
 from ._version import __version__
@@ -109,6 +111,7 @@ __all__ = [
     "PollEvent",
     "PollPolicy",
     "PostgresStore",
+    "PrometheusCollector",
     "RateLimitError",
     "RateLimitEvent",
     "ReconcilePolicy",
@@ -124,6 +127,7 @@ __all__ = [
     "SyncClientInLoopError",
     "Tax",
     "Timeout",
+    "TracingObserver",
     "TrackedResult",
     "TrackerStats",
     "TransportError",
