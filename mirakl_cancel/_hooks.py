@@ -19,6 +19,7 @@ span attribute, put on a queue), never block.
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import logging
 import time
@@ -55,6 +56,19 @@ __all__ = [
 logger = logging.getLogger("mirakl_cancel")
 
 T = TypeVar("T")
+
+#: The caller's key for the cancel being sent (the job's journal key), for `Call`.
+current_request_key: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "mirakl_cancel_request_key", default=None)
+
+
+async def with_request_key(key: str, work: Awaitable[T]) -> T:
+    """Await `work` (a cancel) with `key` as its `Call.request_key` (and span attribute)."""
+    token = current_request_key.set(key)
+    try:
+        return await work
+    finally:
+        current_request_key.reset(token)
 
 #: Route names: the API's operation ids, so that they match its documentation.
 ROUTE_CANCEL = "v2-cancelOrderLines"

@@ -51,7 +51,7 @@ from typing import TextIO, TypeVar
 import attrs
 
 from ._constants import DEFAULT_JOB_CONCURRENCY, DEFAULT_PROGRESS_INTERVAL
-from ._hooks import Hooks
+from ._hooks import Hooks, with_request_key
 from ._input import InputError, InputFormat, InputIssue, InvalidRow, ParsedInput, open_input
 from ._net import network_options_from_env
 from ._progress import Progress, ProgressLogHandler
@@ -412,7 +412,8 @@ class _Run:
             self.progress.sent += 1
 
         try:
-            accepted = await self.client.cancel(cancel, on_send=on_send)
+            accepted = await with_request_key(  # the journal key, on the cancel's span
+                request.key, self.client.cancel(cancel, on_send=on_send))
         except MiraklError as exc:
             outcome, errors = outcome_for_send_error(cancel, exc)
             if isinstance(exc, ConnectError):

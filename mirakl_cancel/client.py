@@ -23,7 +23,14 @@ from ._constants import (
     DEFAULT_MAX_CONCURRENCY,
     LIST_ORDERS_MAX_IDS,
 )
-from ._hooks import ROUTE_CANCEL, ROUTE_GET_ACTION_STATUS, ROUTE_LIST_ORDERS, Call, Hooks
+from ._hooks import (
+    ROUTE_CANCEL,
+    ROUTE_GET_ACTION_STATUS,
+    ROUTE_LIST_ORDERS,
+    Call,
+    Hooks,
+    current_request_key,
+)
 from ._logging import LogContext, log_context
 from ._net import Network
 from ._otel import auto_instrument
@@ -237,7 +244,7 @@ class MiraklConnectClient:
         if not hooks.active:
             return await self._cancel(request, on_send, None, body)
         call = Call(ROUTE_CANCEL, "POST", order_id=request.order_id,
-                    lines=len(request.cancelations))
+                    lines=len(request.cancelations), request_key=current_request_key.get())
         return await hooks.observe(call, self._cancel(request, on_send, call, body))
 
     async def _cancel(self, request: CancelRequest,

@@ -30,6 +30,7 @@ from mirakl_cancel import (
     RetryPolicy,
     UncertainDeliveryError,
 )
+from mirakl_cancel._hooks import with_request_key
 from mirakl_cancel._metrics import METRICS, MetricsObserver, OtelSink
 from mirakl_cancel._otel import TracingObserver
 from mirakl_cancel.simulator import Fault, SimLine, SimOrder, Simulator, SimulatorConfig
@@ -134,11 +135,12 @@ async def test_a_cancel_span_is_a_child_of_the_callers_span(
         auth = ClientCredentials(config().client_id, SECRET, sim.token_url)
         async with client_for(sim, auth) as client:
             with tracer.start_as_current_span("order-sync") as parent:
-                await client.cancel(request_for("0001_O-A"))
+                await with_request_key("rows-1-2", client.cancel(request_for("0001_O-A")))
     (cancel,) = by_name(spans.get_finished_spans(), "v2-cancelOrderLines")
     assert cancel.parent is not None
     assert cancel.parent.span_id == parent.get_span_context().span_id
     assert cancel.context.trace_id == parent.get_span_context().trace_id
+    assert cancel.attributes["mirakl.request_key"] == "rows-1-2"  # type: ignore[index]
 
 
 def test_off_without_a_configured_provider() -> None:
