@@ -91,3 +91,14 @@ DEFAULT_SKEW = 120.0
 DEFAULT_JOB_CONCURRENCY = 8
 #: Without a terminal, a progress line this often (seconds).
 DEFAULT_PROGRESS_INTERVAL = 10.0
+
+# --- Metrics (histogram buckets, seconds) ------------------------------------------------
+
+#: One HTTP attempt: milliseconds to a minute.
+METRIC_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                          60.0)
+#: An action from acceptance to its final state: seconds to hours.
+METRIC_ACTION_LIFETIME_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0,
+                                  1800.0, 3600.0, 7200.0, 14400.0)
+#: A status read behind its schedule: none, a little, a whole interval.
+METRIC_POLL_LAG_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0)

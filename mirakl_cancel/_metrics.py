@@ -20,6 +20,9 @@ from typing import Any, Protocol
 
 import attrs
 
+from ._constants import METRIC_ACTION_LIFETIME_BUCKETS as _LIFETIME
+from ._constants import METRIC_LATENCY_BUCKETS as _LATENCY
+from ._constants import METRIC_POLL_LAG_BUCKETS as _LAG
 from ._hooks import (
     ActionFinalEvent,
     ActionTrackedEvent,
@@ -34,12 +37,6 @@ from ._hooks import (
 from ._version import __version__
 
 __all__ = ["METRICS", "MetricsObserver", "OtelSink", "PrometheusCollector", "serve_metrics"]
-
-_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-_LIFETIME = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
-             7200.0, 14400.0)
-_LAG = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0)
-
 
 @attrs.frozen
 class Metric:
