@@ -427,11 +427,10 @@ async def test_lone_surrogates_are_refused_before_sending() -> None:
         await read_request(reader)
 
     async with hostile(count) as url, client(url) as c:
-        line = Cancelation(quantity=1, reason=CancelReason.OUT_OF_STOCK,
-                           price=Money(Decimal("1"), "EUR"), shipping_price=Money(0, "EUR"),
-                           order_line_id="l-\udc80")
-        with pytest.raises(ValidationError, match=r"cancelations\[0\]\.order_line_id"):
-            await c.cancel(CancelRequest("o1", [line]))
+        with pytest.raises(ValidationError, match="order_line_id"):  # refused by the model
+            Cancelation(quantity=1, reason=CancelReason.OUT_OF_STOCK,
+                        price=Money(Decimal("1"), "EUR"), shipping_price=Money(0, "EUR"),
+                        order_line_id="l-\udc80")
         with pytest.raises(ValidationError, match="order_id"):
             await c.cancel(CancelRequest("o-\ud800", request().cancelations))
         with pytest.raises(ValidationError, match="action_id"):
