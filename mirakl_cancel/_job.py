@@ -314,6 +314,8 @@ class _Run:
         #: Verdicts given this run, when reconciliation ran.
         self.reconciled: Counter[str] | None = None
         self.resent_unapplied = 0
+        #: The tracking policy of the current pass (see `_pass`).
+        self._policy = options.policy
         #: A signal stopped reconciliation (its settling wait or its reads).
         self.reconcile_interrupted = False
         #: Requests of this run whose POST reached the API (answered, or maybe processed).
@@ -374,7 +376,7 @@ class _Run:
         self.tracker.add(action_id, order_id=order_id, last_polled_at=last_polled_at)
         # When the tracker will read it first (its rule: the first delay from now, and
         # never within the ceiling of the last read), for the progress line.
-        policy = self.options.policy
+        policy = self._policy
         due = time.time() + policy.first_delay
         if last_polled_at is not None:
             due = max(due, last_polled_at + policy.min_interval)
@@ -581,7 +583,12 @@ class _Run:
         self.progress.to_send = self.progress.sends_over
         self._sends_left = 0
         self.all_done.clear()
-        tracker = ActionTracker(self.client, opts.policy, concurrency=opts.concurrency)
+        # A pass that only tracks on (a resume after everything was sent) reads each action
+        # as soon as its ceiling allows, from its last journaled contact: the first delay
+        # is meant to follow an acceptance, and these were accepted by an earlier run
+        # (waiting it again made every resume sit a silent minute before its first read).
+        self._policy = opts.policy if sends else attrs.evolve(opts.policy, first_delay=0.0)
+        tracker = ActionTracker(self.client, self._policy, concurrency=opts.concurrency)
         self.tracker = tracker
         unsubscribe = tracker.subscribe(self._on_tracked)
         count = opts.concurrency

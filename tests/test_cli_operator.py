@@ -422,3 +422,31 @@ def test_status_twice_within_a_minute_keeps_the_ceiling_across_processes(
     assert second.returncode == 1
     assert f"{action}  NOT_READ  read less than a minute ago" in second.stdout
     assert sim.stats_snapshot()["poll_violations"] == 0
+
+
+def test_a_resume_that_only_tracks_reads_without_a_second_first_delay(tmp_path: Path) -> None:
+    """The first delay follows an acceptance; a resume does not wait it again (with an
+    hour's first delay, the resumed run could only finish by reading at once, still
+    never within the ceiling of the earlier run's contact)."""
+    config = SimulatorConfig(time_scale=SCALE, processing_delay=(1.0, 5.0), seed=21)
+    with ThreadedSimulator(config) as sim:
+        orders = sim.generate_orders(5, (1, 1), wrong_state_ratio=0)
+        source = tmp_path / "lines.csv"
+        write_csv(source, orders)
+        args = ["run", str(source), *poll_flags(SCALE), "--first-poll-delay", "3600",
+                "--progress-interval", "0.1"]
+        proc = subprocess.Popen([sys.executable, "-m", "mirakl_cancel.cli", *args],
+                                env=env_for(sim), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        for line in proc.stderr:  # every cancel accepted: only the reads are left
+            if "first status reads due" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert not sim.stats_snapshot()["polls_per_action"]
+        resumed = cli(*args, env=env_for(sim), timeout=120)
+        assert resumed.returncode == 0, resumed.stderr
+        stats = sim.stats_snapshot()
+        assert stats["poll_violations"] == 0 and stats["duplicate_posts"] == 0
