@@ -583,11 +583,7 @@ class _Run:
         self.progress.to_send = self.progress.sends_over
         self._sends_left = 0
         self.all_done.clear()
-        # A pass that only tracks on (a resume after everything was sent) reads each action
-        # as soon as its ceiling allows, from its last journaled contact: the first delay
-        # is meant to follow an acceptance, and these were accepted by an earlier run
-        # (waiting it again made every resume sit a silent minute before its first read).
-        self._policy = opts.policy if sends else attrs.evolve(opts.policy, first_delay=0.0)
+        self._policy = opts.policy
         tracker = ActionTracker(self.client, self._policy, concurrency=opts.concurrency)
         self.tracker = tracker
         unsubscribe = tracker.subscribe(self._on_tracked)
