@@ -318,6 +318,8 @@ class _Run:
         #: Verdicts given this run, when reconciliation ran.
         self.reconciled: Counter[str] | None = None
         self.resent_unapplied = 0
+        #: The tracking policy of the current pass (see `_pass`).
+        self._policy = options.policy
         #: A signal stopped reconciliation (its settling wait or its reads).
         self.reconcile_interrupted = False
         #: Requests of this run whose POST reached the API (answered, or maybe processed).
@@ -378,7 +380,7 @@ class _Run:
         self.tracker.add(action_id, order_id=order_id, last_polled_at=last_polled_at)
         # When the tracker will read it first (its rule: the first delay from now, and
         # never within the ceiling of the last read), for the progress line.
-        policy = self.options.policy
+        policy = self._policy
         due = time.time() + policy.first_delay
         if last_polled_at is not None:
             due = max(due, last_polled_at + policy.min_interval)
@@ -586,7 +588,8 @@ class _Run:
         self.progress.to_send = self.progress.sends_over
         self._sends_left = 0
         self.all_done.clear()
-        tracker = ActionTracker(self.client, opts.policy, concurrency=opts.concurrency)
+        self._policy = opts.policy
+        tracker = ActionTracker(self.client, self._policy, concurrency=opts.concurrency)
         self.tracker = tracker
         unsubscribe = tracker.subscribe(self._on_tracked)
         count = opts.concurrency

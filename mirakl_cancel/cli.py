@@ -21,6 +21,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,7 +55,15 @@ from ._urls import check_base_url
 from ._version import __version__
 from .auth import Auth, ClientCredentials, StaticToken
 from .client import MiraklConnectClient, check_min_intervals
-from .errors import MiraklError, NotFoundError, ValidationError
+from .errors import (
+    ConnectError,
+    MiraklError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+    ValidationError,
+)
 from .models import ActionStatus
 from .reconcile import ReconcilePolicy
 from .tracker import PollPolicy
@@ -302,10 +311,15 @@ def build_parser(*, load: Sequence[str] = _SIMULATOR_COMMANDS) -> argparse.Argum
 
     status = sub.add_parser(
         "status", help="print the status of actions",
-        description="Print the status of each action (state, updated_at, errors). Exit 0 if "
-                    "every action was found, 1 otherwise.")
+        description="Print the status of each action (state, updated_at, errors), reading "
+                    "each at most once a minute on this machine (the API's ceiling, shared "
+                    "with run). Exit 0 if every action was read and found, 1 otherwise.")
     status.add_argument("action_ids", nargs="+", metavar="ACTION_ID")
     status.add_argument("--json", action="store_true", help="one JSON object per line")
+    status.add_argument("--no-wait", action="store_true",
+                        help="do not wait for an action read less than a minute ago on this "
+                             "machine (by run or status): print when its next read is allowed "
+                             "(state NOT_READ) instead")
     _add_connection(status)
     _add_logging(status)
 
@@ -530,25 +544,98 @@ def _reconcile_command(args: argparse.Namespace) -> int:
     return reconcile_job(options, auth, log_handler=handler)
 
 
-async def _statuses(client: MiraklConnectClient, action_ids: Sequence[str],
-                    as_json: bool) -> int:
-    semaphore = asyncio.Semaphore(client.max_concurrency)
+def _ready_in(client: MiraklConnectClient, action_id: str) -> float:
+    """Seconds until `action_id` may be read without breaking the once-a-minute ceiling,
+    counting every read of it on this machine the client knows of (`poll_ready_in`)."""
+    ready_in = getattr(client, "poll_ready_in", None)
+    if ready_in is not None:
+        return max(0.0, float(ready_in(action_id)))
+    # A client without it keeps the ceiling in its transport's guard (this process only).
+    return max(0.0, client.transport.poll_guard.ready_at(action_id) - time.monotonic())
 
-    async def one(action_id: str) -> ActionStatus | MiraklError:
+
+def _at(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(time.time() + seconds))
+
+
+def _secs(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
+
+
+class _NotRead:
+    """A status read `--no-wait` declined: the ceiling allows it only in `wait` seconds."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+
+    def __str__(self) -> str:
+        return (f"read less than a minute ago on this machine: the next read is allowed at "
+                f"{_at(self.wait)} (in {_secs(self.wait)}; the API allows one per minute)")
+
+
+async def _statuses(client: MiraklConnectClient, action_ids: Sequence[str],
+                    as_json: bool, *, wait: bool = True) -> int:
+    """Read and print each action's status, at most once per action per minute.
+
+    A read due later (an action read recently, by `run` or an earlier `status`) is
+    waited for with a message saying until when, or, with `wait=False`, not made: the
+    line says when it will be allowed. The first read is made without retries, so an
+    unreachable API (connection refused) is reported at once and the other actions
+    are not tried; a transient failure of that read (5xx, 429, a timeout) gets one more
+    read, announced with its real wait.
+    """
+    semaphore = asyncio.Semaphore(client.max_concurrency)
+    unreachable: list[ConnectError] = []
+
+    async def read(action_id: str) -> ActionStatus:
+        delay = _ready_in(client, action_id)
+        if delay > 0:
+            print(f"{action_id}: read less than a minute ago on this machine; waiting "
+                  f"{_secs(delay)}, until {_at(delay)}, as the API allows one read per minute "
+                  "(--no-wait to skip it)", file=sys.stderr, flush=True)
+        return await client.get_action_status(action_id, retry=False)
+
+    async def one(action_id: str) -> ActionStatus | MiraklError | _NotRead:
         async with semaphore:
+            if unreachable:
+                return unreachable[0]
+            delay = _ready_in(client, action_id)
+            if delay > 0 and not wait:
+                return _NotRead(delay)
             try:
-                return await client.get_action_status(action_id)
+                try:
+                    return await read(action_id)
+                except ConnectError as exc:
+                    unreachable.append(exc)
+                    return exc
+                except (ServerError, RateLimitError, TransportError) as exc:
+                    # Transient: one more read (a read that reached the API counts against
+                    # the ceiling, so it may have to wait, and says so).
+                    delay = _ready_in(client, action_id)
+                    if delay > 0 and not wait:
+                        return _NotRead(delay)
+                    print(f"{action_id}: {exc}; reading once more", file=sys.stderr,
+                          flush=True)
+                    return await read(action_id)
             except MiraklError as exc:
                 return exc
 
     code = EXIT_OK
     results = await asyncio.gather(*(one(a) for a in action_ids))
+    if unreachable:
+        print(f"mirakl-cancel status: error: cannot reach {client.base_url}: {unreachable[0]}; "
+              "check --base-url / MIRAKL_CONNECT_BASE_URL and the network", file=sys.stderr)
     for action_id, result in zip(action_ids, results, strict=True):
-        if isinstance(result, MiraklError):
+        if isinstance(result, (MiraklError, _NotRead)):
             code = EXIT_SOME_FAILED
-            state = "NOT_FOUND" if isinstance(result, NotFoundError) else "ERROR"
+            state = ("NOT_FOUND" if isinstance(result, NotFoundError) else
+                     "NOT_READ" if isinstance(result, (_NotRead, ConnectError)) else "ERROR")
             if as_json:
-                print(json.dumps({"id": action_id, "state": state, "error": str(result)}))
+                item: dict[str, object] = {"id": action_id, "state": state,
+                                           "error": str(result)}
+                if isinstance(result, _NotRead):
+                    item["next_read_in"] = round(result.wait, 3)
+                print(json.dumps(item))
             else:
                 print(printable(f"{action_id}  {state}  {result}", limit=None))
             continue
@@ -586,7 +673,7 @@ def _status_command(args: argparse.Namespace) -> int:
                 auth=auth, base_url=base_url, max_concurrency=args.concurrency,
                 rate_limit=args.rate_limit, min_poll_interval=args.min_poll_interval,
                 **network) as client:
-            return await _statuses(client, action_ids, args.json)
+            return await _statuses(client, action_ids, args.json, wait=not args.no_wait)
 
     try:
         return asyncio.run(go())

@@ -168,7 +168,7 @@ def test_progress_under_a_real_terminal_never_wraps(tmp_path: Path, columns: int
             visible = _ESCAPE.sub("", piece)
             assert len(visible) < columns, repr(visible)
         redraws += line.count("\r")
-    assert redraws >= 5  # it did redraw, several times...
+    assert redraws >= 2  # it did redraw, more than once...
     # ...in place: the screen holds the notes and the summary, not one line per redraw.
     assert len(lines) < 25, text
     assert "done" in text and "SUCCEEDED" in text
