@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -42,16 +43,26 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from datetime import datetime, timedelta, timezone
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import TextIO
 
 import attrs
 
 from ._constants import DEFAULT_JOB_CONCURRENCY, DEFAULT_PROGRESS_INTERVAL
-from ._hooks import Hooks, with_request_key
+from ._engine import (
+    Choice,
+    Engine,
+    Outcome,
+    Standing,
+    ending_of_duplicate,
+    ending_of_send_error,
+    ending_of_tracking,
+    reconcile_note,
+)
+from ._hooks import Hooks
 from ._input import InputError, InputFormat, InputIssue, InvalidRow, ParsedInput, open_input
 from ._net import network_options_from_env
 from ._progress import Progress, ProgressLogHandler
@@ -78,7 +89,6 @@ from ._text import printable
 from ._transport import RetryPolicy
 from .auth import Auth
 from .batching import group_by_order
-from .bulk import result_from_outcome, result_from_tracking
 from .client import MiraklConnectClient
 from .errors import (
     ApiError,
@@ -91,20 +101,15 @@ from .errors import (
 )
 from .journal import Journal, PlanStaging, SqliteStore
 from .models import (
-    ActionAccepted,
     ActionStatus,
     Cancelation,
-    CancelReason,
     CancelRequest,
-    Money,
 )
-from .reconcile import ReconcilePolicy, SentCancel, Verdict, reconcile
+from .reconcile import ReconcilePolicy, Reconciliation, SentCancel, Verdict
 from .tracker import ActionTracker, PollPolicy, TrackedResult
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SOME_FAILED", "JobOptions",
            "check_job_paths", "default_journal_path", "reconcile_job", "run_job"]
-
-_T = TypeVar("_T")
 
 logger = logging.getLogger("mirakl_cancel")
 
@@ -254,31 +259,6 @@ class _JournalingClient(MiraklConnectClient):
                     action_id, None if final else time.time() + self.read_interval)
 
 
-# --- result mapping: bulk.py owns the outcome rules ----------------------------------------
-
-def outcome_for_send_error(request: CancelRequest, error: MiraklError) -> tuple[str, list[str]]:
-    """Outcome of a cancel whose POST failed (bulk's rules: UNCERTAIN, REJECTED or ERROR)."""
-    result = result_from_outcome(CancelOutcome(request, error=error))
-    return result.outcome.value, result.error_texts()
-
-
-#: The request an accepted cancel's tracking result is judged with in the job. bulk's
-#: rules decide from the tracking result alone (the request is only carried into the
-#: CancelResult), so the job need not read back and parse each request's body for it.
-_CARRIED = CancelRequest("-", [Cancelation(quantity=0, reason=CancelReason.OUT_OF_STOCK,
-                                           price=Money(Decimal(0), "EUR"),
-                                           shipping_price=Money(Decimal(0), "EUR"),
-                                           order_line_id="-")])
-
-
-def outcome_for_tracking(request: CancelRequest, action_id: str,
-                         tracked: TrackedResult) -> tuple[str, list[str]]:
-    """Outcome of an accepted cancel once tracking ended (bulk's rules)."""
-    accepted = CancelOutcome(request, accepted=ActionAccepted(action_id, request.order_id))
-    result = result_from_tracking(accepted, tracked)
-    return result.outcome.value, result.error_texts()
-
-
 def _refused_unprocessed(error: MiraklError | None) -> bool:
     """Whether `error` proves the cancel was not processed, so sending it again is safe."""
     if error is None or isinstance(error, UncertainDeliveryError):
@@ -291,34 +271,40 @@ def _refused_unprocessed(error: MiraklError | None) -> bool:
 
 # --- the run --------------------------------------------------------------------------
 
+#: Where a pass takes its work: requests with what to do with each (see `_engine`).
+WorkSource = AsyncIterator[tuple[JournalRequest, Choice]]
+
+
 class _Run:
-    """One execution of a job against the journal: send, track, record, reconcile."""
+    """One execution of a job against its store: the engine's steps, journaled.
+
+    The engine (`_engine.Engine`) sends, tracks, settles, reconciles and resends; this
+    class is where each of its steps goes: durable marks in the store (the SENDING mark
+    guards every attempt), progress, and what the operator is told. Two seams, for a
+    fleet worker: `execute(work=...)` takes the work from another source than the
+    store's requests (e.g. rows claimed from a shared store), and `tracker` makes the
+    tracker of each pass (e.g. ``ActionTracker(client, policy, store=shared)``).
+    """
 
     def __init__(self, options: JobOptions, store: JobStore, client: _JournalingClient,
-                 progress: Progress, err: TextIO | None = None) -> None:
+                 progress: Progress, err: TextIO | None = None, *,
+                 tracker: Callable[[], ActionTracker] | None = None) -> None:
         self.options = options
         self.store = store
         self.client = client
         self.progress = progress
         self.err = err or sys.stderr
-        #: Stop sending new requests.
-        self.stop = asyncio.Event()
-        #: Stop everything (a signal): also stop waiting for actions.
-        self.interrupt = asyncio.Event()
-        self.all_done = asyncio.Event()
-        self.outstanding = 0
+        self.engine: Engine[JournalRequest] = Engine(
+            client, self, tracker=tracker or self._new_tracker,
+            concurrency=options.concurrency, reconcile=options.reconcile)
         self.posts_sent = 0
-        self.by_action: dict[str, str] = {}
-        client.keys = self.by_action
-        #: Marks being journaled on their own (action ids, results of tracking).
-        self._recording: set[asyncio.Future[None]] = set()
-        self._sends_left = 0
-        self.stop_reason: str | None = None
-        self.tracker: ActionTracker | None = None
+        #: The request key of each tracked action id (status reads are journaled by key).
+        self.keys: dict[str, str] = {}
+        client.keys = self.keys
         #: Verdicts given this run, when reconciliation ran.
         self.reconciled: Counter[str] | None = None
         self.resent_unapplied = 0
-        #: The tracking policy of the current pass (see `_pass`).
+        #: The tracking policy of the passes.
         self._policy = options.policy
         #: A signal stopped reconciliation (its settling wait or its reads).
         self.reconcile_interrupted = False
@@ -328,162 +314,146 @@ class _Run:
         self.unreachable = False
         self._connect_failures: set[str] = set()
 
-    def _resolved(self, *, tracked: bool = False) -> None:
-        self.outstanding -= 1
-        self.progress.resolved += 1
-        if tracked:
-            self.progress.tracking -= 1
-        if self.outstanding <= 0:
-            self.all_done.set()
+    def _new_tracker(self) -> ActionTracker:
+        return ActionTracker(self.client, self._policy, concurrency=self.options.concurrency)
+
+    @property
+    def stop(self) -> asyncio.Event:
+        """Set: send no new request."""
+        return self.engine.stop
+
+    @property
+    def interrupt(self) -> asyncio.Event:
+        """Set (a signal): stop everything, waiting for actions too."""
+        return self.engine.interrupt
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.engine.stop_reason
 
     def request_stop(self, reason: str) -> None:
         """Stop sending new requests (signal, or a failure every request would share)."""
-        if not self.stop.is_set():
-            self.stop_reason = reason
-            self.stop.set()
+        self.engine.request_stop(reason)
 
     def _note(self, text: str) -> None:
         if not self.options.quiet:
             self.progress.clear()
             print(text, file=self.err, flush=True)
 
-    # tracking ------------------------------------------------------------------------
+    # the engine's steps: what a request is ----------------------------------------------
 
-    def _on_tracked(self, result: TrackedResult) -> None:
-        key = self.by_action.pop(result.action_id, None)
-        if key is None:
+    def label(self, item: JournalRequest) -> str:
+        return item.key
+
+    def order_id(self, item: JournalRequest) -> str:
+        return item.order_id
+
+    def cancel_request(self, item: JournalRequest) -> CancelRequest:
+        body = loads(item.body)
+        return structure_request(item.order_id, body["cancelations"])
+
+    def tracked_action(self, item: JournalRequest) -> tuple[str, float | None]:
+        assert item.action_id is not None
+        return item.action_id, item.last_contact()
+
+    def send_key(self, item: JournalRequest) -> str | None:
+        return item.key  # the journal key, on the cancel's span
+
+    # sending ---------------------------------------------------------------------------
+
+    async def before_attempt(self, item: JournalRequest, *, first: bool,
+                             resend: bool) -> None:
+        # Awaited by the transport right before each attempt leaves. The first call moves
+        # the request to SENDING (durably: the guarantee that a cancel is on record before
+        # it can reach the API); a retry (after a refusal the API did not process) only
+        # moves `sent_at` to the new attempt. Both share their flush with the marks of
+        # the other requests leaving at the same time.
+        if not first:
+            await self.store.mark_send_attempt(item.key)
             return
-        self.progress.forget(result.action_id)
-        self._background(self._record_tracked(key, result))
+        await self.store.mark_sending(item.key, resend=resend)
+        self.posts_sent += 1
+        self.progress.sent += 1
 
-    async def _record_tracked(self, key: str, result: TrackedResult) -> None:
-        try:
-            outcome, errors = outcome_for_tracking(_CARRIED, result.action_id, result)
-            status = result.status.raw_status if result.status else None
-            if result.status is not None or isinstance(result.error, NotFoundError):
-                await self.store.mark_done(key, outcome, status=status, errors=errors)
-            else:
-                # Timed out, or reading failed for good (auth...): the action still exists,
-                # so it stays ACCEPTED and a re-run tracks it on.
-                await self.store.mark_tracking_stopped(key, outcome, errors)
-        except Exception:
-            logger.exception("recording the result of action %s (%s) failed",
-                             result.action_id, key)
-        finally:
-            self._resolved(tracked=True)  # even if journaling failed: never wait forever
+    async def send_failed(self, item: JournalRequest, outcome: CancelOutcome,
+                          left: bool) -> None:
+        exc = outcome.error
+        assert exc is not None
+        ending = ending_of_send_error(exc)
+        errors = ending.texts()
+        marked = left
+        if isinstance(exc, ConnectError):
+            self._connect_failed(exc)
+            if marked and item.state is RequestState.PENDING:
+                # No connection was ever made: the cancel never left. Undo the send mark
+                # (and the count), so the journal says nothing reached a server and a
+                # re-run may go to a corrected base URL.
+                await self.store.mark_not_sent(item.key)
+                marked = False
+                self.posts_sent -= 1
+                self.progress.sent -= 1
+        else:
+            self.reached += marked
+        if not marked:
+            # No attempt left (no token, a long 429 pause...): the API never saw it. A
+            # fresh request is final for this run but resendable; a resend keeps its row
+            # as it was (an UNCERTAIN one may still have been applied before).
+            if item.state is RequestState.PENDING:
+                await self.store.mark_unsent(item.key, ending.outcome.value, errors)
+        elif ending.outcome is Outcome.UNCERTAIN:
+            await self.store.mark_uncertain(item.key, errors)
+        else:
+            await self.store.mark_done(item.key, ending.outcome.value, errors=errors,
+                                       resendable=_refused_unprocessed(exc))
+        if isinstance(exc, (AuthenticationError, PermissionDeniedError)):
+            self.request_stop(f"stopping: the API refused our credentials ({exc}); "
+                              "the remaining requests were not sent")
+        self.progress.sends_over += 1
 
-    def _track(self, request: JournalRequest | str, action_id: str, order_id: str,
-               last_polled_at: float | None) -> None:
-        key = request if isinstance(request, str) else request.key
-        self.by_action[action_id] = key
-        assert self.tracker is not None
-        self.tracker.add(action_id, order_id=order_id, last_polled_at=last_polled_at)
-        # When the tracker will read it first (its rule: the first delay from now, and
-        # never within the ceiling of the last read), for the progress line.
-        policy = self._policy
-        due = time.time() + policy.first_delay
-        if last_polled_at is not None:
-            due = max(due, last_polled_at + policy.min_interval)
-        self.progress.tracking += 1
-        self.progress.read_due(action_id, due)
+    def guard_failed(self, item: JournalRequest, error: BaseException, left: bool) -> None:
+        # The journal cannot record sends any more: sending on would be unguarded.
+        self.request_stop(f"stopping: the journal failed ({error})")
+        self.progress.sends_over += 1
 
-    @staticmethod
-    def _cancel_request(request: JournalRequest) -> CancelRequest:
-        body = loads(request.body)
-        return structure_request(request.order_id, body["cancelations"])
-
-    # sending -------------------------------------------------------------------------
-
-    async def _send(self, request: JournalRequest, resend: bool) -> None:
-        cancel = self._cancel_request(request)
-        marked = False
-
-        async def on_send() -> None:
-            # Awaited by the transport right before each attempt leaves. The first call
-            # moves the request to SENDING (durably: the guarantee that a cancel is on
-            # record before it can reach the API); a retry (after a refusal the API did
-            # not process) only moves `sent_at` to the new attempt. Both share their
-            # flush with the marks of the other requests leaving at the same time.
-            nonlocal marked
-            if marked:
-                await self.store.mark_send_attempt(request.key)
-                return
-            await self.store.mark_sending(request.key, resend=resend)
-            marked = True
-            self.posts_sent += 1
-            self.progress.sent += 1
-
-        try:
-            accepted = await with_request_key(  # the journal key, on the cancel's span
-                request.key, self.client.cancel(cancel, on_send=on_send))
-        except MiraklError as exc:
-            outcome, errors = outcome_for_send_error(cancel, exc)
-            if isinstance(exc, ConnectError):
-                self._connect_failed(exc)
-                if marked and request.state is RequestState.PENDING:
-                    # No connection was ever made: the cancel never left. Undo the send
-                    # mark (and the count), so the journal says nothing reached a server
-                    # and a re-run may go to a corrected base URL.
-                    await self.store.mark_not_sent(request.key)
-                    marked = False
-                    self.posts_sent -= 1
-                    self.progress.sent -= 1
-            else:
-                self.reached += marked
-            if not marked:
-                # No attempt left (no token, a long 429 pause...): the API never saw it. A
-                # fresh request is final for this run but resendable; a resend keeps its
-                # row as it was (an UNCERTAIN one may still have been applied before).
-                if request.state is RequestState.PENDING:
-                    await self.store.mark_unsent(request.key, outcome, errors)
-            elif outcome == "UNCERTAIN":
-                await self.store.mark_uncertain(request.key, errors)
-            else:
-                await self.store.mark_done(request.key, outcome, errors=errors,
-                                           resendable=_refused_unprocessed(exc))
-            if isinstance(exc, (AuthenticationError, PermissionDeniedError)):
-                self.request_stop(f"stopping: the API refused our credentials ({exc}); "
-                                  "the remaining requests were not sent")
-            self._resolved()
-            return
-        except (JournalError, sqlite3.Error) as exc:
-            # The journal cannot record sends any more: sending on would be unguarded.
-            self.request_stop(f"stopping: the journal failed ({exc})")
-            self._resolved()
-            return
+    def accepted(self, item: JournalRequest, outcome: CancelOutcome) -> Awaitable[None]:
         # The sender goes on to the next request while the action id is being flushed:
         # the store writes marks in order, so the next SENDING mark cannot be durable
         # before this ACCEPTED one, and if this one fails the next is refused.
+        assert outcome.accepted is not None
         self.reached += 1
-        recorded = self.store.mark_accepted(request.key, accepted.action_id)  # in order, now
-        self._background(self._accepted(request, accepted.action_id, recorded))
+        self.progress.sends_over += 1
+        return self._accepted(self.store.mark_accepted(item.key, outcome.accepted.action_id))
 
-    async def _accepted(self, request: JournalRequest, action_id: str,
-                        marked: Awaitable[None]) -> None:
-        """Wait for the action id of an accepted cancel to be journaled, then track it."""
-        try:
-            await marked
-        except (JournalError, sqlite3.Error) as exc:
+    async def _accepted(self, marked: Awaitable[None]) -> None:
+        await marked
+        self.progress.accepted += 1
+
+    def accept_failed(self, item: JournalRequest, action_id: str,
+                      error: BaseException) -> None:
+        if isinstance(error, (JournalError, sqlite3.Error)):
             # The cancel *was* accepted: its action id must not vanish with the journal.
             # The row stays SENDING, so a re-run reports it UNCERTAIN and never resends it.
             logger.error("cancel of order %s (%s) was accepted as action %s, but the journal "
-                         "could not record it: %s", request.order_id, request.key,
-                         action_id, exc)
-            self.request_stop(f"stopping: the journal failed ({exc}); the cancel of order "
-                              f"{request.order_id} was accepted as action {action_id}")
-            self._resolved()
+                         "could not record it: %s", item.order_id, item.key, action_id, error)
+            self.request_stop(f"stopping: the journal failed ({error}); the cancel of order "
+                              f"{item.order_id} was accepted as action {action_id}")
             return
-        except Exception as exc:
-            logger.exception("recording the action of %s failed unexpectedly", request.key)
-            self.request_stop(f"stopping: sending {request.key} failed unexpectedly "
-                              f"({type(exc).__name__}: {exc})")
-            self._resolved()
-            return
-        self.progress.accepted += 1
-        if self.interrupt.is_set():
-            self._resolved()  # journaled; tracking has stopped (a re-run tracks it on)
-            return
-        self._track(request, action_id, request.order_id, None)
+        logger.error("recording the action of %s failed unexpectedly", item.key,
+                     exc_info=error)
+        self.request_stop(f"stopping: sending {item.key} failed unexpectedly "
+                          f"({type(error).__name__}: {error})")
+
+    async def duplicate(self, item: JournalRequest, outcome: CancelOutcome,
+                        other: str) -> None:
+        # Its action id is never journaled as its own: a resume would track that action
+        # and report this cancel by the other's status. SENDING → UNCERTAIN instead
+        # (the reason names the action and the other request); reconciliation may settle it.
+        assert outcome.accepted is not None
+        self.reached += 1
+        self.progress.sends_over += 1
+        ending = ending_of_duplicate(item.order_id, outcome.accepted.action_id,
+                                     f"request {other}")
+        await self.store.mark_uncertain(item.key, ending.texts())
 
     def _connect_failed(self, error: ConnectError) -> None:
         """Say why a connection failed, as it happens (once per reason); stop sending if
@@ -500,60 +470,83 @@ class _Run:
                 "and the network, then run again: the journal is not tied to a URL that "
                 "nothing reached")
 
-    def _background(self, work: Awaitable[None]) -> None:
-        """Run `work` on its own; the pass waits for it before it ends."""
-        task = asyncio.ensure_future(work)
-        self._recording.add(task)
-        task.add_done_callback(self._recording.discard)
+    # tracking ------------------------------------------------------------------------
 
-    async def _sender(self, queue: asyncio.Queue[tuple[JournalRequest, bool] | None],
-                      room: asyncio.Semaphore) -> None:
-        while True:
-            item = await queue.get()
-            if item is None:
-                return
-            room.release()
-            if self.stop.is_set():
-                continue  # drain: the producer must never wait on a full queue
-            self._sends_left -= 1
-            request, resend = item
-            try:
-                await self._send(request, resend)
-                self.progress.sends_over += 1
-            except Exception as exc:
-                # Whatever failed (journaling an error outcome, a bug), the request must
-                # count as resolved, or the run would wait for it forever; and sending on
-                # past an unexplained failure is not worth the risk.
-                logger.exception("sending %s failed unexpectedly", request.key)
-                self.request_stop(f"stopping: sending {request.key} failed unexpectedly "
-                                  f"({type(exc).__name__}: {exc})")
-                self._resolved()
+    def tracking(self, item: JournalRequest, action_id: str, last_read: float | None) -> None:
+        self.keys[action_id] = item.key
+        # When the tracker will read it first (its rule: the first delay from now, and
+        # never within the ceiling of the last read), for the progress line.
+        policy = self._policy
+        due = time.time() + policy.first_delay
+        if last_read is not None:
+            due = max(due, last_read + policy.min_interval)
+        self.progress.tracking += 1
+        self.progress.read_due(action_id, due)
+
+    async def tracked(self, item: JournalRequest, result: TrackedResult) -> None:
+        self.keys.pop(result.action_id, None)
+        self.progress.forget(result.action_id)
+        ending = ending_of_tracking(result)
+        status = result.status.raw_status if result.status else None
+        if result.status is not None or isinstance(result.error, NotFoundError):
+            await self.store.mark_done(item.key, ending.outcome.value, status=status,
+                                       errors=ending.texts())
+        else:
+            # Timed out, or reading failed for good (auth...): the action still exists,
+            # so it stays ACCEPTED and a re-run tracks it on.
+            await self.store.mark_tracking_stopped(item.key, ending.outcome.value,
+                                                   ending.texts())
+
+    async def untracked(self, item: JournalRequest, action_id: str) -> None:
+        # The request stays ACCEPTED: a re-run tracks it on.
+        self.keys.pop(action_id, None)
+        self.progress.forget(action_id)
+
+    def resolved(self, item: JournalRequest, *, tracked: bool) -> None:
+        self.progress.resolved += 1
+        if tracked:
+            self.progress.tracking -= 1
 
     # the whole run ---------------------------------------------------------------------
 
-    def _choice(self, request: JournalRequest, resume: bool) -> str | None:
-        """What this run does with `request`: "send", "resend", "track" or nothing.
+    def _choice(self, request: JournalRequest, resume: bool) -> Choice | None:
+        """What this run does with `request`: send, resend, track, or nothing.
 
         `resume` (run): everything unfinished. Otherwise (reconcile): only the requests
         proven NOT_APPLIED, when --resend-unapplied asks for them.
         """
         opts = self.options
         state = request.state
-        if state is RequestState.DONE and request.outcome == "NOT_APPLIED":
-            return "resend" if opts.reconcile is not None and opts.reconcile.resend else None
+        if state is RequestState.DONE and request.outcome == Outcome.NOT_APPLIED:
+            resend = opts.reconcile is not None and opts.reconcile.resend
+            return Choice.RESEND if resend else None
         if not resume:
             return None
         if state is RequestState.PENDING:
-            return "send"
+            return Choice.SEND
         if (state is RequestState.UNCERTAIN and opts.resend_uncertain) or (
                 state is RequestState.DONE and request.resendable):
-            return "resend"
+            return Choice.RESEND
         if state is RequestState.ACCEPTED and request.action_id:
-            return "track"
+            return Choice.TRACK
         return None
 
-    async def execute(self, *, resume: bool = True) -> bool:
-        """Send and track until everything is final or a stop; True when interrupted."""
+    async def work(self, resume: bool = True) -> WorkSource:
+        """The store's work for this run: each unfinished request and what to do with it."""
+        async for request in self.store.requests():
+            choice = self._choice(request, resume)
+            if choice is not None:
+                if request.outcome == Outcome.NOT_APPLIED and choice is Choice.RESEND:
+                    self.resent_unapplied += 1
+                if choice is not Choice.TRACK:
+                    self.progress.to_send += 1
+                self.progress.resolved -= 1
+                yield request, choice
+
+    async def execute(self, *, resume: bool = True, work: WorkSource | None = None) -> bool:
+        """Send and track until everything is final or a stop; True when interrupted.
+
+        `work`: where the work comes from (default: `self.work(resume)`, the store's)."""
         opts = self.options
         interrupted = await self.store.mark_interrupted_sends(
             "the previous run stopped while this cancel was being sent: it may have been "
@@ -567,259 +560,114 @@ class _Run:
         # Everything starts as done; each request found to send or track is taken off
         # as the store streams it (no counting pass first: the first POST leaves at once).
         self.progress.resolved = self.progress.total
+        return await self._pass(work if work is not None else self.work(resume))
 
-        async def work() -> AsyncIterator[tuple[JournalRequest, str]]:
-            async for request in self.store.requests():
-                choice = self._choice(request, resume)
-                if choice is not None:
-                    if request.outcome == "NOT_APPLIED" and choice == "resend":
-                        self.resent_unapplied += 1
-                    self.progress.resolved -= 1
-                    yield request, choice
-
-        return await self._pass(work())
-
-    async def _pass(self, work: AsyncIterator[tuple[JournalRequest, str]]) -> bool:
-        """Send and track `work` to the end; True when interrupted. The work streams from
-        the store through a bounded queue; `outstanding` counts what was handed out,
-        plus one for the producer until it has read everything."""
-        opts = self.options
-        self.outstanding = 1
+    async def _pass(self, work: WorkSource) -> bool:
         self.progress.to_send = self.progress.sends_over
-        self._sends_left = 0
-        self.all_done.clear()
-        self._policy = opts.policy
-        tracker = ActionTracker(self.client, self._policy, concurrency=opts.concurrency)
-        self.tracker = tracker
-        unsubscribe = tracker.subscribe(self._on_tracked)
-        count = opts.concurrency
-        # Bounded by `room` (requests read ahead of the senders), not by the queue itself,
-        # so that the end-of-work marks always fit, even during a cancellation.
-        queue: asyncio.Queue[tuple[JournalRequest, bool] | None] = asyncio.Queue()
-        room = asyncio.Semaphore(4 * opts.concurrency)
-        senders = [asyncio.create_task(self._sender(queue, room)) for _ in range(count)]
+        return await self.engine.run_pass(work)
 
-        async def produce() -> None:
-            try:
-                async for request, choice in work:
-                    if self.interrupt.is_set():
-                        break
-                    self.outstanding += 1
-                    if choice != "track":
-                        self._sends_left += 1  # taken off by a sender, or after a stop
-                        self.progress.to_send += 1
-                    if choice == "track":
-                        assert request.action_id is not None
-                        self._track(request, request.action_id, request.order_id,
-                                    request.last_contact())
-                    elif not self.stop.is_set():
-                        await room.acquire()
-                        queue.put_nowait((request, choice == "resend"))
-            finally:
-                for _ in senders:
-                    queue.put_nowait(None)
-            self.outstanding -= 1  # everything is handed out
-            if self.outstanding <= 0:
-                self.all_done.set()
-
-        producer = asyncio.create_task(produce())
-        try:
-            await _first(self.stop, self.all_done)
-            if not self.stop.is_set():
-                return False
-            # Let the POSTs in flight finish and be journaled; send nothing new.
-            await asyncio.gather(*senders)
-            if self.interrupt.is_set():
-                return True
-            await producer  # it still hands over what is to be tracked
-            # Sending stopped for a reason shared by every request (credentials refused):
-            # the unsent stay PENDING for a re-run; the accepted ones are still tracked.
-            self.outstanding -= self._sends_left
-            if self.outstanding > 0:
-                self.all_done.clear()
-                await _first(self.interrupt, self.all_done)
-            return self.interrupt.is_set()
-        finally:
-            for task in (*senders, producer):
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*senders, producer, return_exceptions=True)
-            # Action ids and results already seen are journaled before the pass ends.
-            while self._recording:
-                await asyncio.gather(*self._recording, return_exceptions=True)
-            unsubscribe()
-            await tracker.close(drain=False)
-
-    async def main(self, *, resume: bool = True) -> bool:
+    async def main(self, *, resume: bool = True, work: WorkSource | None = None) -> bool:
         """The run, then (with `options.reconcile`) reconciliation; True when interrupted."""
         try:
-            interrupted = await self.execute(resume=resume)
+            interrupted = await self.execute(resume=resume, work=work)
         finally:
             await self.progress.stop()
-        policy = self.options.reconcile
-        if interrupted or policy is None:
+        if interrupted or self.options.reconcile is None:
             return interrupted
         if self.stop.is_set():
             self._note("not reconciling: sending stopped early")
             return False
-        return await self.reconcile_all(policy)
+        return await self.reconcile_all()
 
-    # reconciliation --------------------------------------------------------------------
+    # reconciliation: the engine's settling steps ---------------------------------------
 
-    async def reconcile_all(self, policy: ReconcilePolicy) -> bool:
-        """Reconcile every UNCERTAIN request; resend the NOT_APPLIED ones if asked, and
-        reconcile those resends again if they too end UNCERTAIN, `max_rounds` at most.
-        True when interrupted (the rows not yet judged stay UNCERTAIN)."""
+    async def reconcile_all(self) -> bool:
+        """Reconcile every UNCERTAIN request (the engine's rounds); True when interrupted
+        (the rows not yet judged stay UNCERTAIN)."""
         self.reconciled = Counter()
-        only: set[str] | None = None  # later rounds: just the resends that came back uncertain
-        for round_number in range(1, policy.max_rounds + 2):
-            rows = [r async for r in self.store.requests(RequestState.UNCERTAIN)
-                    if only is None or r.key in only]
-            if not rows:
-                return False
-            unapplied, interrupted = await self._reconcile_round(rows, policy)
-            if interrupted:
-                self.reconcile_interrupted = True
-                return True
-            if not (policy.resend and unapplied) or round_number > policy.max_rounds:
-                return False
-            self._note(f"sending again {len(unapplied)} cancel(s) proven not applied "
-                       "(--resend-unapplied)")
-            self.resent_unapplied += len(unapplied)
-            if await self._pass(self._resends(unapplied)):
-                return True
-            if self.stop.is_set():
-                return False
-            only = set(unapplied)
-        return False
+        interrupted = await self.engine.reconcile_rounds()
+        self.reconcile_interrupted = self.engine.settling_interrupted
+        return interrupted
 
-    async def _reconcile_round(self, rows: Sequence[JournalRequest],
-                               policy: ReconcilePolicy) -> tuple[list[str], bool]:
-        """Wait out the settling window, judge `rows`, journal each verdict.
-
-        Returns the keys proven NOT_APPLIED, and whether a signal interrupted the round.
-        """
-        assert self.reconciled is not None
-        keys: list[str] = []
-        sent: list[SentCancel] = []
+    async def uncertain(self, only: set[str] | None,
+                        ) -> AsyncIterator[tuple[JournalRequest, SentCancel | None]]:
+        rows = [r async for r in self.store.requests(RequestState.UNCERTAIN)
+                if only is None or r.key in only]
         for row in rows:
-            if row.sent_at is None:  # never written by mark_sending; only a damaged journal
-                await self._record(row, Verdict.UNCERTAIN, "the journal has no send time for this "
-                             "cancel, so its adjustments cannot be dated: check the order")
+            yield row, self._sent(row)
+
+    def _sent(self, row: JournalRequest) -> SentCancel | None:
+        if row.sent_at is None:  # never written by mark_sending; only a damaged journal
+            return None
+        return SentCancel(self.cancel_request(row),
+                          datetime.fromtimestamp(row.sent_at, timezone.utc))
+
+    async def rivals(self, orders: set[str], exclude: set[str],
+                     ) -> AsyncIterator[tuple[Standing, Callable[[], SentCancel]]]:
+        async for row in self.store.requests(orders=orders):
+            if row.key in exclude or row.sent_at is None:
                 continue
-            keys.append(row.key)
-            sent.append(SentCancel(self._cancel_request(row),
-                                   datetime.fromtimestamp(row.sent_at, timezone.utc)))
-        if not sent:
-            return [], False
-        deadline = max(s.sent_at for s in sent) + timedelta(seconds=policy.settle)
-        wait = (deadline - datetime.now(timezone.utc)).total_seconds()
+            verdict = row.reconcile_verdict if row.state is RequestState.DONE else None
+            yield (Standing(row.action_id is not None, row.outcome, verdict),
+                   functools.partial(self._rival, row))
+
+    def _rival(self, row: JournalRequest) -> SentCancel:
+        sent = self._sent(row)
+        assert sent is not None
+        return sent
+
+    def settling(self, count: int, wait: float, deadline: datetime) -> None:
         if wait > 0:
             until = deadline.astimezone().strftime("%H:%M:%S")
-            self._note(f"reconciling {len(sent)} uncertain cancel(s): waiting {wait:.0f}s, "
-                       f"until {until}, for the settling window ({policy.settle:g}s after the "
-                       "last send) to pass; Ctrl-C leaves them UNCERTAIN")
-            self.progress.waiting = (f"{len(sent):,} uncertain: settling until {until}; "
+            self._note(f"reconciling {count} uncertain cancel(s): waiting {wait:.0f}s, "
+                       f"until {until}, for the settling window "
+                       f"({self.options.reconcile.settle if self.options.reconcile else 0:g}s"
+                       " after the last send) to pass; Ctrl-C leaves them UNCERTAIN")
+            self.progress.waiting = (f"{count:,} uncertain: settling until {until}; "
                                      "Ctrl-C leaves them UNCERTAIN")
             self.progress.restart()
-            if await _unless(self.interrupt, asyncio.sleep(wait)) is _INTERRUPTED:
-                await self.progress.stop()
-                return [], True
         else:
-            self._note(f"reconciling {len(sent)} uncertain cancel(s)")
-        self.progress.waiting = f"reading the orders of {len(sent):,} uncertain cancel(s)"
+            self._note(f"reconciling {count} uncertain cancel(s)")
+
+    def reading(self, count: int) -> None:
+        self.progress.waiting = f"reading the orders of {count:,} uncertain cancel(s)"
         self.progress.restart()
-        others = await self._rivals({s.request.order_id for s in sent}, set(keys))
-        try:
-            verdicts = await _unless(self.interrupt,
-                                     reconcile(self.client, sent, others=others, policy=policy))
-        except MiraklError as exc:
-            await self.progress.stop()
-            for key in keys:
-                await self._record(await self.store.request(key), Verdict.UNCERTAIN,
-                             f"reconciliation failed: {exc}")
-            self._note(f"reconciliation failed: {exc}; the cancels stay UNCERTAIN")
-            return [], False
+
+    async def read_over(self, failed: MiraklError | None = None) -> None:
         await self.progress.stop()
-        if verdicts is _INTERRUPTED:
-            return [], True
-        assert isinstance(verdicts, list)
-        unapplied: list[str] = []
-        for key, verdict in zip(keys, verdicts, strict=True):
-            await self._record(await self.store.request(key), verdict.verdict, verdict.reason,
-                         [a.id for a in verdict.adjustments])
-            if verdict.verdict is Verdict.NOT_APPLIED:
-                unapplied.append(key)
-        return unapplied, False
+        if failed is not None:
+            self._note(f"reconciliation failed: {failed}; the cancels stay UNCERTAIN")
+
+    async def judged(self, item: JournalRequest, verdict: Reconciliation, *,
+                     resend: bool) -> None:
+        await self._record(await self.store.request(item.key), verdict.verdict,
+                           verdict.reason, [a.id for a in verdict.adjustments])
+
+    async def unjudged(self, item: JournalRequest, reason: str,
+                       error: MiraklError | None) -> None:
+        await self._record(await self.store.request(item.key), Verdict.UNCERTAIN, reason)
+
+    def resending(self, items: Sequence[JournalRequest]) -> None:
+        self._note(f"sending again {len(items)} cancel(s) proven not applied "
+                   "(--resend-unapplied)")
+        self.resent_unapplied += len(items)
+        self.progress.to_send = self.progress.sends_over + len(items)
 
     async def _record(self, row: JournalRequest, verdict: Verdict, reason: str,
-                adjustments: Sequence[str] = ()) -> None:
-        """Journal one verdict; the row's errors keep what made it uncertain, plus why."""
+                      adjustments: Sequence[str] = ()) -> None:
+        """Journal one verdict; the row's errors keep what made it uncertain, plus why
+        (without the note of an earlier verdict: it is replaced)."""
         assert self.reconciled is not None
         self.reconciled[verdict.value] += 1
-        note = f"reconciled: {reason}"
+        note = reconcile_note(reason)
         if verdict is Verdict.UNCERTAIN:
-            errors = [e for e in row.errors if not e.startswith("reconciled: ")] + [note]
+            earlier = (None if row.reconcile_reason is None
+                       else reconcile_note(row.reconcile_reason))
+            errors = [e for e in row.errors if e != earlier] + [note]
         else:
             errors = [note]
         await self.store.mark_reconciled(row.key, verdict.value, reason, adjustments,
                                          errors=errors)
-
-    async def _resends(self, keys: Sequence[str]) -> AsyncIterator[tuple[JournalRequest, str]]:
-        for key in keys:
-            yield await self.store.request(key), "resend"
-
-    async def _rivals(self, orders: set[str], exclude: set[str]) -> list[SentCancel]:
-        """This job's other cancels on `orders` that were, or may yet be, applied.
-
-        They compete with the uncertain ones for the same adjustments, so each must
-        claim its share: accepted requests (except those whose action FAILED, which
-        cancelled nothing) and requests an earlier reconciliation found APPLIED.
-        """
-        rivals: list[SentCancel] = []
-        async for row in self.store.requests(orders=orders):
-            if row.key in exclude or row.sent_at is None:
-                continue
-            accepted = row.action_id is not None and row.outcome != "FAILED"
-            if accepted or (row.state is RequestState.DONE
-                            and row.reconcile_verdict == Verdict.APPLIED.value):
-                rivals.append(SentCancel(self._cancel_request(row),
-                                         datetime.fromtimestamp(row.sent_at, timezone.utc)))
-        return rivals
-
-
-#: What `_unless` returns when the event came first.
-_INTERRUPTED = object()
-
-
-async def _unless(event: asyncio.Event, awaitable: Awaitable[_T]) -> _T | object:
-    """Await `awaitable`, unless `event` is set first: then cancel it, return _INTERRUPTED.
-
-    Only for waits and reads that are safe to abandon (a sleep, a v2-listOrders call).
-    """
-    task = asyncio.ensure_future(awaitable)
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        return _INTERRUPTED
-    return task.result()
-
-
-async def _first(*events: asyncio.Event) -> None:
-    """Wait until any of `events` is set."""
-    waiters = [asyncio.create_task(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
 
 
 def _sha256(path: Path) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime, timezone
 from typing import Protocol
 
@@ -20,7 +20,7 @@ from ._logging import fields
 from .errors import MiraklError, UncertainDeliveryError
 from .models import ActionAccepted, CancelRequest
 
-__all__ = ["CancelOutcome", "Canceller", "send_many", "send_one"]
+__all__ = ["CancelOutcome", "Canceller", "GuardRefused", "send_many", "send_one"]
 
 logger = logging.getLogger("mirakl_cancel")
 
@@ -32,7 +32,15 @@ class Canceller(Protocol):
     def max_concurrency(self) -> int: ...
 
     async def cancel(self, request: CancelRequest, *,
-                     on_send: Callable[[], None] | None = None) -> ActionAccepted: ...
+                     on_send: Callable[[], Awaitable[None] | None] | None = None,
+                     ) -> ActionAccepted: ...
+
+
+class GuardRefused(Exception):
+    """A guard (e.g. the journal's write-ahead mark) refused an attempt: it did not leave.
+
+    Raised by `send_one` with the guard's own exception as `__cause__`; never turned into
+    an outcome, since what failed is the caller's, not the cancel's."""
 
 
 @attrs.frozen
@@ -52,23 +60,40 @@ class CancelOutcome:
         return self.accepted is not None
 
 
-async def send_one(client: Canceller, request: CancelRequest) -> CancelOutcome:
+async def send_one(client: Canceller, request: CancelRequest, *,
+                   guard: Callable[[], Awaitable[None]] | None = None) -> CancelOutcome:
     """Send one request and turn any failure into an outcome.
 
     An unexpected failure (not a MiraklError) once the cancel may have left is
     UNCERTAIN (`UncertainDeliveryError`), never a plain error: a caller, or a re-run,
     would feel free to send a plain error again, and cancel twice.
+
+    `guard` is awaited right before each attempt leaves; if it raises, the attempt does
+    not leave and `GuardRefused` is raised (from the guard's exception).
     """
     sent_at = datetime.now(timezone.utc)
     left = False
 
-    def on_send() -> None:
+    async def guarded(guard: Callable[[], Awaitable[None]]) -> None:
         nonlocal left
+        try:
+            await guard()
+        except Exception as exc:
+            raise GuardRefused(str(exc)) from exc
         left = True
+
+    def on_send() -> Awaitable[None] | None:
+        nonlocal left
+        if guard is not None:
+            return guarded(guard)
+        left = True
+        return None
 
     try:
         accepted = await client.cancel(request, on_send=on_send)
         return CancelOutcome(request, accepted=accepted, sent_at=sent_at)
+    except GuardRefused:
+        raise
     except MiraklError as exc:
         return CancelOutcome(request, error=exc, sent_at=sent_at)
     except (asyncio.CancelledError, KeyboardInterrupt):

@@ -2,35 +2,40 @@
 
 Sending and tracking overlap: an action is handed to the tracker the moment its
 cancel is accepted, so the first polls start while later cancels are still being
-sent, and a long job finishes about one processing delay after its last POST.
+sent, and a long job finishes about one processing delay after its last POST. The
+run itself is the engine's (`_engine.Engine`, shared with `mirakl-cancel run`); this
+module turns each ending into a `CancelResult`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._sending import CancelOutcome, send_many
-from .errors import (
-    ActionTimeoutError,
-    ApiError,
-    BadRequestError,
-    ErrorItem,
-    MiraklError,
-    NotFoundError,
-    UncertainDeliveryError,
-    ValidationError,
+from ._engine import (
+    Choice,
+    Ending,
+    Engine,
+    ErrorDetail,
+    Outcome,
+    Standing,
+    detail_text,
+    ending_of_duplicate,
+    ending_of_send_error,
+    ending_of_tracking,
+    ending_of_untracked,
+    reconcile_note,
 )
-from .models import ActionError, ActionState, ActionStatus, CancelRequest
+from ._sending import CancelOutcome
+from .errors import ApiError, ErrorItem, MiraklError
+from .models import ActionError, ActionStatus, CancelRequest
 from .reconcile import ReconcilePolicy, Reconciliation, SentCancel, Verdict
-from .reconcile import reconcile as reconcile_cancels
 from .tracker import DEFAULT_POLICY, ActionTracker, PollPolicy, TrackedResult
 
 if TYPE_CHECKING:
@@ -41,46 +46,12 @@ __all__ = ["CancelResult", "Outcome", "cancel_and_track"]
 logger = logging.getLogger("mirakl_cancel")
 
 
-class Outcome(str, enum.Enum):
-    """Where one cancel request ended up."""
-
-    #: Accepted, and its action ended in SUCCESS: the lines are canceled.
-    SUCCEEDED = "SUCCEEDED"
-    #: Accepted, but its action ended in FAILED (see `errors`): nothing was canceled.
-    FAILED = "FAILED"
-    #: Refused by the API (400/404): nothing was canceled; fix the request.
-    REJECTED = "REJECTED"
-    #: The cancel may or may not have been processed (answer lost): check before resending.
-    UNCERTAIN = "UNCERTAIN"
-    #: Accepted, but still pending when tracking timed out: its action_id tells the rest.
-    TIMED_OUT = "TIMED_OUT"
-    #: Anything else (authentication, server errors after retries, invalid input...).
-    ERROR = "ERROR"
-    #: An UNCERTAIN cancel that reconciliation proved was not applied (safe to resend).
-    NOT_APPLIED = "NOT_APPLIED"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-#: One printable reason: an action's error, an API error item, or the exception itself.
-ErrorDetail: TypeAlias = ActionError | ErrorItem | MiraklError
-
-
-def _detail_text(detail: ErrorDetail) -> str:
-    if isinstance(detail, ActionError):
-        return f"{detail.code}: {detail.message}" if detail.message else detail.code
-    if isinstance(detail, ErrorItem):
-        return f"{detail.field}: {detail.message}" if detail.field else detail.message
-    return str(detail) or type(detail).__name__
-
-
 def _detail_dict(detail: ErrorDetail) -> dict[str, Any]:
     if isinstance(detail, ActionError):
         return {"code": detail.code, "message": detail.message}
     if isinstance(detail, ErrorItem):
         return {"field": detail.field, "message": detail.message}
-    data: dict[str, Any] = {"type": type(detail).__name__, "message": _detail_text(detail)}
+    data: dict[str, Any] = {"type": type(detail).__name__, "message": detail_text(detail)}
     if isinstance(detail, ApiError):
         data.update(status=detail.status, code=detail.code)
     return data
@@ -126,9 +97,7 @@ class CancelResult:
         summary already lists every item with its field, and keeps the status and code
         that the items alone would lose.
         """
-        if self.outcome is Outcome.REJECTED and self.exception is not None:
-            return [str(self.exception)]
-        return [_detail_text(detail) for detail in self.errors]
+        return Ending(self.outcome, errors=self.errors, exception=self.exception).texts()
 
     def describe(self) -> str:
         """A one-line, human-readable account of what happened to this request."""
@@ -147,7 +116,7 @@ class CancelResult:
             Outcome.NOT_APPLIED: "not applied (safe to resend)",
         }[self.outcome]
         if self.reconciliation is not None:
-            verdict = f"reconciled: {self.reconciliation.reason}"
+            verdict = reconcile_note(self.reconciliation.reason)
             reasons = f"{reasons}; {verdict}" if reasons else verdict
             if self.outcome is Outcome.SUCCEEDED:
                 text = "canceled (proven by the order's adjustments; no action id)"
@@ -172,58 +141,157 @@ class CancelResult:
         }
 
 
-def _reasons(error: MiraklError) -> tuple[ErrorDetail, ...]:
-    if isinstance(error, ApiError) and error.errors:
-        return error.errors
-    return (error,)
 
 
-def result_from_outcome(outcome: CancelOutcome) -> CancelResult:
-    """The result of a request the API did not accept (so there is nothing to track)."""
-    error = outcome.error or MiraklError("cancel neither accepted nor refused")
-    if isinstance(error, (BadRequestError, NotFoundError)):
-        kind = Outcome.REJECTED
-    elif isinstance(error, UncertainDeliveryError):
-        kind = Outcome.UNCERTAIN
-    else:  # authentication, permission, 5xx after retries, ValidationError, ...
-        kind = Outcome.ERROR
-    return CancelResult(outcome.request, kind, errors=_reasons(error), exception=error)
+def _result(request: CancelRequest, ending: Ending,
+            reconciliation: Reconciliation | None = None) -> CancelResult:
+    return CancelResult(request, ending.outcome, ending.action_id, ending.status,
+                        errors=ending.errors, exception=ending.exception,
+                        reconciliation=reconciliation)
 
 
-def result_from_tracking(outcome: CancelOutcome, tracked: TrackedResult) -> CancelResult:
-    """The result of an accepted request whose action tracking has ended."""
-    accepted = outcome.accepted
-    assert accepted is not None
-    status, error = tracked.status, tracked.error
-    if status is not None:
-        if status.state is ActionState.SUCCESS:
-            return CancelResult(outcome.request, Outcome.SUCCEEDED, accepted.action_id, status)
-        return CancelResult(outcome.request, Outcome.FAILED, accepted.action_id, status,
-                            errors=status.errors)
-    error = error or MiraklError("tracking ended without a status")
-    kind = Outcome.TIMED_OUT if isinstance(error, ActionTimeoutError) else Outcome.ERROR
-    return CancelResult(outcome.request, kind, accepted.action_id,
-                        errors=_reasons(error), exception=error)
+class _Results:
+    """The library's steps for the engine: each ending becomes a CancelResult, queued
+    for `cancel_and_track` to yield. With reconciliation (`hold`), UNCERTAIN cancels
+    are held back for it, and accepted ones kept as rivals for the same adjustments."""
+
+    def __init__(self, hold: bool) -> None:
+        self.queue: asyncio.Queue[CancelResult | None] = asyncio.Queue()
+        self.hold = hold
+        self.held: list[SentCancel] = []
+        #: Accepted cancels (with their action ids), and cancels proven APPLIED.
+        self.accepted_cancels: list[tuple[SentCancel, str]] = []
+        self.applied: list[SentCancel] = []
+        #: The outcome of each accepted cancel's action, once tracked (held only).
+        self.outcomes: dict[str, Outcome] = {}
+
+    def label(self, item: CancelRequest) -> str:
+        return f"order {item.order_id}"
+
+    def order_id(self, item: CancelRequest) -> str:
+        return item.order_id
+
+    def cancel_request(self, item: CancelRequest) -> CancelRequest:
+        return item
+
+    def tracked_action(self, item: CancelRequest) -> tuple[str, float | None]:
+        raise AssertionError("cancel_and_track only sends")  # pragma: no cover
+
+    def send_key(self, item: CancelRequest) -> str | None:
+        return None
+
+    async def before_attempt(self, item: CancelRequest, *, first: bool,
+                             resend: bool) -> None:
+        return None  # pragma: no cover (the library's engine sends unguarded)
+
+    def _sent(self, outcome: CancelOutcome) -> SentCancel:
+        return SentCancel(outcome.request, outcome.sent_at or datetime.now(timezone.utc))
+
+    async def send_failed(self, item: CancelRequest, outcome: CancelOutcome,
+                          left: bool) -> None:
+        ending = ending_of_send_error(outcome.error)
+        if self.hold and ending.outcome is Outcome.UNCERTAIN:
+            self.held.append(self._sent(outcome))
+        else:
+            self.queue.put_nowait(_result(item, ending))
+
+    def guard_failed(self, item: CancelRequest, error: BaseException,
+                     left: bool) -> None:  # pragma: no cover (unguarded)
+        raise AssertionError("cancel_and_track sends unguarded")
+
+    def accepted(self, item: CancelRequest, outcome: CancelOutcome) -> None:
+        if self.hold:
+            assert outcome.accepted is not None
+            self.accepted_cancels.append((self._sent(outcome), outcome.accepted.action_id))
+
+    def accept_failed(self, item: CancelRequest, action_id: str,
+                      error: BaseException) -> None:  # pragma: no cover (nothing to record)
+        raise AssertionError("cancel_and_track records nothing")
+
+    def tracking(self, item: CancelRequest, action_id: str, last_read: float | None) -> None:
+        pass
+
+    async def duplicate(self, item: CancelRequest, outcome: CancelOutcome, other: str) -> None:
+        accepted = outcome.accepted
+        assert accepted is not None
+        if self.hold:
+            self.held.append(self._sent(outcome))
+        else:
+            self.queue.put_nowait(_result(item, ending_of_duplicate(
+                item.order_id, accepted.action_id, other)))
+
+    async def tracked(self, item: CancelRequest, result: TrackedResult) -> None:
+        ending = ending_of_tracking(result)
+        if self.hold:
+            self.outcomes[result.action_id] = ending.outcome
+        self.queue.put_nowait(_result(item, ending))
+
+    async def untracked(self, item: CancelRequest, action_id: str) -> None:
+        self.queue.put_nowait(_result(item, ending_of_untracked(action_id)))
+
+    def resolved(self, item: CancelRequest, *, tracked: bool) -> None:
+        pass
+
+    async def uncertain(self, only: set[str] | None,
+                        ) -> AsyncIterator[tuple[CancelRequest, SentCancel | None]]:
+        held, self.held = self.held, []  # a later round: only what its resends left
+        for cancel in held:
+            yield cancel.request, cancel
+
+    async def rivals(self, orders: set[str], exclude: set[str],
+                     ) -> AsyncIterator[tuple[Standing, Callable[[], SentCancel]]]:
+        for cancel, action_id in self.accepted_cancels:
+            if cancel.request.order_id in orders:
+                yield Standing(True, self.outcomes.get(action_id)), _const(cancel)
+        for cancel in self.applied:
+            if cancel.request.order_id in orders:
+                yield Standing(False, verdict=Verdict.APPLIED), _const(cancel)
+
+    def settling(self, count: int, wait: float, deadline: datetime) -> None:
+        if wait > 0:
+            logger.info("reconciling %d uncertain cancel(s) in %.0fs", count, wait)
+
+    def reading(self, count: int) -> None:
+        pass
+
+    async def read_over(self, failed: MiraklError | None = None) -> None:
+        pass
+
+    async def judged(self, item: CancelRequest, verdict: Reconciliation, *,
+                     resend: bool) -> None:
+        if resend:
+            return  # sent again: its next ending is its result
+        if verdict.verdict is Verdict.APPLIED:
+            self.applied.append(verdict.cancel)
+            outcome = Outcome.SUCCEEDED
+        elif verdict.verdict is Verdict.NOT_APPLIED:
+            outcome = Outcome.NOT_APPLIED
+        else:
+            outcome = Outcome.UNCERTAIN
+        self.queue.put_nowait(CancelResult(item, outcome, reconciliation=verdict))
+
+    async def unjudged(self, item: CancelRequest, reason: str,
+                       error: MiraklError | None) -> None:
+        error = error or MiraklError(reason)
+        self.queue.put_nowait(CancelResult(item, Outcome.UNCERTAIN, errors=(error,),
+                                           exception=error))
+
+    def resending(self, items: Sequence[CancelRequest]) -> None:
+        pass
 
 
-def _untracked(outcome: CancelOutcome) -> CancelResult:
-    accepted = outcome.accepted
-    assert accepted is not None
-    error = MiraklError(f"tracking of action {accepted.action_id} stopped before it ended; "
-                        "resume it from its action_id")
-    return CancelResult(outcome.request, Outcome.ERROR, accepted.action_id, errors=(error,),
-                        exception=error)
+def _const(cancel: SentCancel) -> Callable[[], SentCancel]:
+    return lambda: cancel
 
 
-def _duplicate(outcome: CancelOutcome, other_order: str) -> CancelResult:
-    accepted = outcome.accepted
-    assert accepted is not None
-    error = UncertainDeliveryError(
-        f"the API answered with action {accepted.action_id}, already given to the cancel "
-        f"of order {other_order}: whether this cancel was applied is unknown; check the "
-        "order before resending", order_id=outcome.request.order_id)
-    return CancelResult(outcome.request, Outcome.UNCERTAIN, accepted.action_id,
-                        errors=(error,), exception=error)
+async def _work(requests: Iterable[CancelRequest] | AsyncIterable[CancelRequest],
+                ) -> AsyncIterator[tuple[CancelRequest, Choice]]:
+    if isinstance(requests, AsyncIterable):
+        async for request in requests:
+            yield request, Choice.SEND
+    else:
+        for request in requests:
+            yield request, Choice.SEND
 
 
 async def cancel_and_track(
@@ -245,6 +313,10 @@ async def cancel_and_track(
     yielded first, then the error is raised. Wrap in `contextlib.aclosing` when you may
     stop early, so that the run is cleaned up at once.
 
+    Two requests answered with one action id get one result each: the second is
+    UNCERTAIN (the action's status cannot tell whether it was applied), whether the
+    first is still tracked or already ended.
+
     With `reconcile` (True, or a ReconcilePolicy), UNCERTAIN cancels are held back
     until their settling window has passed, then checked against the orders'
     adjustments: proven applied → SUCCEEDED (without an action id), proven not applied
@@ -254,143 +326,41 @@ async def cancel_and_track(
     rules = ReconcilePolicy() if reconcile is True else (reconcile or None)
     if tracker is None:
         async with ActionTracker(client, policy, concurrency=client.max_concurrency) as own:
-            async for result in _reconciled(client, requests, own, concurrency, rules):
+            async for result in _results(client, requests, own, concurrency, rules):
                 yield result
     else:
-        async for result in _reconciled(client, requests, tracker, concurrency, rules):
+        async for result in _results(client, requests, tracker, concurrency, rules):
             yield result
 
 
-async def _reconciled(
+async def _results(
     client: MiraklConnectClient,
     requests: Iterable[CancelRequest] | AsyncIterable[CancelRequest],
     tracker: ActionTracker,
     concurrency: int | None,
     rules: ReconcilePolicy | None,
 ) -> AsyncIterator[CancelResult]:
-    """Run, then settle the UNCERTAIN results by reconciliation (and resend rounds)."""
-    rounds = 0
-    while True:
-        held: list[SentCancel] = []
-        sent: list[SentCancel] = []  # accepted cancels: rivals for the same adjustments
-        async for result in _run(client, requests, tracker, concurrency,
-                                 None if rules is None else (held, sent)):
-            yield result
-        if rules is None or not held:
-            return
-        rounds += 1
-        resend: list[CancelRequest] = []
-        async for result in _judge(client, held, sent, rules):
-            if (result.outcome is Outcome.NOT_APPLIED and rules.resend
-                    and rounds <= rules.max_rounds):
-                resend.append(result.request)
-            else:
-                yield result
-        if not resend:
-            return
-        requests = resend
+    """Run the engine in a task and yield its results as they come."""
+    steps = _Results(hold=rules is not None)
+    engine: Engine[CancelRequest] = Engine(client, steps, tracker=tracker,
+                                           concurrency=concurrency, reconcile=rules,
+                                           guarded=False)
 
-
-async def _judge(client: MiraklConnectClient, held: list[SentCancel], sent: list[SentCancel],
-                 rules: ReconcilePolicy) -> AsyncIterator[CancelResult]:
-    """Wait for the settling window of every held cancel, then reconcile them together."""
-    deadline = max(h.sent_at for h in held) + timedelta(seconds=rules.settle)
-    wait = (deadline - datetime.now(timezone.utc)).total_seconds()
-    if wait > 0:
-        logger.info("reconciling %d uncertain cancel(s) in %.0fs", len(held), wait)
-        await asyncio.sleep(wait)
-    orders = {h.request.order_id for h in held}
-    others = [s for s in sent if s.request.order_id in orders]
-    try:
-        verdicts = await reconcile_cancels(client, held, others=others, policy=rules)
-    except MiraklError as exc:
-        for h in held:
-            yield CancelResult(h.request, Outcome.UNCERTAIN, errors=(exc,), exception=exc)
-        return
-    for verdict in verdicts:
-        request = verdict.cancel.request
-        if verdict.verdict is Verdict.APPLIED:
-            yield CancelResult(request, Outcome.SUCCEEDED, reconciliation=verdict)
-        elif verdict.verdict is Verdict.NOT_APPLIED:
-            yield CancelResult(request, Outcome.NOT_APPLIED, reconciliation=verdict)
-        else:
-            yield CancelResult(request, Outcome.UNCERTAIN, reconciliation=verdict)
-
-
-async def _run(
-    client: MiraklConnectClient,
-    requests: Iterable[CancelRequest] | AsyncIterable[CancelRequest],
-    tracker: ActionTracker,
-    concurrency: int | None,
-    hold: tuple[list[SentCancel], list[SentCancel]] | None = None,
-) -> AsyncIterator[CancelResult]:
-    """One pass: send, track, yield. With `hold`, uncertain cancels go to `hold[0]`
-    instead of being yielded, and accepted ones are noted in `hold[1]`."""
-    results: asyncio.Queue[CancelResult | None] = asyncio.Queue()
-    waiting: dict[str, CancelOutcome] = {}
-
-    def on_result(tracked: TrackedResult) -> None:
-        outcome = waiting.pop(tracked.action_id, None)
-        if outcome is not None:
-            results.put_nowait(result_from_tracking(outcome, tracked))
-
-    def on_close() -> None:
-        for outcome in waiting.values():
-            results.put_nowait(_untracked(outcome))
-        waiting.clear()
-
-    async def feed() -> None:
+    async def drive() -> None:
         try:
-            async for outcome in send_many(client, requests, concurrency=concurrency):
-                accepted = outcome.accepted
-                sent_at = outcome.sent_at or datetime.now(timezone.utc)
-                if accepted is None:
-                    if hold is not None and isinstance(outcome.error, UncertainDeliveryError):
-                        hold[0].append(SentCancel(outcome.request, sent_at))
-                    else:
-                        results.put_nowait(result_from_outcome(outcome))
-                    continue
-                if accepted.action_id in waiting:
-                    # One action id for two requests: the API's status of that action
-                    # cannot tell whether *this* cancel was applied.
-                    other = waiting[accepted.action_id].request.order_id
-                    logger.warning("the cancel of order %s was answered with action %s, "
-                                   "already given to the cancel of order %s: UNCERTAIN",
-                                   outcome.request.order_id, accepted.action_id, other)
-                    if hold is not None:
-                        hold[0].append(SentCancel(outcome.request, sent_at))
-                    else:
-                        results.put_nowait(_duplicate(outcome, other))
-                    continue
-                if hold is not None:
-                    hold[1].append(SentCancel(outcome.request, sent_at))
-                waiting[accepted.action_id] = outcome
-                try:
-                    tracker.add(accepted.action_id, order_id=accepted.order_id)
-                except (RuntimeError, ValidationError):
-                    waiting.pop(accepted.action_id, None)
-                    results.put_nowait(_untracked(outcome))
+            await engine.run_pass(_work(requests))
+            if rules is not None:
+                await engine.reconcile_rounds()
         finally:
-            results.put_nowait(None)
+            steps.queue.put_nowait(None)
 
-    unsubscribe = tracker.subscribe(on_result, on_close)
-    feeder = asyncio.get_running_loop().create_task(feed())
+    task = asyncio.get_running_loop().create_task(drive())
     try:
-        feeding = True
-        while feeding or waiting:
-            item = await results.get()
-            if item is None:
-                feeding = False
-            else:
-                yield item
-        while not results.empty():  # results queued by a close in the meantime
-            item = results.get_nowait()
-            if item is not None:
-                yield item
-        await feeder  # raise an error of the requests iterable, if any
+        while (result := await steps.queue.get()) is not None:
+            yield result
+        await task  # raise an error of the requests iterable, if any
     finally:
-        unsubscribe()
-        if not feeder.done():
-            feeder.cancel()
+        if not task.done():
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(feeder, return_exceptions=True)
+            await asyncio.gather(task, return_exceptions=True)
