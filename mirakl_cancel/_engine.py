@@ -51,8 +51,7 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeAlias, TypeVar
 import attrs
 
 from ._hooks import with_request_key
-from ._logging import fields
-from ._sending import CancelOutcome, GuardRefused, send_one
+from ._sending import CancelOutcome, GuardRefused, drain, send_one
 from .errors import (
     ActionTimeoutError,
     ApiError,
@@ -456,69 +455,45 @@ class Engine(Generic[Item]):
         self._outstanding = 1  # the source, until it is exhausted
         self._all_done.clear()
         unsubscribe = tracker.subscribe(self._on_tracked, self._on_tracker_closed)
-        source = aiter(work)
-        lock = asyncio.Lock()  # an async iterator must not be advanced concurrently
-        failure: list[BaseException] = []
-        in_flight: list[Item | None] = [None] * self.concurrency
 
-        async def pull() -> tuple[Item, Choice] | None:
-            async with lock:
-                if failure or self.interrupt.is_set():
-                    return None
-                try:
-                    return await anext(source)
-                except StopAsyncIteration:
-                    return None
-                except Exception as exc:
-                    failure.append(exc)
-                    return None
-
-        async def sender(slot: int) -> None:
-            while (got := await pull()) is not None:
-                item, choice = got
-                if choice is Choice.TRACK:
-                    self._begin()
-                    action_id, last_read = self.steps.tracked_action(item)
-                    self._track(item, action_id, last_read)
-                    continue
-                if self.stop.is_set():
-                    continue  # not sent: the caller's record of it is unchanged
+        async def handle(got: tuple[Item, Choice]) -> None:
+            item, choice = got
+            if choice is Choice.TRACK:
                 self._begin()
-                in_flight[slot] = item
-                try:
-                    await self._send(item, resend=choice is Choice.RESEND)
-                except Exception as exc:
-                    # Whatever failed (recording an ending, a bug), the item must count as
-                    # ended, or the pass would wait for it forever; and sending on past an
-                    # unexplained failure is not worth the risk.
-                    label = self.steps.label(item)
-                    logger.exception("sending %s failed unexpectedly", label)
-                    self.request_stop(f"stopping: sending {label} failed unexpectedly "
-                                      f"({type(exc).__name__}: {exc})")
-                    self._resolve(item)
-                in_flight[slot] = None
+                action_id, last_read = self.steps.tracked_action(item)
+                self._track(item, action_id, last_read)
+                return
+            if self.stop.is_set():
+                return  # not sent: the caller's record of it is unchanged
+            self._begin()
+            try:
+                await self._send(item, resend=choice is Choice.RESEND)
+            except Exception as exc:
+                # Whatever failed (recording an ending, a bug), the item must count as
+                # ended, or the pass would wait for it forever; and sending on past an
+                # unexplained failure is not worth the risk.
+                label = self.steps.label(item)
+                logger.exception("sending %s failed unexpectedly", label)
+                self.request_stop(f"stopping: sending {label} failed unexpectedly "
+                                  f"({type(exc).__name__}: {exc})")
+                self._resolve(item)
 
-        senders = [asyncio.create_task(sender(slot)) for slot in range(self.concurrency)]
         try:
-            # Sends in flight finish (and are recorded) even after a stop or an interrupt.
-            await asyncio.gather(*senders)
+            # Sends in flight finish (and are recorded) even after a stop or an interrupt;
+            # after a stop, what is to be tracked is still handed over.
+            failure: Exception | None = None
+            try:
+                await drain(work, handle, self.concurrency,
+                            more=lambda: not self.interrupt.is_set())
+            except Exception as exc:  # the source's own (`handle` lets nothing out)
+                failure = exc
             self._outstanding -= 1  # everything is handed out
             if self._outstanding > 0:
                 await first_of(self.interrupt, self._all_done)
-            if failure:
-                raise failure[0]
+            if failure is not None:
+                raise failure
             return self.interrupt.is_set()
         finally:
-            for task in senders:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*senders, return_exceptions=True)
-            for item in in_flight:
-                if item is not None:
-                    order_id = self.steps.order_id(item)
-                    logger.warning("the cancel of order %s was in flight when sending "
-                                   "stopped: it may have been processed; check it before "
-                                   "resending", order_id, extra=fields(order_id=order_id))
             # Action ids and endings already seen are recorded before the pass ends.
             while self._recording:
                 await asyncio.gather(*self._recording, return_exceptions=True)

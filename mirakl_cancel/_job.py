@@ -531,9 +531,11 @@ class _Run:
             return Choice.TRACK
         return None
 
-    async def work(self, resume: bool = True) -> WorkSource:
-        """The store's work for this run: each unfinished request and what to do with it."""
-        async for request in self.store.requests():
+    async def work(self, resume: bool = True,
+                   requests: AsyncIterator[JournalRequest] | None = None) -> WorkSource:
+        """This run's work: each unfinished request of `requests` (default: all the
+        store's, in plan order; a fleet worker: the ones it claimed) and what to do with it."""
+        async for request in requests if requests is not None else self.store.requests():
             choice = self._choice(request, resume)
             if choice is not None:
                 if request.outcome == Outcome.NOT_APPLIED and choice is Choice.RESEND:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime, timezone
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import attrs
 
@@ -20,9 +20,11 @@ from ._logging import fields
 from .errors import MiraklError, UncertainDeliveryError
 from .models import ActionAccepted, CancelRequest
 
-__all__ = ["CancelOutcome", "Canceller", "GuardRefused", "send_many", "send_one"]
+__all__ = ["CancelOutcome", "Canceller", "GuardRefused", "drain", "send_many", "send_one"]
 
 logger = logging.getLogger("mirakl_cancel")
+
+_T = TypeVar("_T")
 
 
 class Canceller(Protocol):
@@ -111,6 +113,87 @@ async def send_one(client: Canceller, request: CancelRequest, *,
         return CancelOutcome(request, error=error, sent_at=sent_at)
 
 
+async def drain(
+    source: Iterable[_T] | AsyncIterable[_T],
+    handle: Callable[[_T], Awaitable[None]],
+    workers: int,
+    *,
+    more: Callable[[], bool] = lambda: True,
+) -> None:
+    """Run `handle` on every item of `source`, `workers` at a time: the one worker pool.
+
+    Items are pulled lazily, so a generator of a million items costs a million handlings
+    over time, not a million tasks at once. Pulling stops when `more()` turns false (the
+    items in hand are still handled). An error of the source itself is raised once the
+    workers have finished. Cancelled (the caller stopped), it logs a WARNING for each
+    cancel in flight (an item that is a `CancelRequest`, or a pair starting with one
+    whose order id is known): it may have been processed, so check before resending.
+    """
+    failure: list[BaseException] = []
+
+    if isinstance(source, AsyncIterable):
+        items = aiter(source)
+        lock = asyncio.Lock()  # an async iterator must not be advanced concurrently
+
+        async def pull() -> tuple[_T] | None:
+            async with lock:
+                if failure or not more():
+                    return None
+                try:
+                    return (await anext(items),)
+                except StopAsyncIteration:
+                    return None
+                except Exception as exc:
+                    failure.append(exc)
+                    return None
+    else:
+        plain = iter(source)  # a plain iterator needs no lock: next() never yields
+
+        async def pull() -> tuple[_T] | None:
+            if failure or not more():
+                return None
+            try:
+                return (next(plain),)
+            except StopIteration:
+                return None
+            except Exception as exc:
+                failure.append(exc)
+                return None
+
+    in_flight: list[tuple[_T] | None] = [None] * workers
+
+    async def worker(slot: int) -> None:
+        while (got := await pull()) is not None:
+            in_flight[slot] = got
+            await handle(got[0])
+            in_flight[slot] = None
+
+    tasks = [asyncio.create_task(worker(slot)) for slot in range(workers)]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for got in in_flight:
+            if got is not None:
+                _warn_in_flight(got[0])
+    if failure:
+        raise failure[0]
+
+
+def _warn_in_flight(item: object) -> None:
+    if isinstance(item, tuple) and item:
+        item = item[0]  # an engine's (item, choice)
+    order_id = getattr(item, "order_id", None)
+    if order_id is None:
+        return
+    logger.warning("the cancel of order %s was in flight when sending stopped: "
+                   "it may have been processed; check it before resending",
+                   order_id, extra=fields(order_id=order_id))
+
+
 async def send_many(
     client: Canceller,
     requests: Iterable[CancelRequest] | AsyncIterable[CancelRequest],
@@ -119,60 +202,30 @@ async def send_many(
 ) -> AsyncIterator[CancelOutcome]:
     """Send requests concurrently and yield one outcome per request as each completes.
 
-    A fixed pool of workers pulls from `requests` lazily, so a generator of a million
-    requests costs a million outcomes over time, not a million tasks at once. Stopping
-    the iteration early abandons the cancels in flight: they may have been processed, so
-    each is logged (WARNING) with its order id, to be checked before any resend.
+    A fixed pool of workers (`drain`) pulls from `requests` lazily, so a generator of a
+    million requests costs a million outcomes over time, not a million tasks at once.
+    Stopping the iteration early abandons the cancels in flight: they may have been
+    processed, so each is logged (WARNING) with its order id, to be checked before any
+    resend.
     """
-    workers = concurrency or client.max_concurrency
     results: asyncio.Queue[CancelOutcome | None] = asyncio.Queue()
 
-    if isinstance(requests, AsyncIterable):
-        source = aiter(requests)
-        lock = asyncio.Lock()  # an async iterator must not be advanced concurrently
+    async def one(request: CancelRequest) -> None:
+        results.put_nowait(await send_one(client, request))
 
-        async def pull() -> CancelRequest | None:
-            async with lock:
-                try:
-                    return await anext(source)
-                except StopAsyncIteration:
-                    return None
-    else:
-        items = iter(requests)  # a plain iterator needs no lock: next() never yields
-
-        async def pull() -> CancelRequest | None:
-            return next(items, None)
-
-    in_flight: list[CancelRequest | None] = [None] * workers
-
-    async def worker(slot: int) -> None:
+    async def run() -> None:
         try:
-            while (request := await pull()) is not None:
-                in_flight[slot] = request
-                outcome = await send_one(client, request)
-                in_flight[slot] = None
-                results.put_nowait(outcome)
+            await drain(requests, one, concurrency or client.max_concurrency)
         finally:
             results.put_nowait(None)
 
-    tasks = [asyncio.create_task(worker(slot)) for slot in range(workers)]
+    task = asyncio.get_running_loop().create_task(run())
     try:
-        running = len(tasks)
-        while running:
-            outcome = await results.get()
-            if outcome is None:
-                running -= 1
-            else:
-                yield outcome
-        for task in tasks:
-            task.result()  # surface an error of the source iterable itself
+        while (outcome := await results.get()) is not None:
+            yield outcome
+        await task  # surface an error of the source iterable itself
     finally:
-        for task in tasks:
+        if not task.done():
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for request in in_flight:
-            if request is not None:
-                logger.warning("the cancel of order %s was in flight when sending stopped: "
-                               "it may have been processed; check it before resending",
-                               request.order_id, extra=fields(order_id=request.order_id))
+            await asyncio.gather(task, return_exceptions=True)
