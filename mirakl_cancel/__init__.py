@@ -6,6 +6,7 @@ pinned by tests/test_exported_members.py); the modules behind them may move.
 """
 
 from ._constants import DEFAULT_BASE_URL
+from ._guards import Guards, SendAttempt
 from ._hooks import (
     ActionFinalEvent,
     ActionTrackedEvent,
@@ -96,6 +97,7 @@ __all__ = [
     "ClientCredentials",
     "ConnectError",
     "ErrorItem",
+    "Guards",
     "Hooks",
     "Limits",
     "LineCancel",
@@ -120,6 +122,7 @@ __all__ = [
     "ResponseEvent",
     "RetryEvent",
     "RetryPolicy",
+    "SendAttempt",
     "SentCancel",
     "ServerError",
     "StaticToken",

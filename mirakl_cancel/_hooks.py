@@ -7,8 +7,8 @@ Two rules shape this module:
 
 - **A hook cannot break an exchange.** An exception raised by a hook is logged and
   swallowed; it never reaches the request, which may be a cancel on its way out. (That
-  is also why a write-ahead guard that *must* stop a send when it fails, such as the
-  job journal's "SENDING" mark, is not a hook but the `on_send=` argument of `cancel`.)
+  is also why a write-ahead mark that *must* stop a send when it fails, such as the
+  job journal's "SENDING" mark, is not a hook but a guard: `_guards.py`.)
 - **No hook, no cost.** With nothing registered the client builds no event at all:
   every call site tests one attribute (`hooks.active`) and moves on. Events are built
   only for the kinds someone listens to.

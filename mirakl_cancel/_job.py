@@ -2,9 +2,10 @@
 
 Order of events for one request, each step committed to the journal before the next:
 
-1. ``SENDING`` is committed (fsync'd) right before the POST leaves: from the client's
-   `on_send` hook, after any wait for a concurrency slot, the rate limit or a token, so
-   that a cancel still queued when the process dies is not mistaken for one in flight;
+1. ``SENDING`` is committed (fsync'd) right before the POST leaves: from the guard the
+   engine sets on each send (`client.guards`), after any wait for a concurrency slot,
+   the rate limit or a token, so that a cancel still queued when the process dies is
+   not mistaken for one in flight;
 2. the ``action_id`` is committed (``ACCEPTED``) as soon as the 202 arrives;
 3. every status read is bracketed by "poll started" / "polled at" marks, so that a
    resumed job knows when the server last saw a read of the action;
@@ -220,45 +221,6 @@ def print_dry_run(staging: PlanStaging, max_lines: int | None, out: TextIO) -> N
         print(f"{staging.invalid_rows} invalid row(s) would be skipped", file=out)
 
 
-# --- the client that journals its status reads -----------------------------------------
-
-class _JournalingClient(MiraklConnectClient):
-    """A client that brackets every status read with store marks (see module doc).
-
-    The tracker already spaces reads of one action; this makes that spacing survive a
-    crash: the next process reads `last_polled_at` and waits the interval from there.
-    The "started" mark is committed before the read leaves; the "ended" one is lazy (a
-    crash before it is written leaves the "started" one, which counts as a read at the
-    moment of the resume: the safe side).
-    """
-
-    #: The job's store (not `store`: that is the client's shared fleet store).
-    job_store: JobStore | None = None
-    #: The request key of each tracked action id (the store is keyed by request).
-    keys: dict[str, str] | None = None
-    #: Told when each action's next read is due, so a quiet wait can say until when.
-    progress: Progress | None = None
-    #: The tracker's interval between reads of a pending action.
-    read_interval: float = 0.0
-
-    async def get_action_status(self, action_id: str, *, retry: bool = True) -> ActionStatus:
-        store = self.job_store
-        key = self.keys.get(action_id) if self.keys is not None else None
-        if store is not None and key is not None:
-            await store.mark_poll_started(key)
-        status: ActionStatus | None = None
-        try:
-            status = await super().get_action_status(action_id, retry=retry)
-            return status
-        finally:
-            if store is not None and key is not None:
-                store.note_polled(key, status=status.raw_status if status else None)
-            if self.progress is not None:
-                final = status is not None and status.is_terminal
-                self.progress.read_done(
-                    action_id, None if final else time.time() + self.read_interval)
-
-
 def _refused_unprocessed(error: MiraklError | None) -> bool:
     """Whether `error` proves the cancel was not processed, so sending it again is safe."""
     if error is None or isinstance(error, UncertainDeliveryError):
@@ -286,7 +248,7 @@ class _Run:
     tracker of each pass (e.g. ``ActionTracker(client, policy, store=shared)``).
     """
 
-    def __init__(self, options: JobOptions, store: JobStore, client: _JournalingClient,
+    def __init__(self, options: JobOptions, store: JobStore, client: MiraklConnectClient,
                  progress: Progress, err: TextIO | None = None, *,
                  tracker: Callable[[], ActionTracker] | None = None) -> None:
         self.options = options
@@ -300,7 +262,8 @@ class _Run:
         self.posts_sent = 0
         #: The request key of each tracked action id (status reads are journaled by key).
         self.keys: dict[str, str] = {}
-        client.keys = self.keys
+        client.guards.before_read(self._read_starting)
+        client.guards.after_read(self._read_ended)
         #: Verdicts given this run, when reconciliation ran.
         self.reconciled: Counter[str] | None = None
         self.resent_unapplied = 0
@@ -471,6 +434,28 @@ class _Run:
                 "nothing reached")
 
     # tracking ------------------------------------------------------------------------
+
+    async def _read_starting(self, action_id: str) -> None:
+        """The guard before each status read: its "started" mark, committed before the
+        read leaves (see the module doc).
+
+        The tracker already spaces reads of one action; the marks make that spacing
+        survive a crash: the next process reads `last_polled_at` and waits the interval
+        from there. The "ended" mark is lazy (a crash before it is written leaves the
+        "started" one, which counts as a read at the moment of the resume: the safe side).
+        """
+        key = self.keys.get(action_id)
+        if key is not None:
+            await self.store.mark_poll_started(key)
+
+    def _read_ended(self, action_id: str, status: ActionStatus | None) -> None:
+        key = self.keys.get(action_id)
+        if key is not None:
+            self.store.note_polled(key, status=status.raw_status if status else None)
+        # Told when the action's next read is due, so a quiet wait can say until when.
+        final = status is not None and status.is_terminal
+        self.progress.read_done(
+            action_id, None if final else time.time() + self.options.policy.interval)
 
     def tracking(self, item: JournalRequest, action_id: str, last_read: float | None) -> None:
         self.keys[action_id] = item.key
@@ -989,16 +974,13 @@ async def _run_with_store(options: JobOptions, auth: Auth, store: JobStore, resu
         log_handler.progress = progress
     # The transport makes its own session: one connection per request in flight at most,
     # and aiohttp's hidden resend of idempotent requests turned off.
-    client = _JournalingClient(
+    client = MiraklConnectClient(
         auth=auth, base_url=options.base_url, max_concurrency=options.concurrency,
         rate_limit=options.rate_limit, retry=options.retry, timeout=options.http_timeout,
         min_poll_interval=options.policy.min_interval,
         # v2-listOrders (reconciliation) has the same once-a-minute ceiling as a status read.
         min_list_interval=options.policy.min_interval,
         hooks=options.hooks, **network_options_from_env(os.environ))
-    client.job_store = store
-    client.progress = progress
-    client.read_interval = options.policy.interval
     run = _Run(options, store, client, progress, err)
     stopper = _SignalStop(run, err)
     interrupted = False

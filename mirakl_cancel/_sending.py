@@ -16,6 +16,7 @@ from typing import Protocol, TypeVar
 
 import attrs
 
+from ._guards import Guards, SendAttempt
 from ._logging import fields
 from .errors import MiraklError, UncertainDeliveryError
 from .models import ActionAccepted, CancelRequest
@@ -84,7 +85,7 @@ async def send_one(client: Canceller, request: CancelRequest, *,
             raise GuardRefused(str(exc)) from exc
         left = True
 
-    def on_send() -> Awaitable[None] | None:
+    def on_send(attempt: SendAttempt | None = None) -> Awaitable[None] | None:
         nonlocal left
         if guard is not None:
             return guarded(guard)
@@ -92,7 +93,12 @@ async def send_one(client: Canceller, request: CancelRequest, *,
         return None
 
     try:
-        accepted = await client.cancel(request, on_send=on_send)
+        guards = getattr(client, "guards", None)
+        if isinstance(guards, Guards):
+            with guards.sending(on_send):  # the last guard: the others let it go
+                accepted = await client.cancel(request)
+        else:  # a stand-in client (tests) without guards
+            accepted = await client.cancel(request, on_send=on_send)
         return CancelOutcome(request, accepted=accepted, sent_at=sent_at)
     except GuardRefused:
         raise

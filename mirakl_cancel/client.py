@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl as ssl_module
+import warnings
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -23,6 +24,7 @@ from ._constants import (
     DEFAULT_MAX_CONCURRENCY,
     LIST_ORDERS_MAX_IDS,
 )
+from ._guards import Guards
 from ._hooks import (
     ROUTE_CANCEL,
     ROUTE_GET_ACTION_STATUS,
@@ -134,6 +136,7 @@ class MiraklConnectClient:
         check_min_intervals(base_url, min_poll_interval, min_list_interval)
         # OpenTelemetry, when the program configured it: no code change needed.
         auto_instrument(self._transport.hooks)
+        self._guards = Guards()
         self.base_url = base_url.rstrip("/")
         # v2-listOrders allows one call per minute: its own guard, shared by all pages
         # (and, like the action guard, by every client for this API and credential).
@@ -201,6 +204,13 @@ class MiraklConnectClient:
         return self._transport.hooks
 
     @property
+    def guards(self) -> Guards:
+        """The guards awaited before each cancel attempt leaves and around each status read;
+        unlike hooks, a guard may refuse by raising (e.g. a journal that cannot record
+        the send): `client.guards.before_send(...)`, or `with client.guards.sending(...)`."""
+        return self._guards
+
+    @property
     def transport(self) -> Transport:
         """The transport (for extensions that add endpoints, e.g. reconciliation)."""
         return self._transport
@@ -225,11 +235,20 @@ class MiraklConnectClient:
                      on_send: Callable[[], Awaitable[None] | None] | None = None) -> ActionAccepted:
         """Send one CancelRequest (see `cancel_order_lines`).
 
-        `on_send` is called right before each attempt leaves, after any wait for the
-        concurrency limit, the rate limit or a token: the moment from which the cancel
-        may reach the server (a journal records it there, durably, before the POST). If
-        it returns an awaitable, the attempt leaves only once that is done.
+        Every guard (`client.guards`) is awaited right before each attempt leaves, after
+        any wait for the concurrency limit, the rate limit or a token: the moment from
+        which the cancel may reach the server (a journal records it there, durably,
+        before the POST); one that raises refuses the attempt.
+
+        `on_send` (deprecated: use ``with client.guards.sending(fn)``) is called at the
+        same moment, after the guards; if it returns an awaitable, the attempt leaves
+        only once that is done.
         """
+        if on_send is not None:
+            warnings.warn("cancel(on_send=...) is deprecated and will be removed in the next "
+                          "release: use `with client.guards.sending(guard):` (a guard gets "
+                          "the attempt and may refuse it by raising)", DeprecationWarning,
+                          stacklevel=2)
         if not isinstance(request, CancelRequest):
             raise ValidationError([ValidationIssue("request", "cancel() takes a CancelRequest")])
         body = request_body(request)
@@ -251,6 +270,9 @@ class MiraklConnectClient:
                       on_send: Callable[[], Awaitable[None] | None] | None,
                       call: Call | None, body: bytes) -> ActionAccepted:
         url = self._transport.url("v2", "orders", request.order_id, "cancel")
+        gate = self._guards.send_gate(request.order_id, current_request_key.get())
+        if gate is not None:
+            on_send = gate if on_send is None else _then(gate, on_send)
         context = log_context.set(LogContext(order_id=request.order_id))
         try:
             response = await self._transport.request(
@@ -281,6 +303,18 @@ class MiraklConnectClient:
             raise ValidationError([ValidationIssue("action_id", "must be a non-empty string")])
         if issues := unsendable_text(action_id, "action_id"):
             raise ValidationError(issues)
+        guards = self._guards
+        if not guards.reads_guarded:
+            return await self._observed_status(action_id, retry)
+        await guards.reading(action_id)  # may refuse the read, by raising
+        status: ActionStatus | None = None
+        try:
+            status = await self._observed_status(action_id, retry)
+            return status
+        finally:
+            guards.read_over(action_id, status)
+
+    async def _observed_status(self, action_id: str, retry: bool) -> ActionStatus:
         hooks = self._transport.hooks
         if not hooks.active:
             return await self._get_action_status(action_id, retry, None)
@@ -356,3 +390,15 @@ class MiraklConnectClient:
         it may have been processed.
         """
         return send_many(self, requests, concurrency=concurrency)
+
+
+def _then(first: Callable[[], Awaitable[None]],
+          then: Callable[[], Awaitable[None] | None]) -> Callable[[], Awaitable[None]]:
+    """The guards, then a (deprecated) `on_send` callback."""
+    async def both() -> None:
+        await first()
+        pending = then()
+        if pending is not None:
+            await pending
+
+    return both
