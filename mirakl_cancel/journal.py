@@ -243,6 +243,60 @@ def _line_fields(request: JournalRequest, row_number: int,
             quantity if isinstance(quantity, int) else None)
 
 
+# --- marks: one UPDATE each, found by the key's first row ----------------------------
+
+@attrs.frozen
+class _Mark:
+    """A state change as one statement: `sql` takes the mark's own parameters, then the
+    request's first row, order id and rows (`_key_target`). `expected`: the states it
+    may start from (empty: a no-op on a request in another state, never an error)."""
+
+    sql: str
+    expected: tuple[RequestState, ...]
+
+
+def _mark(assignments: str, *expected: RequestState, only: str | None = None) -> _Mark:
+    states = ",".join(f"'{s.value}'" for s in expected) if expected else f"'{only}'"
+    return _Mark(f"UPDATE requests SET {assignments} WHERE seq = (SELECT request FROM rows "
+                 f"WHERE row_number = ?) AND order_id = ? AND rows = ? AND state IN ({states})",
+                 expected)
+
+
+def _key_target(key: str) -> tuple[int, str, str]:
+    """(first row, order id, rows) that `_Mark.sql` finds the request keyed `key` by: its
+    key is its order id and row numbers (`PlannedRequest.make_key`), so the first row
+    leads to it and the rest checks it; a malformed key matches nothing."""
+    order_id, _, numbers = key.rpartition("#")
+    first = numbers.split(",", 1)[0]
+    return (int(first) if order_id and first.isdigit() else -1), order_id, numbers
+
+
+_S = RequestState
+_SENDING_SET = ("state = 'SENDING', attempts = attempts + 1, sent_at = ?, action_id = NULL, "
+                "accepted_at = NULL, poll_started_at = NULL, last_polled_at = NULL, "
+                "finished_at = NULL, outcome = NULL, status = NULL, errors = NULL, "
+                "resendable = 0")
+_SENDING = _mark(_SENDING_SET, _S.PENDING)
+_RESEND = _mark(_SENDING_SET, _S.PENDING, _S.SENDING, _S.UNCERTAIN, _S.DONE)
+_SEND_ATTEMPT = _mark("sent_at = ?", _S.SENDING)
+_UNSENT = _mark("state = 'DONE', outcome = ?, errors = ?, finished_at = ?, resendable = 1",
+                _S.PENDING)
+_RECONCILED = _mark("state = ?, outcome = ?, errors = ?, finished_at = ?, resendable = 0, "
+                    "reconcile_verdict = ?, reconcile_reason = ?, reconcile_adjustments = ?, "
+                    "reconciled_at = ?", _S.UNCERTAIN)
+_ACCEPTED = _mark("state = 'ACCEPTED', action_id = ?, accepted_at = ?", _S.SENDING)
+_UNCERTAIN = _mark("state = 'UNCERTAIN', outcome = 'UNCERTAIN', finished_at = ?, errors = ?",
+                   _S.SENDING, _S.UNCERTAIN)
+_NOT_SENT = _mark("state = 'PENDING', attempts = attempts - 1, sent_at = NULL", _S.SENDING)
+_TRACKING_STOPPED = _mark("outcome = ?, errors = ?", _S.ACCEPTED)
+_DONE = _mark("state = 'DONE', outcome = ?, status = COALESCE(?, status), errors = ?, "
+              "finished_at = ?, resendable = ?", _S.SENDING, _S.ACCEPTED, _S.UNCERTAIN)
+#: Poll marks only touch an ACCEPTED request, and never fail (a late read of a request
+#: that is already DONE changes nothing).
+_POLL_STARTED = _mark("poll_started_at = ?", only=_S.ACCEPTED.value)
+_POLLED = _mark("last_polled_at = ?, status = COALESCE(?, status)", only=_S.ACCEPTED.value)
+
+
 # --- migrations -----------------------------------------------------------------------
 
 def _migrate(db: sqlite3.Connection, version: int) -> None:
@@ -300,6 +354,8 @@ class Journal:
         self._db = connection
         self.path = path
         self._in_transaction = False
+        #: Whether `synchronous=FULL` is set (`open` leaves it NORMAL).
+        self._full_sync = False
 
     @classmethod
     def open(cls, path: Path | str) -> Journal:
@@ -369,14 +425,18 @@ class Journal:
         """One committed transaction; `durable` also forces it to disk (fsync).
 
         Nested calls join the outer transaction: that is how a SqliteStore's writer runs
-        a whole batch of marks (each a method of this class) as one commit.
+        a whole batch of marks (each a method of this class) as one commit. The
+        `synchronous` pragma is switched only when the kind of commit changes (a run of
+        durable batches costs no pragma statements).
         """
         db = self._db
         if self._in_transaction:
             yield db
             return
-        if durable:
-            db.execute("PRAGMA synchronous=FULL")
+        durable = bool(durable)
+        if durable is not self._full_sync:
+            db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
+            self._full_sync = durable
         self._in_transaction = True
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -389,8 +449,6 @@ class Journal:
                 db.execute("COMMIT")
         finally:
             self._in_transaction = False
-            if durable:
-                db.execute("PRAGMA synchronous=NORMAL")
 
     _transaction = transaction
 
@@ -601,23 +659,29 @@ class Journal:
 
     # --- state changes (one commit each, or one per batch under a SqliteStore) --------
 
-    def _update(self, key: str, expected: Sequence[RequestState], durable: bool,
-                sql: str, params: Sequence[Any]) -> None:
-        marks = ",".join("?" for _ in expected)
-        with self.transaction(durable=durable) as db:
-            try:
-                seq = self._seq(key)
-            except KeyError:
-                seq = -1
-            cursor = db.execute(
-                f"UPDATE requests SET {sql} WHERE seq = ? AND state IN ({marks})",
-                [*params, seq, *(s.value for s in expected)])
-            if cursor.rowcount != 1:
-                row = db.execute("SELECT state FROM requests WHERE seq = ?", (seq,)).fetchone()
-                found = "no such request" if row is None else f"it is {row[0]}"
-                raise JournalError(
-                    f"request {key}: expected state {'/'.join(s.value for s in expected)}, "
-                    f"but {found}")
+    def _update(self, key: str, mark: _Mark, params: Sequence[Any], durable: bool) -> None:
+        """Apply `mark` to the request keyed `key`: one statement, which finds the request
+        by its first row and checks its key and state (no lookup round trip: this runs
+        for every mark of a job). JournalError, nothing changed, if it is refused."""
+        target = _key_target(key)
+        if self._in_transaction:  # the writer's batch (the common case): no context manager
+            changed = self._db.execute(mark.sql, (*params, *target)).rowcount
+        else:
+            with self.transaction(durable=durable) as db:
+                changed = db.execute(mark.sql, (*params, *target)).rowcount
+        if changed != 1 and mark.expected:
+            self._refused(key, mark.expected)
+
+    def _refused(self, key: str, expected: Sequence[RequestState]) -> None:
+        try:
+            seq = self._seq(key)
+        except KeyError:
+            seq = -1
+        row = self._db.execute("SELECT state FROM requests WHERE seq = ?", (seq,)).fetchone()
+        found = "no such request" if row is None else f"it is {row[0]}"
+        raise JournalError(
+            f"request {key}: expected state {'/'.join(s.value for s in expected)}, "
+            f"but {found}")
 
     def mark_sending(self, key: str, at: float | None = None, *,
                      resend: bool = False) -> None:
@@ -627,29 +691,20 @@ class Journal:
         marked resendable or NOT_APPLIED) may move to SENDING. The `reconcile_*` columns
         are kept: they tell why a request was sent again.
         """
-        expected = [RequestState.PENDING]
-        if resend:
-            expected += [RequestState.SENDING, RequestState.UNCERTAIN, RequestState.DONE]
-        self._update(key, expected, True,
-                     "state = 'SENDING', attempts = attempts + 1, sent_at = ?, action_id = NULL,"
-                     " accepted_at = NULL, poll_started_at = NULL, last_polled_at = NULL,"
-                     " finished_at = NULL, outcome = NULL, status = NULL, errors = NULL,"
-                     " resendable = 0", [now(at)])
+        self._update(key, _RESEND if resend else _SENDING, (now(at),), True)
 
     def mark_send_attempt(self, key: str, at: float | None = None) -> None:
         """Another attempt of the send `key` is in (after a refusal the API did not process:
         429, 503, a new token, no connection). `sent_at` moves to it, because only the
         last attempt can have been processed: reconciliation waits its settling window
         from there. Durable, like the first mark."""
-        self._update(key, [RequestState.SENDING], True, "sent_at = ?", [now(at)])
+        self._update(key, _SEND_ATTEMPT, (now(at),), True)
 
     def mark_unsent(self, key: str, outcome: str, errors: Sequence[str],
                     at: float | None = None) -> None:
         """A PENDING request failed before any attempt left (no token, a long 429 pause):
         final for this run, and resendable, since the API never saw it."""
-        self._update(key, [RequestState.PENDING], False,
-                     "state = 'DONE', outcome = ?, errors = ?, finished_at = ?, resendable = 1",
-                     [outcome, _texts(errors), now(at)])
+        self._update(key, _UNSENT, (outcome, _texts(errors), now(at)), False)
 
     def mark_reconciled(self, key: str, verdict: str, reason: str,
                         adjustments: Sequence[str] = (), *, errors: Sequence[str],
@@ -667,28 +722,20 @@ class Journal:
         if target is None:
             raise ValueError(f"unknown reconciliation verdict {verdict!r}")
         state, outcome = target
-        self._update(key, [RequestState.UNCERTAIN], False,
-                     "state = ?, outcome = ?, errors = ?, finished_at = ?, resendable = 0, "
-                     "reconcile_verdict = ?, reconcile_reason = ?, reconcile_adjustments = ?, "
-                     "reconciled_at = ?",
-                     [state, outcome, _texts(errors), at, verdict, reason,
-                      json.dumps(list(adjustments)), at])
+        self._update(key, _RECONCILED, (state, outcome, _texts(errors), at, verdict, reason,
+                                        json.dumps(list(adjustments)), at), False)
 
     def mark_accepted(self, key: str, action_id: str, at: float | None = None) -> None:
         """Durably note the action the API created for `key` (never lose an action_id)."""
-        self._update(key, [RequestState.SENDING], True,
-                     "state = 'ACCEPTED', action_id = ?, accepted_at = ?", [action_id, now(at)])
+        self._update(key, _ACCEPTED, (action_id, now(at)), True)
 
     def mark_uncertain(self, key: str, errors: Sequence[str], at: float | None = None) -> None:
         """The POST's answer was lost: it may have been processed. Not re-sent by default."""
-        self._update(key, [RequestState.SENDING, RequestState.UNCERTAIN], False,
-                     "state = 'UNCERTAIN', outcome = 'UNCERTAIN', finished_at = ?, errors = ?",
-                     [now(at), _texts(errors)])
+        self._update(key, _UNCERTAIN, (now(at), _texts(errors)), False)
 
     def mark_not_sent(self, key: str) -> None:
         """Back to PENDING: the request was marked SENDING but provably never left."""
-        self._update(key, [RequestState.SENDING], False,
-                     "state = 'PENDING', attempts = attempts - 1, sent_at = NULL", [])
+        self._update(key, _NOT_SENT, (), False)
 
     def _key_of_action(self, action_id: str) -> str | None:
         row = self._db.execute("SELECT order_id, rows FROM requests WHERE action_id = ? AND "
@@ -697,15 +744,11 @@ class Journal:
 
     def poll_started(self, key: str, at: float | None = None) -> None:
         """A status read of `key`'s action is about to go out (see `last_contact`)."""
-        with suppress(KeyError), self.transaction() as db:
-            db.execute("UPDATE requests SET poll_started_at = ? WHERE seq = ? "
-                       "AND state = 'ACCEPTED'", (now(at), self._seq(key)))
+        self._update(key, _POLL_STARTED, (now(at),), False)
 
     def polled(self, key: str, at: float | None = None, status: str | None = None) -> None:
         """A status read of `key`'s action ended at `at` (wall clock)."""
-        with suppress(KeyError), self.transaction() as db:
-            db.execute("UPDATE requests SET last_polled_at = ?, status = COALESCE(?, status) "
-                       "WHERE seq = ? AND state = 'ACCEPTED'", (now(at), status, self._seq(key)))
+        self._update(key, _POLLED, (now(at), status), False)
 
     def mark_poll_started(self, action_id: str, at: float | None = None) -> None:
         """`poll_started` by action id (a lookup: the job uses the key)."""
@@ -723,19 +766,15 @@ class Journal:
     def mark_tracking_stopped(self, key: str, outcome: str, errors: Sequence[str]) -> None:
         """Tracking gave up for this run (timeout, reads failing): the action still exists,
         so the request stays ACCEPTED with `outcome` noted, and a re-run tracks it on."""
-        self._update(key, [RequestState.ACCEPTED], False,
-                     "outcome = ?, errors = ?", [outcome, _texts(errors)])
+        self._update(key, _TRACKING_STOPPED, (outcome, _texts(errors)), False)
 
     def mark_done(self, key: str, outcome: str, *, status: str | None = None,
                   errors: Sequence[str] = (), resendable: bool = False,
                   at: float | None = None) -> None:
         """The final result of `key`. `resendable`: the API refused it before processing
         (401, 429, 503, no connection), so a re-run may safely send it again."""
-        self._update(key, [RequestState.SENDING, RequestState.ACCEPTED, RequestState.UNCERTAIN],
-                     False,
-                     "state = 'DONE', outcome = ?, status = COALESCE(?, status), errors = ?, "
-                     "finished_at = ?, resendable = ?",
-                     [outcome, status, _texts(errors), now(at), int(resendable)])
+        self._update(key, _DONE, (outcome, status, _texts(errors), now(at), int(resendable)),
+                     False)
 
     def mark_interrupted_sends(self, message: str) -> list[str]:
         """On resume: SENDING requests (the process died mid-POST) become UNCERTAIN."""
