@@ -64,7 +64,15 @@ from ._engine import (
     reconcile_note,
 )
 from ._hooks import Hooks
-from ._input import InputError, InputFormat, InputIssue, InvalidRow, ParsedInput, open_input
+from ._input import (
+    CheckedLine,
+    InputError,
+    InputFormat,
+    InputIssue,
+    InvalidRow,
+    ParsedInput,
+    open_input,
+)
 from ._net import network_options_from_env
 from ._progress import Progress, ProgressLogHandler
 from ._report import (
@@ -857,7 +865,7 @@ def _stage_input(path: Path, options: JobOptions, staging: PlanStaging,
     order; identical rows are found afterwards by the staging file.
     """
     stream = open_input(path, options.input_format, encoding=options.encoding,
-                        decimal_comma=options.decimal_comma)
+                        decimal_comma=options.decimal_comma, lines=True)
     printed = 0
     errors = 0
     bad_rows = 0
@@ -876,6 +884,8 @@ def _stage_input(path: Path, options: JobOptions, staging: PlanStaging,
                 result.product_id, result.quantity,
                 tuple(f"{i.field}: {i.message}" if i.field else i.message
                       for i in result.issues)))
+        elif isinstance(result, CheckedLine):  # the fast first check vouched for it
+            staging.add_valid(*result)
         else:
             cancelation = result.cancelation
             staging.add_valid(result.row, result.line, result.order_id,

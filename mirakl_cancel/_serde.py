@@ -45,11 +45,13 @@ from .models import (
 __all__ = [
     "AnswerTooLarge",
     "JSONDepthError",
+    "cancelation_fields_json",
     "cancelation_json",
     "check_json_depth",
     "converter",
     "dumps",
     "loads",
+    "money_json",
     "parse_action_accepted",
     "parse_action_status",
     "parse_datetime",
@@ -119,26 +121,42 @@ def cancelation_json(cancelation: Cancelation) -> str:
     if (type(c) is not Cancelation or type(c.quantity) is not int
             or type(c.reason) is not CancelReason):
         return dumps(converter.unstructure(c))
-    parts = ['{"quantity":', int.__repr__(c.quantity), ',"reason":', _encode_str(c.reason.value),
-             ',"price":', _money_json(c.price), ',"shipping_price":',
-             _money_json(c.shipping_price)]
-    if c.order_line_id is not None:
-        parts += [',"order_line_id":', _encode_str(c.order_line_id)]
-    if c.product_id is not None:
-        parts += [',"product_id":', _encode_str(c.product_id)]
-    for name, taxes in (("taxes", c.taxes), ("shipping_taxes", c.shipping_taxes)):
-        if taxes:
-            parts += [f',"{name}":[', ",".join(
-                '{"code":' + _encode_str(t.code) + ',"amount":' + _money_json(t.amount) + "}"
-                for t in taxes), "]"]
+    taxes = [",".join('{"code":' + _encode_str(t.code) + ',"amount":' + _money_json(t.amount)
+                      + "}" for t in group) for group in (c.taxes, c.shipping_taxes)]
+    return cancelation_fields_json(c.quantity, c.reason.value, _money_json(c.price),
+                                   _money_json(c.shipping_price), c.order_line_id,
+                                   c.product_id, *taxes)
+
+
+def cancelation_fields_json(quantity: int, reason: str, price: str, shipping_price: str,
+                            order_line_id: str | None, product_id: str | None,
+                            taxes: str = "", shipping_taxes: str = "") -> str:
+    """A cancelation's JSON from its fields (the amounts already as `money_json`, the
+    taxes as their joined objects): the one place the layout of `cancelation_json` is
+    written, also used by the input's fast path, which never builds a model object."""
+    parts = ['{"quantity":', int.__repr__(quantity), ',"reason":', _encode_str(reason),
+             ',"price":', price, ',"shipping_price":', shipping_price]
+    if order_line_id is not None:
+        parts += [',"order_line_id":', _encode_str(order_line_id)]
+    if product_id is not None:
+        parts += [',"product_id":', _encode_str(product_id)]
+    if taxes:
+        parts += [',"taxes":[', taxes, "]"]
+    if shipping_taxes:
+        parts += [',"shipping_taxes":[', shipping_taxes, "]"]
     parts.append("}")
     return "".join(parts)
 
 
 def _money_json(money: Money) -> str:
     amount = money.amount
-    text = format(amount, "f") if type(amount) is Decimal else dumps(amount)
-    return '{"amount":' + text + ',"currency":' + _encode_str(money.currency) + "}"
+    return money_json(format(amount, "f") if type(amount) is Decimal else dumps(amount),
+                      money.currency)
+
+
+def money_json(amount: str, currency: str) -> str:
+    """`{"amount":..,"currency":..}` from an amount already written as JSON."""
+    return '{"amount":' + amount + ',"currency":' + _encode_str(currency) + "}"
 
 
 # --- JSON with exact decimals ---------------------------------------------------------

@@ -171,11 +171,17 @@ _WINDOW = -10  # raw deflate, 1 KiB window: the whole dictionary within reach
 _MEMORY = 2
 
 
+#: A compressor primed with the dictionary: each body is packed by a copy of it (the same
+#: bytes as a fresh one, without setting the dictionary up again).
+_PACKER = zlib.compressobj(6, zlib.DEFLATED, _WINDOW, _MEMORY, zlib.Z_DEFAULT_STRATEGY,
+                           _BODY_DICTIONARY)
+_TAG = bytes((_BODY_DEFLATED,))
+
+
 def encode_body(body: str) -> bytes:
     """A body as stored: tag byte, then raw deflate against `_BODY_DICTIONARY`."""
-    packer = zlib.compressobj(6, zlib.DEFLATED, _WINDOW, _MEMORY, zlib.Z_DEFAULT_STRATEGY,
-                              _BODY_DICTIONARY)
-    return bytes((_BODY_DEFLATED,)) + packer.compress(body.encode()) + packer.flush()
+    packer = _PACKER.copy()
+    return _TAG + packer.compress(body.encode()) + packer.flush()
 
 
 def decode_body(stored: str | bytes) -> str:
@@ -537,11 +543,13 @@ class Journal:
                 requests.clear()
                 rows.clear()
 
-            for planned in staging.plan(max_lines):
-                requests.append((seq, planned.order_id, ",".join(map(str, planned.rows)),
-                                 encode_body(planned.body)))
-                rows.extend((n, line, seq) for n, line in zip(planned.rows, planned.lines,
-                                                              strict=True))
+            if max_lines is not None and max_lines < 1:
+                raise ValueError("max_lines must be at least 1")
+            for group in staging.groups(max_lines):
+                numbers = [r[1] for r in group]
+                requests.append((seq, group[0][0], ",".join(map(str, numbers)), encode_body(
+                    '{"cancelations":[' + ",".join(r[3] for r in group) + "]}")))
+                rows.extend((r[1], r[2], seq) for r in group)
                 seq += 1
                 if len(rows) >= _STAGE_CHUNK:
                     flush()
@@ -842,6 +850,12 @@ class PlanStaging:
         self.valid_rows = 0
         self.invalid_rows = 0
         self._finished = False
+        #: Runs of consecutive valid rows of one order, and the order of the last row.
+        self._runs = 0
+        self._last_order: str | None = None
+        #: Every order's rows are one run (set by `finish`): most files list an order's
+        #: lines together, and then the plan is the rows in file order, with no sorting.
+        self.contiguous = False
 
     def add_valid(self, row: int, line: int, order_id: str, cancelation_json: str,
                   units: int, total: Decimal, currency: str) -> None:
@@ -849,6 +863,9 @@ class PlanStaging:
         self._valid.append((row, line, order_id, cancelation_json, units, str(total),
                             currency))
         self.valid_rows += 1
+        if order_id != self._last_order:
+            self._runs += 1
+            self._last_order = order_id
         if len(self._valid) >= _STAGE_CHUNK:
             self._flush()
 
@@ -871,12 +888,14 @@ class PlanStaging:
             self._invalid.clear()
 
     def finish(self) -> None:
-        """Every row is in: index for grouping."""
+        """Every row is in: index for grouping, and see whether orders are contiguous
+        (as many distinct orders as runs of rows)."""
         if not self._finished:
             self._flush()
             self._db.execute("CREATE INDEX valid_order ON valid (order_id, row_number)")
             self._db.execute("COMMIT")
             self._finished = True
+            self.contiguous = self.orders() == self._runs
 
     def duplicates(self) -> Iterator[tuple[int, int, int, int]]:
         """(row, line, first row, its line) of every row identical to an earlier row of the
@@ -909,20 +928,31 @@ class PlanStaging:
         orders first appear, lines in file order, at most `max_lines` lines each."""
         if max_lines is not None and max_lines < 1:
             raise ValueError("max_lines must be at least 1")
+        for rows in self.groups(max_lines):
+            yield _staged(rows)
+
+    def groups(self, max_lines: int | None) -> Iterator[list[tuple[Any, ...]]]:
+        """The rows of each request of `plan`, as (order, row, line, JSON, units, total,
+        currency) records."""
         self.finish()
-        cursor = self._db.execute(
-            "SELECT v.order_id, v.row_number, v.line_number, v.line, v.units, v.total, "
-            "v.currency FROM (SELECT order_id, MIN(row_number) AS first FROM valid "
-            "GROUP BY order_id) f JOIN valid v ON v.order_id = f.order_id "
-            "ORDER BY f.first, v.row_number")
+        if self.contiguous:  # the plan is the file order: a scan, no sort
+            cursor = self._db.execute(
+                "SELECT order_id, row_number, line_number, line, units, total, currency "
+                "FROM valid ORDER BY row_number")
+        else:
+            cursor = self._db.execute(
+                "SELECT v.order_id, v.row_number, v.line_number, v.line, v.units, v.total, "
+                "v.currency FROM (SELECT order_id, MIN(row_number) AS first FROM valid "
+                "GROUP BY order_id) f JOIN valid v ON v.order_id = f.order_id "
+                "ORDER BY f.first, v.row_number")
         current: list[tuple[Any, ...]] = []
         for row in cursor:
             if current and (row[0] != current[0][0] or len(current) == max_lines):
-                yield _staged(current)
+                yield current
                 current = []
             current.append(row)
         if current:
-            yield _staged(current)
+            yield current
 
     def invalid(self) -> Iterator[tuple[Any, ...]]:
         """The invalid rows as `rows` records (row, line, NULL request, fields, errors)."""

@@ -54,6 +54,32 @@ def test_the_streamed_plan_is_the_in_memory_plan(tmp_path: Path, max_lines: int 
     assert [r.body for r in streamed] == [p.body for p in planned]
 
 
+@pytest.mark.parametrize("max_lines", [None, 2])
+def test_orders_listed_together_are_planned_in_file_order(tmp_path: Path,
+                                                          max_lines: int | None) -> None:
+    """The usual file lists an order's lines together: the staging sees it (as many
+    orders as runs of rows) and plans by a plain scan; the plan is still the in-memory
+    one. One order listed twice apart turns the shortcut off."""
+    source = tmp_path / "in.csv"
+    write_rows(source, 300, orders=40)
+    with source.open() as handle:
+        header, *lines = list(csv.reader(handle))
+    lines.sort(key=lambda cells: int(cells[0][1:]))  # stable: file order within an order
+    for contiguous in (True, False):
+        if not contiguous:
+            lines.append(lines[0])  # order O0 again, after all the others
+        with source.open("w", newline="") as handle:
+            csv.writer(handle).writerows([header, *lines])
+        planned, _ = plan_requests(read_input(source), max_lines)
+        with PlanStaging() as staging:
+            assert _stage_input(source, JobOptions(input_path=source, base_url="u"),
+                                staging, io.StringIO()) is not None
+            streamed = list(staging.plan(max_lines))
+            assert staging.contiguous is contiguous
+        assert [r.key for r in streamed] == [p.key for p in planned]
+        assert [r.body for r in streamed] == [p.body for p in planned]
+
+
 def test_a_cancelation_is_written_as_inside_a_body() -> None:
     parsed = read_input_text("order_id,order_line_id,quantity,reason,price_amount,"
                              "price_currency,shipping_amount,taxes\n"
@@ -218,3 +244,65 @@ def test_the_fast_cancelation_writer_matches_the_generic_one() -> None:
             taxes=[Tax(rnd.choice(["VAT", "ECO"]), money()) for _ in range(rnd.randint(0, 2))],
             shipping_taxes=[Tax("TVA", money()) for _ in range(rnd.randint(0, 1))])
         assert cancelation_json(cancelation) == dumps(converter.unstructure(cancelation))
+
+
+# --- the fast first check vouches only for what the full check accepts -----------------
+
+_PLAIN_HEADER = ["order_id", "order_line_id", "product_id", "quantity", "reason",
+                 "price_amount", "price_currency", "shipping_amount", "shipping_currency",
+                 "taxes", "shipping_taxes"]
+_CELLS = {
+    "order_id": ["O1", " O2 ", "", "  ", "Ö3", "O\u00a04", "O#5", "x" * 200],
+    "order_line_id": ["L1", "", " L2", "Ł3", "\t"],
+    "product_id": ["", "P1", "P\u20ac"],
+    "quantity": ["1", "0", "007", " 3 ", "-1", "+2", "1.0", "1e3", "999999999", "2147483647",
+                 "2147483648", "9" * 30, "", "٣"],
+    "reason": ["OUT_OF_STOCK", "defect", " Return ", "NOPE", "", "OUT_OF_STOCK\u0130"],
+    "price_amount": ["10.00", "0", "012.50", "1.", ".5", "-1", "1e2", "1_0", "NaN", "١٢",
+                     "123456789012.123456", "1234567890123", "", " 4.99 "],
+    "price_currency": ["EUR", "eur", " usd ", "EU", "€UR", ""],
+    "shipping_amount": ["0", "4.99", "", "x"],
+    "shipping_currency": ["", "EUR", "usd", "ZZZZ"],
+    "taxes": ["", "", "VAT:0.20", "  "],
+    "shipping_taxes": ["", "", "TVA:1"],
+}
+
+
+def test_the_fast_first_check_agrees_with_the_full_check(tmp_path: Path) -> None:
+    """Random rows, many hostile: wherever the fast check vouches for a row, the full
+    check accepts it and writes the same line, units, total and currency; every row
+    it declines is checked in full, so the two streams agree row for row."""
+    from mirakl_cancel._input import CheckedLine
+    from mirakl_cancel._job import _cancelation_total
+
+    rnd = random.Random(14)
+    source = tmp_path / "hostile.csv"
+    with source.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(_PLAIN_HEADER)
+        for _ in range(4000):
+            # Mostly the plain value, so that many rows are plain and each oddity is met
+            # alone as well as in company.
+            cells = [_CELLS[name][0] if rnd.random() < 0.8 else rnd.choice(_CELLS[name])
+                     for name in _PLAIN_HEADER]
+            if rnd.random() < 0.02:
+                cells.append("extra")
+            elif rnd.random() < 0.02:
+                cells.pop()
+            writer.writerow(cells)
+    full = list(open_input(source))
+    fast = list(open_input(source, lines=True))
+    assert len(fast) == len(full)
+    vouched = 0
+    for quick, slow in zip(fast, full, strict=True):
+        if not isinstance(quick, CheckedLine):
+            assert quick == slow
+            continue
+        vouched += 1
+        assert not hasattr(slow, "issues"), (quick, slow)
+        c = slow.cancelation  # type: ignore[union-attr]
+        assert quick == CheckedLine(slow.row, slow.line, slow.order_id,  # type: ignore[union-attr]
+                                    cancelation_json(c), c.quantity, _cancelation_total(c),
+                                    c.price.currency)
+        assert str(quick.total) == str(_cancelation_total(c))
+    assert 200 < vouched < 4000  # both paths were exercised
