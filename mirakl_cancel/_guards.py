@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
-
-import attrs
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple, TypeVar
 
 from .models import ActionStatus
 
@@ -37,9 +35,8 @@ __all__ = ["Guards", "SendAttempt"]
 _F = TypeVar("_F")
 
 
-@attrs.frozen
-class SendAttempt:
-    """One attempt of a cancel about to leave."""
+class SendAttempt(NamedTuple):
+    """One attempt of a cancel about to leave (a tuple: made for every attempt, cheaply)."""
 
     order_id: str
     #: 1 for the first attempt that leaves, 2 for the next (after a refusal the API did
@@ -87,35 +84,34 @@ class Guards:
         """Call `fn(action_id, status or None)` after every status read of this client."""
         return _remover(self._read_end, fn)
 
-    @contextlib.contextmanager
-    def sending(self, fn: SendGuard) -> Iterator[None]:
+    def sending(self, fn: SendGuard) -> _Scope:
         """Guard only the cancels sent inside this `with` block (in this task)."""
-        token = self._scoped.set((*self._scoped.get(), fn))
-        try:
-            yield
-        finally:
-            self._scoped.reset(token)
+        return _Scope(self._scoped, fn)
 
     @property
     def reads_guarded(self) -> bool:
         return bool(self._read or self._read_end)
 
     def send_gate(self, order_id: str, request_key: str | None,
-                  ) -> Callable[[], Awaitable[None]] | None:
-        """What the transport calls before each attempt of one cancel (None: no guard)."""
-        guards = (*self._send, *self._scoped.get())
+                  ) -> Callable[[], Awaitable[None] | None] | None:
+        """What the transport calls before each attempt of one cancel (None: no guard).
+
+        Synchronous guards cost no coroutine: the gate returns an awaitable only once a
+        guard returned one (the transport then awaits it before the attempt leaves)."""
+        scoped = self._scoped.get()
+        guards = (*self._send, *scoped) if self._send else scoped
         if not guards:
             return None
-        number = 0
+        left = [0]  # attempts let go so far
 
-        async def gate() -> None:
-            nonlocal number
-            attempt = SendAttempt(order_id, number + 1, request_key)
-            for guard in guards:
+        def gate() -> Awaitable[None] | None:
+            attempt = SendAttempt(order_id, left[0] + 1, request_key)
+            for index, guard in enumerate(guards):
                 pending = guard(attempt)
                 if pending is not None:
-                    await pending
-            number += 1  # counted once every guard let it go
+                    return _rest(pending, guards[index + 1:], attempt, left)
+            left[0] += 1
+            return None
 
         return gate
 
@@ -128,3 +124,34 @@ class Guards:
     def read_over(self, action_id: str, status: ActionStatus | None) -> None:
         for end in tuple(self._read_end):
             end(action_id, status)
+
+
+async def _rest(pending: Awaitable[None], guards: tuple[SendGuard, ...], attempt: SendAttempt,
+                left: list[int]) -> None:
+    """The rest of a gate, once a guard returned an awaitable."""
+    await pending
+    for guard in guards:
+        more = guard(attempt)
+        if more is not None:
+            await more
+    left[0] += 1  # counted once every guard let it go
+
+
+class _Scope:
+    """`Guards.sending`: a context manager (a class: it is entered for every cancel a
+    guarded caller sends, so it must cost little)."""
+
+    __slots__ = ("_fn", "_token", "_var")
+
+    def __init__(self, var: contextvars.ContextVar[tuple[SendGuard, ...]],
+                 fn: SendGuard) -> None:
+        self._var = var
+        self._fn = fn
+        self._token: contextvars.Token[tuple[SendGuard, ...]] | None = None
+
+    def __enter__(self) -> None:
+        self._token = self._var.set((*self._var.get(), self._fn))
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._token is not None
+        self._var.reset(self._token)

@@ -94,10 +94,13 @@ async def send_one(client: Canceller, request: CancelRequest, *,
 
     try:
         guards = getattr(client, "guards", None)
-        if isinstance(guards, Guards):
+        noting = getattr(client, "_cancel_noting_send", None)
+        if guard is not None and isinstance(guards, Guards):
             with guards.sending(on_send):  # the last guard: the others let it go
                 accepted = await client.cancel(request)
-        else:  # a stand-in client (tests) without guards
+        elif noting is not None:  # unguarded: just note whether an attempt left
+            accepted = await noting(request, on_send)
+        else:  # a stand-in client (tests)
             accepted = await client.cancel(request, on_send=on_send)
         return CancelOutcome(request, accepted=accepted, sent_at=sent_at)
     except GuardRefused:

@@ -249,6 +249,15 @@ class MiraklConnectClient:
                           "release: use `with client.guards.sending(guard):` (a guard gets "
                           "the attempt and may refuse it by raising)", DeprecationWarning,
                           stacklevel=2)
+        return await self._cancel_noting_send(request, on_send)
+
+    async def _cancel_noting_send(
+            self, request: CancelRequest,
+            on_send: Callable[[], Awaitable[None] | None] | None) -> ActionAccepted:
+        """`cancel`, calling `on_send` after the guards as each attempt leaves.
+
+        Private: `_sending.send_one` notes with it whether an attempt left (to call an
+        unexpected failure UNCERTAIN), at no cost per cancel; users have guards."""
         if not isinstance(request, CancelRequest):
             raise ValidationError([ValidationIssue("request", "cancel() takes a CancelRequest")])
         body = request_body(request)
@@ -392,11 +401,13 @@ class MiraklConnectClient:
         return send_many(self, requests, concurrency=concurrency)
 
 
-def _then(first: Callable[[], Awaitable[None]],
+def _then(first: Callable[[], Awaitable[None] | None],
           then: Callable[[], Awaitable[None] | None]) -> Callable[[], Awaitable[None]]:
     """The guards, then a (deprecated) `on_send` callback."""
     async def both() -> None:
-        await first()
+        pending = first()
+        if pending is not None:
+            await pending
         pending = then()
         if pending is not None:
             await pending
