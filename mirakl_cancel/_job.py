@@ -958,7 +958,7 @@ async def _finish(store: JobStore, options: JobOptions, counts: JobCounts, out: 
         return EXIT_INTERRUPTED
     if report_failed:  # checked writable before the run, yet lost: the operator must know
         return EXIT_SOME_FAILED
-    return EXIT_OK if lines and counts.rows_by_outcome["SUCCEEDED"] == lines \
+    return EXIT_OK if lines and counts.rows_by_outcome[Outcome.SUCCEEDED.value] == lines \
         else EXIT_SOME_FAILED
 
 

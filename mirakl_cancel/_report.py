@@ -19,8 +19,10 @@ from typing import Any
 
 import attrs
 
+from ._engine import Outcome
 from ._store import JournalRequest, JournalRow, RequestState
 from ._text import neutralise_cell
+from .reconcile import Verdict
 
 __all__ = [
     "REPORT_FIELDS",
@@ -79,11 +81,11 @@ def row_outcome(request: JournalRequest | None) -> tuple[str, tuple[str, ...]]:
         return INVALID, ()
     state = request.state
     if state is RequestState.DONE:
-        return request.outcome or "ERROR", request.errors
+        return request.outcome or Outcome.ERROR.value, request.errors
     if state is RequestState.SENDING:
-        return "UNCERTAIN", request.errors or (_SENDING_INTERRUPTED,)
+        return Outcome.UNCERTAIN.value, request.errors or (_SENDING_INTERRUPTED,)
     if state is RequestState.UNCERTAIN:
-        return "UNCERTAIN", request.errors
+        return Outcome.UNCERTAIN.value, request.errors
     if state is RequestState.ACCEPTED:
         if request.outcome:  # tracking stopped (TIMED_OUT, ERROR); a re-run tracks on
             return request.outcome, request.errors
@@ -196,8 +198,10 @@ class JobCounts:
     resent_unapplied: int = 0
 
 
-_ORDER = ("SUCCEEDED", "FAILED", "REJECTED", "UNCERTAIN", "NOT_APPLIED", "TIMED_OUT", "ERROR",
-          INVALID, IN_PROGRESS, NOT_SENT)
+#: The table's rows: the engine's outcomes, then the report's own.
+_ORDER = (*(o.value for o in (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.REJECTED,
+                              Outcome.UNCERTAIN, Outcome.NOT_APPLIED, Outcome.TIMED_OUT,
+                              Outcome.ERROR)), INVALID, IN_PROGRESS, NOT_SENT)
 
 
 def _duration(seconds: float) -> str:
@@ -231,7 +235,8 @@ def summary_table(counts: JobCounts) -> str:
     elif counts.reconciled is not None:
         verdicts = counts.reconciled
         lines.append(f"reconciliation: {sum(verdicts.values())} verdict(s) on uncertain "
-                     f"cancels: {verdicts['APPLIED']} applied (no resend), "
-                     f"{verdicts['NOT_APPLIED']} not applied, {verdicts['UNCERTAIN']} still "
+                     f"cancels: {verdicts[Verdict.APPLIED.value]} applied (no resend), "
+                     f"{verdicts[Verdict.NOT_APPLIED.value]} not applied, "
+                     f"{verdicts[Verdict.UNCERTAIN.value]} still "
                      f"uncertain; {counts.resent_unapplied} sent again (--resend-unapplied)")
     return "\n".join(lines)
