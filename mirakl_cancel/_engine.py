@@ -17,7 +17,8 @@ send → track → settle → reconcile → resend, written once:
 - **Outcome rules** (`Ending`, `ending_of_*`): which `Outcome` each ending gets, and
   the rule for a second cancel answered with an action id already given to another
   (issue 11): UNCERTAIN, naming the other request, whether the first is still tracked
-  or already finished (the engine remembers the action ids of its run: ~100 B each).
+  or already finished (the engine remembers the action ids of its run, hashed: ~60 B
+  each; the caller names the earlier owner of an id seen again).
 
 Who may resend: only the engine, only items its caller chose (RESEND), and only through
 the same guarded path: the caller's `Steps.before_attempt` guard (the job's durable
@@ -283,6 +284,11 @@ class Steps(Protocol[Item]):
     def tracking(self, item: Item, action_id: str, last_read: float | None) -> None:
         """Its action is now tracked (`last_read`: the last read the server may have seen)."""
 
+    async def earlier_owner(self, action_id: str) -> str | None:
+        """The label of the request of this run, already ended, that was given
+        `action_id` (asked only when the engine's compact memory says one may have been;
+        None: none was, the ids only shared a hash)."""
+
     async def duplicate(self, item: Item, outcome: CancelOutcome, other: str) -> None:
         """Answered with the action id of another request (labelled `other`), still
         tracked or already ended: end it by `ending_of_duplicate`."""
@@ -393,9 +399,10 @@ class Engine(Generic[Item]):
         self._owners: dict[str, Item] = {}
         #: The action ids handed to the tracker (a subset of `_owners`).
         self._tracking: set[str] = set()
-        #: Every action id accepted by this engine whose item has ended, with its label:
-        #: a later cancel answered with one of them is a duplicate too (~100 B each).
-        self._ended: dict[str, str] = {}
+        #: The action ids of this engine's items that have ended, as 64-bit hashes (about
+        #: 60 B each, whatever the id's length): a later cancel answered with one of them
+        #: is a duplicate too. A hit is confirmed (and named) by `Steps.earlier_owner`.
+        self._ended: set[int] = set()
         self._outstanding = 0
         self._all_done = asyncio.Event()
         #: Work running on its own (action-id marks, recorded endings); a pass waits for it.
@@ -526,7 +533,9 @@ class Engine(Generic[Item]):
             return
         action_id = accepted.action_id
         owner = self._owners.get(action_id)
-        other = steps.label(owner) if owner is not None else self._ended.get(action_id)
+        other = steps.label(owner) if owner is not None else None
+        if other is None and hash(action_id) in self._ended:
+            other = await steps.earlier_owner(action_id)  # rare: confirm, and name it
         if other is not None:
             # One action id for two requests (issue 11), the first still tracked or
             # already ended: the second cannot know from the action's status whether it
@@ -550,7 +559,7 @@ class Engine(Generic[Item]):
                 await recorded
         except Exception as exc:
             self._owners.pop(action_id, None)
-            self._ended[action_id] = self.steps.label(item)
+            self._ended.add(hash(action_id))
             self.steps.accept_failed(item, action_id, exc)
             self._resolve(item)
             return
@@ -579,13 +588,13 @@ class Engine(Generic[Item]):
             return
         self._tracking.discard(action_id)
         item = self._owners.pop(action_id)
-        self._ended[action_id] = self.steps.label(item)
+        self._ended.add(hash(action_id))
         self._background(self._ending(item, self.steps.tracked(item, result), tracked=True))
 
     def _on_tracker_closed(self) -> None:
         for action_id in list(self._tracking):
             item = self._owners.pop(action_id)
-            self._ended[action_id] = self.steps.label(item)
+            self._ended.add(hash(action_id))
             self._background(self._ending(item, self.steps.untracked(item, action_id),
                                           tracked=True))
         self._tracking.clear()

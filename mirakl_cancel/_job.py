@@ -414,6 +414,14 @@ class _Run:
         self.request_stop(f"stopping: sending {item.key} failed unexpectedly "
                           f"({type(error).__name__}: {error})")
 
+    async def earlier_owner(self, action_id: str) -> str | None:
+        # Asked only on a (rare) hit of the engine's memory: a scan of the store, which
+        # keeps every action id (any store: no lookup by action id is required of it).
+        async for row in self.store.requests(bodies=False):
+            if row.action_id == action_id:
+                return row.key
+        return None
+
     async def duplicate(self, item: JournalRequest, outcome: CancelOutcome,
                         other: str) -> None:
         # Its action id is never journaled as its own: a resume would track that action
