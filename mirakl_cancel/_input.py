@@ -137,8 +137,8 @@ class CheckedLine(NamedTuple):
     #: The cancelation exactly as `cancelation_json` writes it.
     json: str
     quantity: int
-    #: What the line refunds (price + shipping + taxes), in `currency`.
-    total: Decimal
+    #: What the line refunds (price + shipping + taxes), in `currency`, as exact text.
+    total: str
     currency: str
 
 
@@ -847,7 +847,7 @@ def _plain_csv_row(names: list[str]) -> Callable[[list[str], int, int], CheckedL
         return make(CheckedLine, (row, line, order_id, cancelation_fields_json(
             count, code, money_json(_plain_json(price_text, amount), money),
             money_json(_plain_json(shipping_text, shipping_amount), money), line_id or None,
-            product_id or None), count, amount + shipping_amount, money))
+            product_id or None), count, str(amount + shipping_amount), money))
 
     return check
 

@@ -893,7 +893,7 @@ def _stage_input(path: Path, options: JobOptions, staging: PlanStaging,
                 tuple(f"{i.field}: {i.message}" if i.field else i.message
                       for i in result.issues)))
         elif isinstance(result, CheckedLine):  # the fast first check vouched for it
-            staging.add_valid(*result)
+            staging.add_record(result)
         else:
             cancelation = result.cancelation
             staging.add_valid(result.row, result.line, result.order_id,

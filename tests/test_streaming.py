@@ -302,7 +302,6 @@ def test_the_fast_first_check_agrees_with_the_full_check(tmp_path: Path) -> None
         assert not hasattr(slow, "issues"), (quick, slow)
         c = slow.cancelation  # type: ignore[union-attr]
         assert quick == CheckedLine(slow.row, slow.line, slow.order_id,  # type: ignore[union-attr]
-                                    cancelation_json(c), c.quantity, _cancelation_total(c),
-                                    c.price.currency)
-        assert str(quick.total) == str(_cancelation_total(c))
+                                    cancelation_json(c), c.quantity,
+                                    str(_cancelation_total(c)), c.price.currency)
     assert 200 < vouched < 4000  # both paths were exercised
