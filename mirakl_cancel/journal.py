@@ -800,6 +800,9 @@ class Journal:
 
 #: Rows written to the staging file per `executemany`.
 _STAGE_CHUNK = 5000
+#: Most lines of one run (or duplicates in all) that staging keeps in memory to find
+#: identical rows as they come.
+_RUN_MEMORY = 10_000
 
 
 @attrs.frozen
@@ -856,6 +859,11 @@ class PlanStaging:
         #: Every order's rows are one run (set by `finish`): most files list an order's
         #: lines together, and then the plan is the rows in file order, with no sorting.
         self.contiguous = False
+        #: The current run's lines (JSON → its first row and line), and the identical
+        #: rows found in runs: a contiguous file's duplicates without a sort. None once
+        #: either grows past `_RUN_MEMORY` (the query finds them then).
+        self._run_lines: dict[str, tuple[int, int]] | None = {}
+        self._run_duplicates: list[tuple[int, int, int, int]] = []
 
     def add_valid(self, row: int, line: int, order_id: str, cancelation_json: str,
                   units: int, total: Decimal | str, currency: str) -> None:
@@ -868,9 +876,18 @@ class PlanStaging:
         self._valid.append(record)
         order_id = record[2]
         self.valid_rows += 1
+        seen = self._run_lines
         if order_id != self._last_order:
             self._runs += 1
             self._last_order = order_id
+            if seen is not None:
+                seen.clear()
+        if seen is not None:
+            first = seen.setdefault(record[3], (record[0], record[1]))
+            if first[0] != record[0]:
+                self._run_duplicates.append((record[0], record[1], *first))
+            if len(seen) > _RUN_MEMORY or len(self._run_duplicates) > _RUN_MEMORY:
+                self._run_lines = None
         if len(self._valid) >= _STAGE_CHUNK:
             self._flush()
 
@@ -906,6 +923,9 @@ class PlanStaging:
         """(row, line, first row, its line) of every row identical to an earlier row of the
         same order (the same cancelation twice would cancel the line twice)."""
         self.finish()
+        if self.contiguous and self._run_lines is not None:
+            yield from self._run_duplicates  # every order was one run, and all of it seen
+            return
         yield from self._db.execute(
             "SELECT v.row_number, v.line_number, f.row_number, f.line_number FROM "
             "(SELECT order_id, line, MIN(row_number) AS first FROM valid GROUP BY order_id, "

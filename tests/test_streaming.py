@@ -151,6 +151,25 @@ def test_duplicates_are_found_across_the_file(tmp_path: Path) -> None:
     assert "warning: row 50 (line 51): identical to row 1 (line 2)" in err.getvalue()
 
 
+@pytest.mark.parametrize("memory", [10_000, 2])
+def test_duplicates_of_orders_listed_together_are_found_as_they_come(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, memory: int) -> None:
+    """Orders listed together: identical rows are found run by run, without the query,
+    and they are exactly what the query finds; past its memory bound staging leaves
+    it to the query."""
+    monkeypatch.setattr("mirakl_cancel.journal._RUN_MEMORY", memory)
+    with PlanStaging() as staging:
+        for n in range(1, 61):
+            order, line = f"O{(n - 1) // 6}", ["a", "b", "a", "c", "b", "a"][(n - 1) % 6]
+            staging.add_valid(n, n + 1, order, line, 1, "1", "EUR")
+        found = list(staging.duplicates())
+        assert staging.contiguous
+        assert (staging._run_lines is None) is (memory == 2)
+        staging._run_lines = None  # the query's answer, for comparison
+        assert found == [tuple(r) for r in staging.duplicates()]
+    assert len(found) == 30 and found[:3] == [(3, 4, 1, 2), (5, 6, 2, 3), (6, 7, 1, 2)]
+
+
 def test_dry_run_prints_every_request_and_totals(tmp_path: Path) -> None:
     source = tmp_path / "in.csv"
     source.write_text("order_id,order_line_id,quantity,reason,price_amount,price_currency,"
