@@ -528,38 +528,69 @@ class Journal:
                                 options: dict[str, Any] | None = None) -> int:
         """Record the plan `staging` makes, streamed in chunks, in one transaction (a crash
         leaves all or nothing). Returns the number of requests."""
+        if max_lines is not None and max_lines < 1:
+            raise ValueError("max_lines must be at least 1")
+        staging.finish()
+        # Orders listed together: the valid rows' records are copied by one statement
+        # (their requests numbered by SQL as `groups` makes them); only bodies need Python.
+        copied = staging.contiguous
+        if copied:
+            self._db.execute("ATTACH DATABASE ? AS staging", (staging.file,))
         seq = 0
-        with self.transaction(durable=True) as db:
-            self._insert_job(db, input_path=input_path, input_sha256=input_sha256,
-                             input_format=input_format, base_url=base_url, options=options)
-            requests: list[tuple[Any, ...]] = []
-            rows: list[tuple[Any, ...]] = []
-
-            def flush() -> None:
-                db.executemany("INSERT INTO requests (seq, order_id, rows, body) "
-                               "VALUES (?, ?, ?, ?)", requests)
-                db.executemany("INSERT INTO rows (row_number, line_number, request) "
-                               "VALUES (?, ?, ?)", rows)
-                requests.clear()
-                rows.clear()
-
-            if max_lines is not None and max_lines < 1:
-                raise ValueError("max_lines must be at least 1")
-            for group in staging.groups(max_lines):
-                numbers = [r[1] for r in group]
-                requests.append((seq, group[0][0], ",".join(map(str, numbers)), encode_body(
-                    '{"cancelations":[' + ",".join(r[3] for r in group) + "]}")))
-                rows.extend((r[1], r[2], seq) for r in group)
-                seq += 1
-                if len(rows) >= _STAGE_CHUNK:
-                    flush()
-            flush()
-            invalid = staging.invalid()
-            while chunk := list(itertools.islice(invalid, _STAGE_CHUNK)):
-                db.executemany("INSERT INTO rows (row_number, line_number, request, order_id, "
-                               "order_line_id, product_id, quantity, errors) "
-                               "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", chunk)
+        try:
+            with self.transaction(durable=True) as db:
+                self._insert_job(db, input_path=input_path, input_sha256=input_sha256,
+                                 input_format=input_format, base_url=base_url,
+                                 options=options)
+                if copied:
+                    db.execute(
+                        "INSERT INTO rows (row_number, line_number, request) SELECT row_number, "
+                        "line_number, SUM(start) OVER (ORDER BY row_number) - 1 FROM (SELECT "
+                        "row_number, line_number, (ROW_NUMBER() OVER (PARTITION BY order_id "
+                        "ORDER BY row_number) - 1) % ? = 0 AS start FROM staging.valid)",
+                        (max_lines or staging.valid_rows + 1,))
+                seq = self._insert_requests(db, staging, max_lines, rows=not copied)
+                self._insert_invalid(db, staging)
+        finally:
+            if copied:
+                self._db.execute("DETACH DATABASE staging")
         return seq
+
+    @staticmethod
+    def _insert_requests(db: sqlite3.Connection, staging: PlanStaging, max_lines: int | None,
+                         *, rows: bool) -> int:
+        """The requests of `staging`'s plan (and, with `rows`, their rows' records)."""
+        seq = 0
+        requests: list[tuple[Any, ...]] = []
+        records: list[tuple[Any, ...]] = []
+
+        def flush() -> None:
+            db.executemany("INSERT INTO requests (seq, order_id, rows, body) "
+                           "VALUES (?, ?, ?, ?)", requests)
+            db.executemany("INSERT INTO rows (row_number, line_number, request) "
+                           "VALUES (?, ?, ?)", records)
+            requests.clear()
+            records.clear()
+
+        for group in staging.groups(max_lines):
+            requests.append((seq, group[0][0], ",".join([str(r[1]) for r in group]),
+                             encode_body('{"cancelations":[' + ",".join([r[3] for r in group])
+                                         + "]}")))
+            if rows:
+                records.extend([(r[1], r[2], seq) for r in group])
+            seq += 1
+            if len(requests) >= _STAGE_CHUNK:
+                flush()
+        flush()
+        return seq
+
+    @staticmethod
+    def _insert_invalid(db: sqlite3.Connection, staging: PlanStaging) -> None:
+        invalid = staging.invalid()
+        while chunk := list(itertools.islice(invalid, _STAGE_CHUNK)):
+            db.executemany("INSERT INTO rows (row_number, line_number, request, order_id, "
+                           "order_line_id, product_id, quantity, errors) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", chunk)
 
     # --- reading --------------------------------------------------------------------
 
@@ -834,8 +865,9 @@ class PlanStaging:
 
     def __init__(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="mirakl-cancel-plan-")
-        self._db = sqlite3.connect(str(Path(self._dir.name) / "plan.sqlite"),
-                                   isolation_level=None)
+        #: The staging file (a journal copies from it directly, see `create_job_from_staging`).
+        self.file = str(Path(self._dir.name) / "plan.sqlite")
+        self._db = sqlite3.connect(self.file, isolation_level=None)
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "temp_store=FILE",
                        "cache_size=-16384"):
             self._db.execute(f"PRAGMA {pragma}")

@@ -80,6 +80,37 @@ def test_orders_listed_together_are_planned_in_file_order(tmp_path: Path,
         assert [r.body for r in streamed] == [p.body for p in planned]
 
 
+@pytest.mark.parametrize("max_lines", [None, 1, 2])
+def test_a_journal_of_orders_listed_together_is_the_in_memory_plan(
+        tmp_path: Path, max_lines: int | None) -> None:
+    """Rows copied by SQL point at the requests the Python plan numbers: every row of
+    the journal belongs to the in-memory plan's request that holds it."""
+    source = tmp_path / "in.csv"
+    write_rows(source, 200, orders=30, bad=(17,))
+    with source.open() as handle:
+        header, *lines = list(csv.reader(handle))
+    lines.sort(key=lambda cells: int(cells[0][1:]))
+    with source.open("w", newline="") as handle:
+        csv.writer(handle).writerows([header, *lines])
+    planned, _ = plan_requests(read_input(source), max_lines)
+    owner = {n: p.key for p in planned for n in p.rows}
+    options = JobOptions(input_path=source, base_url="http://127.0.0.1:1", skip_invalid=True,
+                         quiet=True, max_lines_per_request=max_lines)
+    err = io.StringIO()
+    journal, _, _ = _open_job(options, err, io.StringIO())
+    assert journal is not None, err.getvalue()
+    try:
+        assert [(r.key, r.body) for r in journal.requests()] == [
+            (p.key, p.body) for p in planned]
+        rows = journal.rows()
+        assert len(rows) == 200
+        assert {r.row_number: r.request.key for r in rows if r.request} == owner
+        assert [r.row_number for r in rows if r.request is None and r.errors] == [
+            n for n in range(1, 201) if n not in owner]
+    finally:
+        journal.close()
+
+
 def test_a_cancelation_is_written_as_inside_a_body() -> None:
     parsed = read_input_text("order_id,order_line_id,quantity,reason,price_amount,"
                              "price_currency,shipping_amount,taxes\n"
