@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from ._serde import cancelation_fields_json, money_json
+from ._serde import plain_cancelation_json
 from ._text import printable
 from .errors import ValidationError
 from .models import (
@@ -787,8 +787,6 @@ def _csv_rows(lines: Iterable[str], issues: list[InputIssue], *,
 #: Amounts the plain-row check vouches for: at most 18 ASCII digits (AMOUNT_MAX_DIGITS),
 #: no sign, no exponent, a dot only between digits.
 _PLAIN_AMOUNT = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
-#: Quantities it vouches for: below QUANTITY_MAX whatever the digits.
-_PLAIN_QUANTITY = re.compile(r"[0-9]{1,9}")
 
 
 def _plain_csv_row(names: list[str]) -> Callable[[list[str], int, int], CheckedLine | None]:
@@ -799,7 +797,7 @@ def _plain_csv_row(names: list[str]) -> Callable[[list[str], int, int], CheckedL
     `_check_row` and of the models certainly accepts (a cell per column, none
     oversized; ASCII ids; a quantity of at most 9 digits; a known reason; amounts of
     plain digits; one currency; no taxes), and writes what they would give (the same
-    JSON, through `cancelation_fields_json`). tests/test_streaming.py checks both paths
+    JSON, through `plain_cancelation_json`). tests/test_streaming.py checks both paths
     agree. It exists because a million-row file must be checked in seconds: the full
     check builds four model objects per row.
     """
@@ -812,8 +810,6 @@ def _plain_csv_row(names: list[str]) -> Callable[[list[str], int, int], CheckedL
     shipping_currency = at.get("shipping_currency")
     taxes = [at[name] for name in _TAX_COLUMNS if name in at]
     amount_ok = _PLAIN_AMOUNT.fullmatch
-    quantity_ok = _PLAIN_QUANTITY.fullmatch
-    currency_ok = _CURRENCY.fullmatch
     reasons = {text: reason.value for text, reason in _REASONS.items()}
     make = tuple.__new__  # a CheckedLine without NamedTuple's Python-level __new__
 
@@ -832,8 +828,10 @@ def _plain_csv_row(names: list[str]) -> Callable[[list[str], int, int], CheckedL
         price_text = cells[price].strip()
         shipping_text = cells[shipping].strip()
         money = cells[currency].strip().upper()
-        if (code is None or not quantity_ok(units) or not amount_ok(price_text)
-                or not amount_ok(shipping_text) or not currency_ok(money)):
+        # (Quantity: 1-9 ASCII digits; currency: three ASCII capitals, as _CURRENCY says.)
+        if (code is None or not (units.isdigit() and units.isascii() and len(units) <= 9)
+                or not amount_ok(price_text) or not amount_ok(shipping_text)
+                or not (len(money) == 3 and money.isascii() and money.isalpha())):
             return None
         if shipping_currency is not None:
             other = cells[shipping_currency].strip()
@@ -844,9 +842,9 @@ def _plain_csv_row(names: list[str]) -> Callable[[list[str], int, int], CheckedL
                 return None
         amount, shipping_amount = Decimal(price_text), Decimal(shipping_text)
         count = int(units)
-        return make(CheckedLine, (row, line, order_id, cancelation_fields_json(
-            count, code, money_json(_plain_json(price_text, amount), money),
-            money_json(_plain_json(shipping_text, shipping_amount), money), line_id or None,
+        return make(CheckedLine, (row, line, order_id, plain_cancelation_json(
+            count, code, _plain_json(price_text, amount),
+            _plain_json(shipping_text, shipping_amount), money, line_id or None,
             product_id or None), count, str(amount + shipping_amount), money))
 
     return check
