@@ -503,7 +503,11 @@ class Engine(Generic[Item]):
         finally:
             # Action ids and endings already seen are recorded before the pass ends.
             while self._recording:
-                await asyncio.gather(*self._recording, return_exceptions=True)
+                # Drop what is done here: a gather of done tasks need not yield to the
+                # loop, so their own done-callbacks may not have run yet (a spin on 3.13).
+                recording = list(self._recording)
+                await asyncio.gather(*recording, return_exceptions=True)
+                self._recording.difference_update(recording)
             unsubscribe()
             if own:
                 await tracker.close(drain=False)
