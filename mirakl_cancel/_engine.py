@@ -259,8 +259,9 @@ class Steps(Protocol[Item]):
     def cancel_request(self, item: Item) -> CancelRequest:
         """The request to send for a SEND/RESEND item."""
 
-    def tracked_action(self, item: Item) -> tuple[str, float | None]:
-        """A TRACK item's action id, and when the server last saw a read of it (wall)."""
+    def tracked_action(self, item: Item) -> tuple[str, float | None, float | None]:
+        """A TRACK item's action id, when the server last saw a read of it, and when it
+        accepted the cancel (wall; the first delay counts from there, not again)."""
 
     def send_key(self, item: Item) -> str | None:
         """The key carried on the cancel's hooks and spans (`Call.request_key`)."""
@@ -281,8 +282,10 @@ class Steps(Protocol[Item]):
     def accept_failed(self, item: Item, action_id: str, error: BaseException) -> None:
         """Recording the action id failed: the item ends untracked."""
 
-    def tracking(self, item: Item, action_id: str, last_read: float | None) -> None:
-        """Its action is now tracked (`last_read`: the last read the server may have seen)."""
+    def tracking(self, item: Item, action_id: str, last_read: float | None,
+                 accepted_at: float | None = None) -> None:
+        """Its action is now tracked (`last_read`: the last read the server may have seen;
+        `accepted_at`: an earlier acceptance, None when just accepted)."""
 
     async def earlier_owner(self, action_id: str) -> str | None:
         """The label of the request of this run, already ended, that was given
@@ -467,8 +470,8 @@ class Engine(Generic[Item]):
             item, choice = got
             if choice is Choice.TRACK:
                 self._begin()
-                action_id, last_read = self.steps.tracked_action(item)
-                self._track(item, action_id, last_read)
+                action_id, last_read, accepted_at = self.steps.tracked_action(item)
+                self._track(item, action_id, last_read, accepted_at)
                 return
             if self.stop.is_set():
                 return  # not sent: the caller's record of it is unchanged
@@ -573,18 +576,20 @@ class Engine(Generic[Item]):
             return
         self._track(item, action_id, None)
 
-    def _track(self, item: Item, action_id: str, last_read: float | None) -> None:
+    def _track(self, item: Item, action_id: str, last_read: float | None,
+               accepted_at: float | None = None) -> None:
         tracker = self.tracker
         assert tracker is not None
         self._owners[action_id] = item
         try:
-            tracker.add(action_id, order_id=self.steps.order_id(item), last_polled_at=last_read)
+            tracker.add(action_id, order_id=self.steps.order_id(item), last_polled_at=last_read,
+                        accepted_at=accepted_at)
         except (RuntimeError, ValidationError):  # closed, or an action id it refuses
             self._owners.pop(action_id, None)
             self._background(self._ending(item, self.steps.untracked(item, action_id)))
             return
         self._tracking.add(action_id)
-        self.steps.tracking(item, action_id, last_read)
+        self.steps.tracking(item, action_id, last_read, accepted_at)
 
     def _on_tracked(self, result: TrackedResult) -> None:
         action_id = result.action_id

@@ -115,7 +115,7 @@ from .models import (
     CancelRequest,
 )
 from .reconcile import ReconcilePolicy, Reconciliation, SentCancel, Verdict
-from .tracker import ActionTracker, PollPolicy, TrackedResult
+from .tracker import ActionTracker, PollPolicy, TrackedResult, first_read_due
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SOME_FAILED", "JobOptions",
            "check_job_paths", "default_journal_path", "reconcile_job", "run_job"]
@@ -309,7 +309,8 @@ class _Run:
     def _note(self, text: str) -> None:
         if not self.options.quiet:
             self.progress.clear()
-            print(text, file=self.err, flush=True)
+            # Notes quote ids and messages from the server or the input file: escaped.
+            print(printable(text, limit=None), file=self.err, flush=True)
 
     # the engine's steps: what a request is ----------------------------------------------
 
@@ -323,9 +324,9 @@ class _Run:
         body = loads(item.body)
         return structure_request(item.order_id, body["cancelations"])
 
-    def tracked_action(self, item: JournalRequest) -> tuple[str, float | None]:
+    def tracked_action(self, item: JournalRequest) -> tuple[str, float | None, float | None]:
         assert item.action_id is not None
-        return item.action_id, item.last_contact()
+        return item.action_id, item.last_contact(), item.accepted_at
 
     def send_key(self, item: JournalRequest) -> str | None:
         return item.key  # the journal key, on the cancel's span
@@ -473,14 +474,12 @@ class _Run:
         self.progress.read_done(
             action_id, None if final else time.time() + self.options.policy.interval)
 
-    def tracking(self, item: JournalRequest, action_id: str, last_read: float | None) -> None:
+    def tracking(self, item: JournalRequest, action_id: str, last_read: float | None,
+                 accepted_at: float | None = None) -> None:
         self.keys[action_id] = item.key
-        # When the tracker will read it first (its rule: the first delay from now, and
-        # never within the ceiling of the last read), for the progress line.
-        policy = self._policy
-        due = time.time() + policy.first_delay
-        if last_read is not None:
-            due = max(due, last_read + policy.min_interval)
+        # When the tracker will read it first (its rule), for the progress line.
+        due = first_read_due(self._policy, time.time(), accepted_at=accepted_at,
+                             last_read=last_read)
         self.progress.tracking += 1
         self.progress.read_due(action_id, due)
 

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from ._constants import DEFAULT_PROGRESS_INTERVAL
+from ._text import printable
 
 __all__ = ["RATE_WINDOW", "Progress", "ProgressLogHandler", "terminal_width"]
 
@@ -179,7 +180,7 @@ class Progress:
     def phase(self) -> str:
         """What the job is doing or waiting for, in words."""
         if self.waiting:
-            return self.waiting
+            return printable(self.waiting)  # may quote ids from the server or the file
         if self.sends_over < self.to_send:
             return f"sending: {self.sent:,}/{self.to_send:,} sent"
         if self.tracking <= 0:
@@ -237,7 +238,7 @@ class Progress:
     def note(self, text: str) -> None:
         """Print `text` on its own line above the live line (which comes back next tick)."""
         self.clear()
-        print(text, file=self.stream, flush=True)
+        print(printable(text, limit=None), file=self.stream, flush=True)
 
     def clear(self) -> None:
         """Erase the live line (before a log line or the summary); redrawn on the next tick."""

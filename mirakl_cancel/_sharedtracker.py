@@ -237,11 +237,14 @@ class SharedActionTracker(ActionTracker):
         self._wakeup.set()
 
     def track(self, action_id: str, *, order_id: str | None = None,
-              last_polled_at: float | datetime | None = None) -> asyncio.Future[ActionStatus]:
+              last_polled_at: float | datetime | None = None,
+              accepted_at: float | datetime | None = None) -> asyncio.Future[ActionStatus]:
         """Track `action_id` fleet-wide; the future resolves with its final status,
         whichever worker reads it. (`last_polled_at` is not needed: the fleet's read
-        reservations already know every read made through a client with this store.)"""
-        del last_polled_at
+        reservations already know every read made through a client with this store;
+        `accepted_at` is taken for the tracker's signature: the row's first read is
+        due `first_delay` after it is written.)"""
+        del last_polled_at, accepted_at
         future = self._waiters.get(action_id)
         if future is None or future.cancelled():
             if not isinstance(action_id, str) or not action_id:
@@ -257,10 +260,11 @@ class SharedActionTracker(ActionTracker):
         return future
 
     def add(self, action_id: str, *, order_id: str | None = None,
-            last_polled_at: float | datetime | None = None) -> None:
+            last_polled_at: float | datetime | None = None,
+            accepted_at: float | datetime | None = None) -> None:
         """Like `track()`, keeping nothing in this worker (use `await add_shared()` to
         know the row is written)."""
-        del last_polled_at
+        del last_polled_at, accepted_at
         self._keep(asyncio.get_running_loop().create_task(
             self.add_shared(action_id, order_id=order_id)))
 

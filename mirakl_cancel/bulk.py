@@ -177,7 +177,7 @@ class _Results:
     def cancel_request(self, item: CancelRequest) -> CancelRequest:
         return item
 
-    def tracked_action(self, item: CancelRequest) -> tuple[str, float | None]:
+    def tracked_action(self, item: CancelRequest) -> tuple[str, float | None, float | None]:
         raise AssertionError("cancel_and_track only sends")  # pragma: no cover
 
     def send_key(self, item: CancelRequest) -> str | None:
@@ -211,7 +211,8 @@ class _Results:
                       error: BaseException) -> None:  # pragma: no cover (nothing to record)
         raise AssertionError("cancel_and_track records nothing")
 
-    def tracking(self, item: CancelRequest, action_id: str, last_read: float | None) -> None:
+    def tracking(self, item: CancelRequest, action_id: str, last_read: float | None,
+                 accepted_at: float | None = None) -> None:
         pass
 
     async def duplicate(self, item: CancelRequest, outcome: CancelOutcome, other: str) -> None:

@@ -546,12 +546,8 @@ def _reconcile_command(args: argparse.Namespace) -> int:
 
 def _ready_in(client: MiraklConnectClient, action_id: str) -> float:
     """Seconds until `action_id` may be read without breaking the once-a-minute ceiling,
-    counting every read of it on this machine the client knows of (`poll_ready_in`)."""
-    ready_in = getattr(client, "poll_ready_in", None)
-    if ready_in is not None:
-        return max(0.0, float(ready_in(action_id)))
-    # A client without it keeps the ceiling in its transport's guard (this process only).
-    return max(0.0, client.transport.poll_guard.ready_at(action_id) - time.monotonic())
+    counting every read of it on this machine the client knows of."""
+    return max(0.0, client.poll_ready_in(action_id))
 
 
 def _at(seconds: float) -> str:

@@ -219,12 +219,29 @@ def _consume(future: asyncio.Future[ActionStatus]) -> None:
         future.exception()
 
 
-def _wall_seconds(value: float | datetime) -> float:
+def _wall_seconds(value: float | datetime, name: str = "last_polled_at") -> float:
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            raise ValueError("last_polled_at must be timezone-aware (or epoch seconds)")
+            raise ValueError(f"{name} must be timezone-aware (or epoch seconds)")
         return value.timestamp()
     return float(value)
+
+
+def first_read_due(policy: PollPolicy, now: float, *, accepted_at: float | None = None,
+                   last_read: float | None = None, gap: float | None = None) -> float:
+    """When a newly tracked action is read first, in the time base of the arguments.
+
+    The first delay follows the acceptance: `accepted_at` (an earlier run's, on a
+    resume; never later than `now`) or else now, so a resumed job does not wait it a
+    second time. And never within the ceiling (`gap`, default the policy's
+    `min_interval`) of the last read anyone made. The tracker schedules by this rule
+    and the job's progress line announces the same time.
+    """
+    start = now if accepted_at is None else min(now, accepted_at)
+    due = start + policy.first_delay
+    if last_read is not None:
+        due = max(due, last_read + (policy.min_interval if gap is None else gap))
+    return due
 
 
 class ActionTracker:
@@ -385,17 +402,20 @@ class ActionTracker:
     # --- adding actions ---------------------------------------------------------------
 
     def track(self, action_id: str, *, order_id: str | None = None,
-              last_polled_at: float | datetime | None = None) -> asyncio.Future[ActionStatus]:
+              last_polled_at: float | datetime | None = None,
+              accepted_at: float | datetime | None = None) -> asyncio.Future[ActionStatus]:
         """Follow `action_id`; the future resolves to its final (SUCCESS/FAILED) status.
 
         Tracking an id already tracked returns the same future. The future fails with
         `ActionTimeoutError` at the policy's timeout, `NotFoundError` if the API does
         not know the action. `last_polled_at` (epoch seconds or an aware datetime) is
         when someone else last read the action: the first read waits for the interval.
+        `accepted_at` (same forms) is when the API accepted it, if not just now (a
+        resumed job): the first delay counts from there, not again from now.
         Awaiting the future directly and being cancelled cancels it for every waiter:
         prefer `wait()`, which shields it.
         """
-        record = self._add_now(action_id, order_id, last_polled_at)
+        record = self._add_now(action_id, order_id, last_polled_at, accepted_at)
         future = record.future
         if future is None or future.cancelled():
             future = asyncio.get_running_loop().create_future()
@@ -404,11 +424,12 @@ class ActionTracker:
         return future
 
     def add(self, action_id: str, *, order_id: str | None = None,
-            last_polled_at: float | datetime | None = None) -> None:
+            last_polled_at: float | datetime | None = None,
+            accepted_at: float | datetime | None = None) -> None:
         """Like `track()` without creating a future: for callers that read results
         through `as_completed()` or `subscribe()` and want the smallest footprint.
         """
-        self._add_now(action_id, order_id, last_polled_at)
+        self._add_now(action_id, order_id, last_polled_at, accepted_at)
 
     async def wait(self, action_id: str) -> ActionStatus:
         """Track `action_id` if needed and wait for its final status.
@@ -419,7 +440,8 @@ class ActionTracker:
         return await asyncio.shield(self.track(action_id))
 
     def _add_now(self, action_id: str, order_id: str | None,
-                 last_polled_at: float | datetime | None) -> _Tracked:
+                 last_polled_at: float | datetime | None,
+                 accepted_at: float | datetime | None = None) -> _Tracked:
         if not isinstance(action_id, str) or not action_id:
             raise ValidationError([ValidationIssue("action_id", "must be a non-empty string")])
         existing = self._actions.get(action_id)
@@ -432,19 +454,22 @@ class ActionTracker:
             # A read "in the future" (a skewed or tampered clock) counts as just made:
             # the next read waits the full interval, never longer.
             last = min(now, now - (self._clock.wall() - _wall_seconds(last_polled_at)))
-        return self._add(action_id, order_id, tracked_at=now, last_polled=last, gap=self._min)
+        accepted = None
+        if accepted_at is not None:
+            accepted = now - (self._clock.wall() - _wall_seconds(accepted_at, "accepted_at"))
+        return self._add(action_id, order_id, tracked_at=now, last_polled=last, gap=self._min,
+                         accepted=accepted)
 
     def _check_open(self) -> None:
         if self._closing:
             raise RuntimeError("this ActionTracker is closed")
 
     def _add(self, action_id: str, order_id: str | None, *, tracked_at: float,
-             last_polled: float | None, gap: float) -> _Tracked:
+             last_polled: float | None, gap: float, accepted: float | None = None) -> _Tracked:
         record = _Tracked(action_id, order_id, tracked_at, last_polled)
         self._actions[action_id] = record
-        due = tracked_at + self.policy.first_delay
-        if last_polled is not None:
-            due = max(due, last_polled + gap)
+        due = first_read_due(self.policy, tracked_at, accepted_at=accepted,
+                             last_read=last_polled, gap=gap)
         # A read made directly through the client (or another client) counts too.
         due = max(due, self._clock.monotonic() + self.client.poll_ready_in(action_id))
         self._ensure_started()

@@ -12,6 +12,7 @@ import os
 import shlex
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -424,11 +425,11 @@ def test_status_twice_within_a_minute_keeps_the_ceiling_across_processes(
     assert sim.stats_snapshot()["poll_violations"] == 0
 
 
-@pytest.mark.skip(reason="the streamed job no longer knows up front whether a pass sends")
 def test_a_resume_that_only_tracks_reads_without_a_second_first_delay(tmp_path: Path) -> None:
-    """The first delay follows an acceptance; a resume does not wait it again (with an
-    hour's first delay, the resumed run could only finish by reading at once, still
-    never within the ceiling of the earlier run's contact)."""
+    """The first delay follows the acceptance; a resume does not wait it again from its
+    own start. The operator resumes an hour after the cancels were accepted (their
+    journaled acceptance moved back an hour): with an hour's first delay, the resumed
+    run can only finish by reading at once, still never within the ceiling."""
     config = SimulatorConfig(time_scale=SCALE, processing_delay=(1.0, 5.0), seed=21)
     with ThreadedSimulator(config) as sim:
         orders = sim.generate_orders(5, (1, 1), wrong_state_ratio=0)
@@ -447,7 +448,15 @@ def test_a_resume_that_only_tracks_reads_without_a_second_first_delay(tmp_path: 
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
         assert not sim.stats_snapshot()["polls_per_action"]
+        db = sqlite3.connect(tmp_path / "lines.csv.journal.sqlite")
+        with db:
+            moved = db.execute("UPDATE requests SET accepted_at = accepted_at - 3600"
+                               " WHERE state = 'ACCEPTED'").rowcount
+        db.close()
+        assert moved == 5
         resumed = cli(*args, env=env_for(sim), timeout=120)
         assert resumed.returncode == 0, resumed.stderr
+        assert "first status reads due" not in resumed.stderr  # due at once: nothing to wait
         stats = sim.stats_snapshot()
         assert stats["poll_violations"] == 0 and stats["duplicate_posts"] == 0
+        assert sorted(stats["polls_per_action"].values()) == [1] * 5

@@ -87,6 +87,16 @@ def test_waits_say_what_for_and_until_when() -> None:
     assert "settling until 19:31:00" in progress.render()
 
 
+def test_waits_and_notes_escape_control_characters() -> None:
+    """Ids from the server or the file may carry terminal escapes: shown, never obeyed."""
+    progress, _ = _progress(200)
+    progress.waiting = "reading order \x1b[2Jo-1\u202e"
+    assert "\x1b" not in progress.render() and "\\x1b[2Jo-1\\u202e" in progress.phase()
+    progress.note("action \x07a-1\r\nforged")
+    written = progress.stream.getvalue()  # type: ignore[attr-defined]
+    assert "\\x07a-1\\x0d\\x0aforged\n" in written and "\x07" not in written
+
+
 def test_rates_are_recent_not_averaged_over_the_run() -> None:
     progress, clock = _progress(200)
     for _ in range(10):  # 10 s at 50 sends/s

@@ -27,7 +27,7 @@ from mirakl_cancel.errors import (
     ValidationError,
 )
 from mirakl_cancel.models import ActionError, ActionState, ActionStatus
-from mirakl_cancel.tracker import ActionTracker, PollPolicy, TrackedResult
+from mirakl_cancel.tracker import ActionTracker, PollPolicy, TrackedResult, first_read_due
 
 MIN = 60.0
 POLICY = PollPolicy(min_interval=MIN, interval=300.0, first_delay=60.0)
@@ -396,6 +396,40 @@ async def test_last_polled_at_delays_the_first_read(clock: ManualClock, client: 
         await tracker.aclose()
     assert rel(1000.0, client.starts("epoch")) == [40.0]
     assert rel(1000.0, client.starts("aware")) == pytest.approx([10.0])
+
+
+async def test_accepted_at_starts_the_first_delay_at_the_acceptance(
+        clock: ManualClock, client: FakeClient) -> None:
+    """A resumed job's action is read `first_delay` after it was accepted (not after it
+    is tracked again), never within the ceiling of its last contact, and never before
+    now (an acceptance "in the future" counts as just made)."""
+    policy = PollPolicy(min_interval=60.0, interval=300.0, first_delay=120.0)
+    async with ActionTracker(client, policy, clock=clock) as tracker:
+        tracker.add("resumed", accepted_at=clock.wall() - 100.0)
+        tracker.add("long-ago", accepted_at=clock.wall() - 3600.0,
+                    last_polled_at=clock.wall() - 30.0)
+        tracker.track("aware", accepted_at=datetime.fromtimestamp(clock.wall() - 90.0,
+                                                                   tz=timezone.utc))
+        tracker.add("future", accepted_at=clock.wall() + 500.0)
+        tracker.add("fresh")
+        with pytest.raises(ValueError, match="accepted_at must be timezone-aware"):
+            tracker.add("naive", accepted_at=datetime(2024, 1, 1))
+        await clock.advance(200.0)
+        await tracker.aclose()
+    assert rel(1000.0, client.starts("resumed")) == [20.0]
+    assert rel(1000.0, client.starts("long-ago")) == [30.0]
+    assert rel(1000.0, client.starts("aware")) == pytest.approx([30.0])
+    assert rel(1000.0, client.starts("future")) == [120.0]
+    assert rel(1000.0, client.starts("fresh")) == [120.0]
+
+
+def test_first_read_due_is_one_rule() -> None:
+    policy = PollPolicy(min_interval=60.0, interval=300.0, first_delay=30.0)
+    assert first_read_due(policy, 1000.0) == 1030.0
+    assert first_read_due(policy, 1000.0, accepted_at=900.0) == 930.0
+    assert first_read_due(policy, 1000.0, accepted_at=900.0, last_read=990.0) == 1050.0
+    assert first_read_due(policy, 1000.0, last_read=990.0, gap=100.0) == 1090.0
+    assert first_read_due(policy, 1000.0, accepted_at=2000.0) == 1030.0
 
 
 async def test_as_completed_includes_actions_tracked_while_iterating(
