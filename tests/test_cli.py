@@ -322,6 +322,10 @@ def test_demo_runs_to_its_summary(tmp_path: Path) -> None:
     assert "total" in result.stdout and "SUCCEEDED" in result.stdout
     assert "0 duplicate POSTs, 0 poll-ceiling violations" in result.stdout
     assert "demo: 0 request(s) left UNCERTAIN and 0 duplicate POSTs" in result.stdout
+    # The job's "sent" next to the simulator's "observed" comes with the reason they differ.
+    (figures,) = [line for line in result.stdout.splitlines()
+                  if line.startswith("demo: figures: the job sent ")]
+    assert "were answered 502 by the gateway before reaching it" in figures
     assert (tmp_path / "report.csv").exists()
 
 

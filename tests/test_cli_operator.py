@@ -7,6 +7,7 @@ as well as by what the CLI printed.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -460,3 +461,33 @@ def test_a_resume_that_only_tracks_reads_without_a_second_first_delay(tmp_path: 
         stats = sim.stats_snapshot()
         assert stats["poll_violations"] == 0 and stats["duplicate_posts"] == 0
         assert sorted(stats["polls_per_action"].values()) == [1] * 5
+
+
+# --- the documentation an operator reads (bugs 8 and 10) -----------------------------------
+
+
+def test_the_readme_lists_the_report_columns_in_their_order() -> None:
+    """The README's report section names every column, in the order the report writes."""
+    from mirakl_cancel._report import REPORT_FIELDS
+
+    text = " ".join((_REPO / "README.md").read_text(encoding="utf-8").split())
+    start = text.index("columns in this order: ")
+    listed = text[start:].split(". ", 1)[0]
+    named = [word.strip("`,") for word in listed.split() if word.startswith("`")
+             and word.strip("`,").islower()]
+    assert named == list(REPORT_FIELDS)
+
+
+def test_every_simulator_option_says_what_it_does_and_in_which_unit() -> None:
+    parser = cli_module.build_parser(load=("simulator",))
+    (sub,) = [action for action in parser._actions  # argparse keeps its subparsers there
+              if isinstance(action, argparse._SubParsersAction)]
+    options = [action for action in sub.choices["simulator"]._actions
+               if action.option_strings and action.dest != "help"]
+    assert options
+    undocumented = [action.option_strings[0] for action in options if not action.help]
+    assert not undocumented
+    by_name = {action.option_strings[0]: action.help or "" for action in options}
+    for timed in ("--latency", "--processing-delay", "--min-poll-interval", "--token-ttl"):
+        assert "scaled" in by_name[timed] and "seconds" in by_name[timed].lower(), timed
+    assert "REAL second" in by_name["--rate-limit"]
