@@ -26,7 +26,8 @@ from ._logging import configure_from_env as _configure_logging_from_env
 from ._metrics import PrometheusCollector
 from ._otel import TracingObserver
 from ._pgstore import PostgresStore
-from ._transport import Limits, RetryPolicy, Timeout, TransportStats
+from ._retry import RetryPolicy
+from ._transport import Limits, Timeout, TransportStats
 from ._version import __version__
 from .auth import Auth, ClientCredentials, StaticToken
 from .batching import CancelBatcher, CancelOutcome, LineCancel, group_by_order

@@ -83,6 +83,7 @@ from ._report import (
     row_outcome,
     summary_table,
 )
+from ._retry import RetryPolicy
 from ._sending import CancelOutcome
 from ._serde import cancelation_json, loads, request_body, structure_request
 from ._store import (
@@ -95,18 +96,15 @@ from ._store import (
     RequestState,
 )
 from ._text import printable
-from ._transport import RetryPolicy
 from .auth import Auth
 from .batching import group_by_order
 from .client import MiraklConnectClient
 from .errors import (
-    ApiError,
     AuthenticationError,
     ConnectError,
     MiraklError,
     NotFoundError,
     PermissionDeniedError,
-    UncertainDeliveryError,
 )
 from .journal import Journal, PlanStaging, SqliteStore
 from .models import (
@@ -126,10 +124,6 @@ EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-
-#: Status codes that prove the API refused a cancel before processing it.
-_REFUSED_UNPROCESSED = (401, 403, 429, 503)
-
 
 def default_journal_path(input_path: Path) -> Path:
     """`<input>.journal.sqlite` beside the input: the same command finds the same journal."""
@@ -227,16 +221,6 @@ def print_dry_run(staging: PlanStaging, max_lines: int | None, out: TextIO) -> N
           f"{_amounts(totals) or 'no amount'} (price + shipping + taxes)", file=out)
     if staging.invalid_rows:
         print(f"{staging.invalid_rows} invalid row(s) would be skipped", file=out)
-
-
-def _refused_unprocessed(error: MiraklError | None) -> bool:
-    """Whether `error` proves the cancel was not processed, so sending it again is safe."""
-    if error is None or isinstance(error, UncertainDeliveryError):
-        return False
-    if isinstance(error, ApiError):
-        return error.status in _REFUSED_UNPROCESSED
-    # No connection could be made: the request never left.
-    return isinstance(error, ConnectError)
 
 
 # --- the run --------------------------------------------------------------------------
@@ -376,7 +360,7 @@ class _Run:
             await self.store.mark_uncertain(item.key, errors)
         else:
             await self.store.mark_done(item.key, ending.outcome.value, errors=errors,
-                                       resendable=_refused_unprocessed(exc))
+                                       resendable=exc.resend_safe)  # decided by the transport
         if isinstance(exc, (AuthenticationError, PermissionDeniedError)):
             self.request_stop(f"stopping: the API refused our credentials ({exc}); "
                               "the remaining requests were not sent")

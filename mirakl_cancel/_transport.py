@@ -2,8 +2,10 @@
 
 It owns the session, the timeouts, the concurrency limit, the client-side rate limit,
 the shared pause after a 429, the retries, and the mapping of low-level failures to the
-public errors. Its one safety rule: a request that is not idempotent (a cancel) is
-retried only when the server certainly did not process it.
+public errors. Each failed attempt is described as plain data (`_retry.Attempt`) and
+`_retry.decide` says what to do; this module carries the decision out (sleeps, pauses,
+logs, raises). Its one safety rule, kept there: a request that is not idempotent (a
+cancel) is retried only when the server certainly did not process it.
 """
 
 from __future__ import annotations
@@ -12,27 +14,22 @@ import asyncio
 import email.utils
 import logging
 import math
+import random
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NamedTuple
 
 import aiohttp
 import attrs
-import backoff
 from yarl import URL
 
 from ._constants import (
     API_MIN_INTERVAL,
     DEFAULT_ANSWER_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_JSON_DEPTH,
-    DEFAULT_MAX_RETRY_AFTER,
     DEFAULT_READ_TIMEOUT,
-    DEFAULT_RETRY_BASE_DELAY,
-    DEFAULT_RETRY_MAX_DELAY,
-    DEFAULT_RETRY_MAX_TIME,
     USER_AGENT,
 )
 from ._hooks import Call, Hooks, RateLimitEvent, RequestEvent, ResponseEvent, RetryEvent
@@ -40,12 +37,22 @@ from ._logging import log_context
 from ._net import Network, current_network
 from ._pacing import FleetPacing
 from ._pollguard import PollGuard, shared_reads
+from ._retry import (
+    Attempt,
+    Decision,
+    Failure,
+    RetryPolicy,
+    Verdict,
+    decide,
+    resend_safe,
+)
 from ._serde import AnswerTooLarge, loads, parse_error_body, read_bounded
 from ._urls import check_base_url, encode_segment
 from .auth import Auth, credential_identity
 from .errors import (
     ApiError,
     ConnectError,
+    MiraklError,
     RateLimitError,
     ServerError,
     TransportError,
@@ -53,36 +60,9 @@ from .errors import (
     api_error_class,
 )
 
-__all__ = ["Limits", "Response", "RetryPolicy", "Timeout", "Transport", "TransportStats"]
+__all__ = ["Limits", "Response", "Timeout", "Transport", "TransportStats"]
 
 logger = logging.getLogger("mirakl_cancel")
-
-@attrs.frozen
-class RetryPolicy:
-    """How hard to try: exponential backoff with full jitter, bounded twice.
-
-    `retry_uncertain_posts` is for callers who reconcile duplicates themselves: it lets
-    a cancel whose answer was lost be sent again. Left off, such a cancel raises
-    `UncertainDeliveryError` instead, because the API has no idempotency key and a
-    repeated partial cancel cancels more units.
-    """
-
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    max_time: float = DEFAULT_RETRY_MAX_TIME
-    base_delay: float = DEFAULT_RETRY_BASE_DELAY
-    max_delay: float = DEFAULT_RETRY_MAX_DELAY
-    #: A Retry-After longer than this surfaces as RateLimitError rather than a silent sleep.
-    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
-    retry_uncertain_posts: bool = False
-
-    def __attrs_post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if min(self.max_time, self.base_delay, self.max_delay, self.max_retry_after) < 0:
-            raise ValueError("RetryPolicy durations must not be negative")
-
-
-NO_RETRY = RetryPolicy(max_attempts=1)
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -131,8 +111,6 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-
-
 @attrs.define
 class TransportStats:
     """Counters a caller can read at any time (e.g. for a job summary)."""
@@ -152,16 +130,26 @@ class Response:
     data: Any
 
 
-class _Retry(Exception):
-    """Internal: this attempt failed in a way that is safe to try again."""
+class _Failed(Exception):
+    """Internal: one attempt failed. `attempt` says how (the input of `decide`), `error`
+    is what is raised if it is not retried, `uncertain` what UncertainDeliveryError
+    says if the request may have been processed."""
 
-    def __init__(self, error: Exception, retry_after: float | None = None, *,
-                 sent: bool = True) -> None:
+    def __init__(self, attempt: Attempt, error: MiraklError, uncertain: str = "",
+                 token: str = "") -> None:
         super().__init__(str(error))
+        self.attempt = attempt
         self.error = error
-        self.retry_after = retry_after
-        #: False when the request certainly never left (no connection, no token).
-        self.sent = sent
+        self.uncertain = uncertain
+        #: The token a 401 refused (to renew it only if it is still the current one).
+        self.token = token
+        # Decided once, here where the error is made: the job and the engine read it.
+        error.resend_safe = resend_safe(attempt)
+
+    def pop_token(self) -> str:
+        """The refused token, kept no longer (in no local, no error, no frame)."""
+        token, self.token = self.token, ""
+        return token
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -317,7 +305,7 @@ class Transport:
         on_send: Callable[[], Awaitable[None] | None] | None = None,
         call: Call | None = None,
     ) -> Response:
-        """Perform one logical request, retrying what is safe to retry.
+        """Perform one logical request, retrying what is safe to retry (`_retry.decide`).
 
         `poll_key` names a resource whose reads the API limits in frequency (an action,
         or the order listing): every attempt for it, retries included, waits for
@@ -328,135 +316,138 @@ class Transport:
         """
         policy = retry or self.retry
         guard = guard or self.poll_guard
-        delays: Iterator[float] | None = None  # made on the first retry: most calls need none
+        exchange = _Exchange(method, url, body, params, idempotent, expected, on_send, call)
         started = time.monotonic()
-        attempt = 0
+        tries = 0
         refreshed = False
         context = log_context.get()  # the ids the client set, for log records
         while True:
-            attempt += 1
+            tries += 1
             if context is not None:
-                context.attempt = attempt
+                context.attempt = tries
             try:
                 if poll_key is None:
-                    return await self._attempt(
-                        method, url, body, params, idempotent, expected, on_send, call)
-                # Wait for the slot and claim it before sending (in memory and on disk, at
-                # once), so that a concurrent read of the same key, in this process or
-                # another, waits too; the end of the attempt is recorded below.
-                claim = await guard.acquire(poll_key)
-                fleet = self.fleet
-                reservation: object = None
-                try:
-                    if fleet is not None:
-                        # The fleet's reservation too (on the store's clock), before the
-                        # read leaves; a failure here sent nothing (the claim is released).
-                        reservation = await fleet.claim_read(
-                            f"{'action' if guard is self.poll_guard else 'list'}:{poll_key}",
-                            guard.min_interval)
-                    response = await self._attempt(
-                        method, url, body, params, idempotent, expected, on_send, call)
-                except BaseException as exc:
-                    never_sent = _never_sent(exc)
-                    if never_sent:
-                        guard.release(claim)  # nothing reached the server: not a read
-                    else:
-                        guard.record(poll_key)
-                    if reservation is not None and fleet is not None:
-                        await fleet.end_read(reservation, sent=not never_sent)
-                    raise
-                guard.record(poll_key)
-                if reservation is not None and fleet is not None:
-                    await fleet.end_read(reservation, sent=True)
-                return response
-            except _AuthExpired as expired:
-                used, expired.token = expired.token, ""  # keep no token in the error chain
-                if refreshed or not self.auth.invalidate(used):
-                    raise expired.error from None
+                    return await self._attempt(exchange)
+                return await self._read_attempt(exchange, poll_key, guard)
+            except _Failed as exc:
+                # Decided below, outside the handler (no exception context); without its
+                # traceback, whose frames hold the token sent.
+                failed = exc.with_traceback(None)
+            decision = decide(
+                failed.attempt, idempotent=idempotent, tries=tries,
+                elapsed=time.monotonic() - started, policy=policy, refreshed=refreshed,
+                jitter=random.random(),
+                ready_in=0.0 if poll_key is None else guard.ready_in(poll_key))
+            if decision.verdict is Verdict.REFRESH_TOKEN:
+                if not self.auth.invalidate(failed.pop_token()):
+                    raise failed.error from None
                 refreshed = True
                 self.stats.token_refreshes += 1
                 logger.info("401 from %s %s: renewing the token once", method, url.path,
                             extra={"status": 401})
-                attempt -= 1  # a token refresh is not a retry of the request
+                tries -= 1  # a token refresh is not a retry of the request
                 continue
-            except _Retry as retry:
-                error = retry.error
-                if delays is None:
-                    delays = backoff.expo(base=2, factor=policy.base_delay,
-                                          max_value=policy.max_delay)
-                    next(delays)  # backoff's generators yield a priming 0 first
-                jittered = backoff.full_jitter(next(delays))
-                delay = jittered if retry.retry_after is None else max(retry.retry_after, jittered)
-                if isinstance(error, RateLimitError):
-                    # Whoever got the 429, the whole client holds back (even if we give up).
-                    self.pause(delay)
-                    if call is not None:
-                        self.hooks.emit("rate_limit", RateLimitEvent(call, attempt, delay))
-                    if self.fleet is not None:
-                        await self.fleet.pause(delay)
-                if retry.retry_after is not None and retry.retry_after > policy.max_retry_after:
-                    raise error from None
-                # The real wait: a read of a ceilinged resource also waits for its guard.
-                wait = delay if poll_key is None else max(delay, guard.ready_in(poll_key))
-                elapsed = time.monotonic() - started
-                if attempt >= policy.max_attempts or elapsed + wait > policy.max_time:
-                    raise error from None
-                self.stats.retries += 1
-                if call is not None:
-                    self.hooks.emit("retry", RetryEvent(call, attempt, wait, _describe(error)))
-                logger.info("retrying %s %s in %.2fs after %s (attempt %d of %d)",
-                            method, url.path, wait, _describe(error), attempt + 1,
-                            policy.max_attempts, extra={"status": _status_of(error)})
-                if not isinstance(error, RateLimitError):  # a 429 waits in _pace instead
-                    await asyncio.sleep(delay)
+            failed.pop_token()  # (a second 401's): no token stays in a frame of an error
+            await self._perform(decision, failed, exchange, tries, policy)
 
-    async def _attempt(
-        self,
-        method: str,
-        url: URL,
-        body: bytes | None,
-        params: Sequence[tuple[str, str]] | None,
-        idempotent: bool,
-        expected: Sequence[int],
-        on_send: Callable[[], Awaitable[None] | None] | None = None,
-        call: Call | None = None,
-    ) -> Response:
+    async def _perform(self, decision: Decision, failed: _Failed, exchange: _Exchange,
+                       tries: int, policy: RetryPolicy) -> None:
+        """Carry out a retry, raise or uncertain decision (returns only to retry)."""
+        error = failed.error
+        if decision.pause:
+            # Whoever got the 429, the whole client holds back (even if we give up).
+            self.pause(decision.delay)
+            if exchange.call is not None:
+                self.hooks.emit("rate_limit", RateLimitEvent(exchange.call, tries,
+                                                             decision.delay))
+            if self.fleet is not None:
+                await self.fleet.pause(decision.delay)
+        if decision.verdict is Verdict.UNCERTAIN:
+            self.stats.uncertain += 1
+            logger.warning("%s %s: %s; it will not be sent again", exchange.method,
+                           exchange.url.path, failed.uncertain,
+                           extra={"status": _status_of(error)})
+            raise UncertainDeliveryError(failed.uncertain) from error
+        if decision.verdict is Verdict.RAISE:
+            raise error from None
+        self.stats.retries += 1
+        if exchange.call is not None:
+            self.hooks.emit("retry", RetryEvent(exchange.call, tries, decision.wait,
+                                                _describe(error)))
+        logger.info("retrying %s %s in %.2fs after %s (attempt %d of %d)",
+                    exchange.method, exchange.url.path, decision.wait, _describe(error),
+                    tries + 1, policy.max_attempts, extra={"status": _status_of(error)})
+        if not decision.pause:  # a 429 waits in _pace instead
+            await asyncio.sleep(decision.delay)
+
+    async def _read_attempt(self, exchange: _Exchange, poll_key: str,
+                            guard: PollGuard) -> Response:
+        """An attempt at a read of a ceilinged resource: it waits for the slot and claims
+        it before sending (in memory and on disk, at once), so that a concurrent read of
+        the same key, in this process or another, waits too."""
+        claim = await guard.acquire(poll_key)
+        fleet = self.fleet
+        reservation: object = None
+        try:
+            if fleet is not None:
+                # The fleet's reservation too (on the store's clock), before the read
+                # leaves; a failure here sent nothing (the claim is released).
+                reservation = await fleet.claim_read(
+                    f"{'action' if guard is self.poll_guard else 'list'}:{poll_key}",
+                    guard.min_interval)
+            response = await self._attempt(exchange)
+        except BaseException as exc:
+            never_sent = _never_sent(exc)
+            if never_sent:
+                guard.release(claim)  # nothing reached the server: not a read
+            else:
+                guard.record(poll_key)
+            if reservation is not None and fleet is not None:
+                await fleet.end_read(reservation, sent=not never_sent)
+            raise
+        guard.record(poll_key)
+        if reservation is not None and fleet is not None:
+            await fleet.end_read(reservation, sent=True)
+        return response
+
+    async def _attempt(self, exchange: _Exchange) -> Response:
+        """One attempt: wait for a slot, get a token, send, read the whole answer.
+        Any failure is a `_Failed` saying how (a long 429 pause: RateLimitError)."""
         session = self.session
+        method, url, call = exchange.method, exchange.url, exchange.call
         async with self._semaphore:
-            if self.fleet is not None:  # one schedule and one 429 pause for the fleet
-                await self.fleet.pace(self.rate_limit, self.retry.max_retry_after)
-            elif self.rate_limit is not None or self._paused_until:
-                await self._pace()
-            network = self.network
-            reset = current_network.set(network)
             try:
-                token = await self.auth.token(session)
-            except (TransportError, ServerError) as exc:
-                # Nothing of ours was sent yet: always safe to try again.
-                raise _Retry(exc, sent=False) from None
-                raise _Retry(exc) from None
-            finally:
-                current_network.reset(reset)
+                if self.fleet is not None:  # one schedule and one 429 pause for the fleet
+                    await self.fleet.pace(self.rate_limit, self.retry.max_retry_after)
+                elif self.rate_limit is not None or self._paused_until:
+                    await self._pace()
+            except RateLimitError as exc:
+                # A long 429 pause stopped the attempt before it left: sending it later
+                # is safe (decided here, where the error reaches the request).
+                exc.resend_safe = True
+                raise
+            token = await self._token(session)
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json",
                        "User-Agent": USER_AGENT}  # also on a session the caller gave us
-            if body is not None:
+            if exchange.body is not None:
                 headers["Content-Type"] = "application/json"
+            network = self.network
             proxy, proxy_headers = network.route(url, headers)
             self.stats.requests += 1
-            if on_send is not None:
-                marked = on_send()
+            if exchange.on_send is not None:
+                marked = exchange.on_send()
                 if marked is not None:  # e.g. a durable journal mark: it must land first
                     await marked
             if call is not None:
                 call.attempts += 1
                 self.hooks.emit("request", RequestEvent(call, call.attempts))
                 sent = time.monotonic()
-            failure: Exception | None = None
+            failure: _Failed | None = None
             status = 0
             try:
                 async with session.request(
-                    method, url, data=body, params=params, headers=headers,
-                    timeout=self._client_timeout, allow_redirects=False,
+                    method, url, data=exchange.body, params=exchange.params,
+                    headers=headers, timeout=self._client_timeout, allow_redirects=False,
                     proxy=proxy, proxy_headers=proxy_headers, ssl=network.ssl,
                 ) as response:
                     status = response.status
@@ -466,19 +457,21 @@ class Transport:
                         response.close()  # do not drain the rest into a pooled connection
                         raise
                     # Headers matter only for an error answer: skip parsing them otherwise.
-                    failed = status not in expected
+                    failed = status not in exchange.expected
                     retry_after_header = response.headers.get("Retry-After") if failed else None
                     content_type = response.content_type if failed else ""
             except asyncio.CancelledError:
                 raise
             except AnswerTooLarge as exc:
-                failure = self._unreadable(ServerError(status, None, str(exc)), method, url,
-                                           idempotent)
+                too_large = ServerError(status, None, str(exc))
+                failure = _Failed(Attempt(Failure.UNREADABLE, status), too_large,
+                                  f"{method} {url.path} may have been processed: its answer "
+                                  f"was refused ({too_large.message})")
             except Exception as exc:
                 if call is not None:
                     self.hooks.emit("response", ResponseEvent(
                         call, call.attempts, None, time.monotonic() - sent, type(exc).__name__))
-                failure = self._map_failure(exc, method, url, idempotent)
+                failure = _map_failure(exc, method, url)
             if failure is not None:
                 # Raised outside the except block: aiohttp's exception (whose request
                 # info holds our Authorization header) must not become its __context__.
@@ -487,110 +480,86 @@ class Transport:
             call.status = status
             self.hooks.emit("response", ResponseEvent(
                 call, call.attempts, status, time.monotonic() - sent))
-        if status in expected:
+        if status in exchange.expected:
             try:
                 return Response(status, self._loads(raw) if raw else None)
             except ValueError as exc:
                 unreadable = ServerError(status, None, f"answer is not valid JSON: {exc}",
                                          body=_snippet(raw))
-            if idempotent:
-                raise unreadable
             # A success status means the request *was* processed: never resend it.
-            self.stats.uncertain += 1
-            raise UncertainDeliveryError(
-                f"{method} {url.path} answered {status} with an unreadable body: it was "
-                "processed, but its result is unknown") from unreadable
+            raise _Failed(Attempt(Failure.UNREADABLE, status), unreadable,
+                          f"{method} {url.path} answered {status} with an unreadable body: "
+                          "it was processed, but its result is unknown")
         error = _api_error(status, raw, content_type, retry_after_header,
                            self.limits.max_json_depth)
-        if 200 <= status < 300 and not idempotent:
-            # A success status we did not expect still means the request was processed.
-            self.stats.uncertain += 1
-            raise UncertainDeliveryError(
-                f"{method} {url.path} answered {status}, which this client does not expect: "
-                "it was processed, but its result is unknown") from error
-        if status == 401:
-            raise _AuthExpired(token, error)
         if status == 429:
             self.stats.rate_limited += 1
             logger.warning("429 from %s %s (Retry-After: %s): pausing all requests",
                            method, url.path, retry_after_header or "none",
                            extra={"status": 429})
-            raise _Retry(error, error.retry_after)
-        if status == 503:
-            raise _Retry(error, error.retry_after)
-        if status >= 500:
-            if idempotent:
-                raise _Retry(error, error.retry_after)
-            raise self._uncertain(error, method, url)
-        raise error
+        if 200 <= status < 300:
+            uncertain = (f"{method} {url.path} answered {status}, which this client does "
+                         "not expect: it was processed, but its result is unknown")
+        else:
+            uncertain = f"{method} {url.path} may have been processed: {_describe(error)}"
+        raise _Failed(Attempt(Failure.ANSWER, status, error.retry_after), error, uncertain,
+                      token=token if status == 401 else "")
+
+    async def _token(self, session: aiohttp.ClientSession) -> str:
+        """The bearer token for the next attempt; a failure to get one sent nothing."""
+        reset = current_network.set(self.network)
+        failure: _Failed | None = None
+        try:
+            return await self.auth.token(session)
+        except (TransportError, ServerError) as exc:
+            failure = _Failed(Attempt(Failure.NOT_SENT), exc)
+        finally:
+            current_network.reset(reset)
+        raise failure from None
 
     def _loads(self, raw: bytes) -> Any:
         return loads(raw, max_depth=self.limits.max_json_depth)
 
-    def _unreadable(self, error: ServerError, method: str, url: URL,
-                    idempotent: bool) -> Exception:
-        """An answer that broke a bound: an error for a read, UNCERTAIN for a cancel
-        (whatever its status said, the cancel reached the server)."""
-        if idempotent:
-            return error
-        self.stats.uncertain += 1
-        logger.warning("%s %s: %s; it may have been processed and will not be sent again",
-                       method, url.path, error.message)
-        uncertain = UncertainDeliveryError(
-            f"{method} {url.path} may have been processed: its answer was refused "
-            f"({error.message})")
-        uncertain.__cause__ = error
-        return uncertain
 
-    def _uncertain(self, error: Exception, method: str, url: URL) -> Exception:
-        """A non-idempotent request may have been processed: surface it, or retry if opted in."""
-        if self.retry.retry_uncertain_posts:
-            return _Retry(error)
-        self.stats.uncertain += 1
-        logger.warning("%s %s may have been processed, but its answer was lost (%s): "
-                       "it will not be sent again", method, url.path, _describe(error),
-                       extra={"status": _status_of(error)})
-        uncertain = UncertainDeliveryError(
-            f"{method} {url.path} may have been processed: {_describe(error)}")
-        uncertain.__cause__ = error
-        return uncertain
+class _Exchange(NamedTuple):
+    """The request `Transport.request` makes, the same for each of its attempts (a
+    tuple: made once per request, on the hot path)."""
 
-    def _map_failure(self, exc: BaseException, method: str, url: URL,
-                     idempotent: bool) -> Exception:
-        """The one mapping from aiohttp/asyncio failures to retry-or-raise decisions."""
-        if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
-            # The connection was never established: the request was certainly not sent.
-            return _Retry(ConnectError(f"cannot connect to {url.host}: {_describe(exc)}"),
-                          sent=False)
-        if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError)):
-            error = TransportError(f"{method} {url.path} failed: {_describe(exc)}")
-            return _Retry(error) if idempotent else self._uncertain(error, method, url)
-        error = TransportError(f"{method} {url.path} failed: {_describe(exc)}")
-        # Something unforeseen broke the exchange: nothing says the request did not
-        # leave, so a cancel must be reported as possibly processed, never as a plain
-        # failure that a caller (or a re-run) would feel free to send again.
-        return error if idempotent else self._uncertain(error, method, url)
+    method: str
+    url: URL
+    body: bytes | None
+    params: Sequence[tuple[str, str]] | None
+    idempotent: bool
+    expected: Sequence[int]
+    on_send: Callable[[], Awaitable[None] | None] | None
+    call: Call | None
+
+
+def _map_failure(exc: BaseException, method: str, url: URL) -> _Failed:
+    """The one mapping from aiohttp/asyncio failures to what an attempt came to."""
+    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+        # The connection was never established: the request was certainly not sent.
+        return _Failed(Attempt(Failure.NOT_SENT),
+                       ConnectError(f"cannot connect to {url.host}: {_describe(exc)}"))
+    error = TransportError(f"{method} {url.path} failed: {_describe(exc)}")
+    # Something unforeseen broke the exchange: nothing says the request did not leave,
+    # so a cancel must be reported as possibly processed, never as a plain failure that
+    # a caller (or a re-run) would feel free to send again.
+    broken = isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError))
+    return _Failed(Attempt(Failure.BROKEN if broken else Failure.UNFORESEEN), error,
+                   f"{method} {url.path} may have been processed: {_describe(error)}")
 
 
 def _never_sent(exc: BaseException) -> bool:
     """Whether a failed attempt certainly never reached the server.
 
     True for a refused connection, a failed token fetch, or a long 429 pause that
-    stopped the attempt before it left (the one RateLimitError not wrapped in _Retry).
+    stopped the attempt before it left (the one RateLimitError not wrapped in _Failed).
     Anything else, cancellation included, may have reached it.
     """
-    if isinstance(exc, _Retry):
-        return not exc.sent
+    if isinstance(exc, _Failed):
+        return not exc.attempt.sent
     return isinstance(exc, RateLimitError)
-
-
-class _AuthExpired(Exception):
-    """Internal: a 401, to be retried once with a fresh token."""
-
-    def __init__(self, token: str, error: ApiError) -> None:
-        super().__init__(str(error))
-        self.token = token
-        self.error = error
 
 
 def _status_of(error: BaseException) -> int | None:

@@ -38,6 +38,7 @@ from ._net import Network
 from ._otel import auto_instrument
 from ._pacing import SharedStore, fleet_key
 from ._pollguard import PollGuard, shared_reads
+from ._retry import NO_RETRY, RetryPolicy
 from ._sending import CancelOutcome, send_many
 from ._serde import (
     converter,
@@ -50,9 +51,7 @@ from ._serde import (
 )
 from ._transport import (
     DEFAULT_LIMITS,
-    NO_RETRY,
     Limits,
-    RetryPolicy,
     Timeout,
     Transport,
     TransportStats,

@@ -28,7 +28,7 @@ from typing import TextIO
 
 from ._constants import API_MIN_INTERVAL
 from ._job import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, JobOptions, run_job
-from ._transport import RetryPolicy
+from ._retry import RetryPolicy
 from .auth import ClientCredentials
 from .journal import Journal, JournalError, RequestState
 from .models import CancelReason

@@ -54,7 +54,35 @@ class ValidationIssue:
 
 
 class MiraklError(Exception):
-    """Base class of every error raised by mirakl-cancel."""
+    """Base class of every error raised by mirakl-cancel.
+
+    `resend_safe` says whether the request that failed certainly did not take effect,
+    for a reason other than its content: it never left (no connection, no token, a
+    long 429 pause), or the API refused it before processing it (401, 403, 429, 503).
+    Sending the same cancel again, later or with other credentials, cannot then cancel
+    twice. It is decided once, where the error is made (the transport), and is False
+    for anything else: a 400 or 404 (the same request would be refused again), and
+    always for `UncertainDeliveryError`.
+
+    Every error pickles and unpickles with its attributes (to cross a process pool);
+    its cause and traceback are not kept, as for any pickled exception.
+    """
+
+    resend_safe: bool = False
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default rebuilds an exception as `type(*args)`: subclasses whose __init__
+        # takes other arguments (ApiError's status, code, message) could not be unpickled.
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+def _restore(cls: type[MiraklError], args: tuple[Any, ...],
+             state: dict[str, Any]) -> MiraklError:
+    """Unpickle a `MiraklError` without calling its __init__ (see `__reduce__`)."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ValidationError(MiraklError, ValueError):

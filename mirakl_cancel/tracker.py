@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
+from ._backoff import exponential
 from ._constants import (
     API_MIN_INTERVAL,
     DEFAULT_FIRST_POLL_DELAY,
@@ -189,9 +190,6 @@ class StatusClient(Protocol):
 _SCHEDULED = 0
 _IN_FLIGHT = 1
 _DONE = 2
-
-#: A back-off exponent cap, so that a long outage cannot overflow a float.
-_MAX_FAILURE_EXPONENT = 20
 
 
 class _Tracked:
@@ -669,9 +667,9 @@ class ActionTracker:
             self._finish(record, error=error)
         elif isinstance(error, (ServerError, TransportError)):
             record.failures += 1
-            base = self._min or self._interval
-            exponent = min(record.failures - 1, _MAX_FAILURE_EXPONENT)
-            delay = max(self._min, min(self._interval, base * 2.0 ** exponent))
+            # The one backoff (`_backoff`): the ceiling doubled per failure, up to the interval.
+            delay = max(self._min, exponential(record.failures, self._min or self._interval,
+                                               self._interval))
             logger.info("reading action %s failed (%s): next read in %.2fs",
                         record.action_id, error, delay,
                         extra=fields(action_id=record.action_id, order_id=record.order_id,

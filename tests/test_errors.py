@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 from typing import Any
 
@@ -188,3 +189,33 @@ def test_api_error_keeps_a_copy_of_extensions() -> None:
     extensions["k"] = 2
     assert error.extensions == {"k": 1}
     assert ApiError(400, "C", "m").extensions == {}
+
+
+@pytest.mark.parametrize("error", [
+    ApiError(418, "TEAPOT", "short and stout", [ErrorItem("bad", "lines[0]", {"k": 1})],
+             {"trace": "x"}, body="<html>", retry_after=1.5),
+    BadRequestError(400, "INVALID", "no"),
+    AuthenticationError(401, None, "expired"),
+    PermissionDeniedError(403, None, "scope"),
+    NotFoundError(404, "DATA_NOT_FOUND", "gone"),
+    RateLimitError(429, None, "slow down", retry_after=30.0),
+    ServerError(503, None, "unavailable"),
+    TransportError("reset"),
+    UncertainDeliveryError("maybe", order_id="o-1"),
+    ActionTimeoutError("act-1", 12.5),
+    ValidationError([ValidationIssue("lines[0].quantity", "must be >= 0")]),
+])
+def test_every_error_pickles_and_unpickles(error: MiraklError) -> None:
+    """Errors cross process pools (a fleet's workers): every attribute comes back."""
+    error.resend_safe = isinstance(error, RateLimitError)
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is type(error)
+    assert str(again) == str(error) and again.args == error.args
+    assert vars(again) == vars(error)
+    assert again.resend_safe is error.resend_safe
+
+
+def test_resend_safe_is_false_unless_the_transport_says_so() -> None:
+    assert MiraklError().resend_safe is False
+    assert ServerError(503, None, "x").resend_safe is False
+    assert UncertainDeliveryError("maybe").resend_safe is False

@@ -23,7 +23,9 @@ from mirakl_cancel import (
     BadRequestError,
     ClientCredentials,
     MiraklConnectClient,
+    MiraklError,
     NotFoundError,
+    PermissionDeniedError,
     RateLimitError,
     RetryPolicy,
     ServerError,
@@ -181,6 +183,31 @@ async def test_400_is_not_retried(sim: Simulator) -> None:
     assert sim.stats.requests_by_route["cancel"] == 1 and client.stats.retries == 0
 
 
+@pytest.mark.parametrize(("fault", "raised", "safe"), [
+    # refused before processing (the transport retried what it could): safe to send later
+    (Fault.http(503), ServerError, True),
+    (Fault.http(429, retry_after="0.01"), RateLimitError, True),
+    (Fault.http(401), AuthenticationError, True),
+    (Fault.http(403), PermissionDeniedError, True),
+    # refused for its content: the same request would be refused again
+    (Fault.http(400), BadRequestError, False),
+    (Fault.http(404), NotFoundError, False),
+    # may have been processed
+    (Fault.http(500), UncertainDeliveryError, False),
+    (Fault.drop_after_read(), UncertainDeliveryError, False),
+])
+async def test_a_failed_cancel_carries_whether_sending_it_again_is_safe(
+        sim: Simulator, fault: Fault, raised: type[MiraklError], safe: bool) -> None:
+    """Decided once, where the error is made (the job's journal only reads it)."""
+    sim.inject(fault, route="cancel", count=10)
+    policy = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.02, max_time=10)
+    async with client_for(sim, retry=policy) as client:
+        with pytest.raises(raised) as caught:
+            await client.cancel_order_lines("O1", [line()])
+    assert type(caught.value) is raised
+    assert caught.value.resend_safe is safe
+
+
 async def test_unknown_order_is_not_found(sim: Simulator) -> None:
     async with client_for(sim) as client:
         with pytest.raises(NotFoundError) as caught:
@@ -238,6 +265,7 @@ async def test_connection_refused_is_retried_and_never_uncertain() -> None:
             await client.cancel_order_lines("O1", [line()])
     assert not isinstance(caught.value, UncertainDeliveryError)
     assert client.stats.retries == 2 and client.stats.uncertain == 0
+    assert caught.value.resend_safe  # it never left
 
 
 async def test_retry_after_beyond_the_cap_surfaces(sim: Simulator) -> None:
@@ -252,6 +280,7 @@ async def test_retry_after_beyond_the_cap_surfaces(sim: Simulator) -> None:
             await asyncio.wait_for(client.get_action_status("any"), 60)
     assert caught.value.retry_after == pytest.approx(3600)
     assert later.value.retry_after is not None and later.value.retry_after > 3500
+    assert caught.value.resend_safe and later.value.resend_safe  # refused; never left
     assert sim.stats.requests_by_route.get("status", 0) == 0
 
 

@@ -16,7 +16,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
-import backoff
 import pytest
 from aioresponses import CallbackResult, aioresponses
 from conftest import REAL_SLEEP, FakeClock
@@ -31,13 +30,11 @@ from mirakl_cancel import (
     Timeout,
     TransportError,
     UncertainDeliveryError,
+    _backoff,
 )
 from mirakl_cancel._constants import USER_AGENT
-from mirakl_cancel._transport import (
-    NO_RETRY,
-    Transport,
-    parse_retry_after,
-)
+from mirakl_cancel._retry import NO_RETRY
+from mirakl_cancel._transport import Transport, parse_retry_after
 from mirakl_cancel._urls import check_base_url, encode_segment
 
 # Loopback, so that backoff can be observed without the once-a-minute poll guard (which
@@ -376,7 +373,7 @@ async def test_get_timeout_gives_up_with_transport_error(mocked: aioresponses,
 async def test_backoff_grows_exponentially_and_is_capped(mocked: aioresponses,
                                                          clock: FakeClock,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backoff, "full_jitter", lambda value: value)  # no randomness
+    monkeypatch.setattr(_backoff, "full_jitter", lambda delay, fraction: delay)  # no randomness
     mocked.get(ANY_ACTION, status=500, repeat=True)
     policy = RetryPolicy(max_attempts=6, base_delay=0.5, max_delay=3, max_time=1000)
     async with client(retry=policy) as c:
@@ -402,7 +399,7 @@ async def test_max_time_bounds_retries(mocked: aioresponses, clock: FakeClock) -
 async def test_retry_after_is_never_shortened_by_jitter(
         mocked: aioresponses, clock: FakeClock, monkeypatch: pytest.MonkeyPatch,
         jitter: float) -> None:
-    monkeypatch.setattr(backoff, "full_jitter", lambda value: jitter)
+    monkeypatch.setattr(_backoff, "full_jitter", lambda delay, fraction: jitter)
     mocked.get(ANY_ACTION, status=503, headers={"Retry-After": "7"})
     mocked.get(ANY_ACTION, payload=STATUS_BODY)
     async with client(retry=RetryPolicy(base_delay=10, max_delay=30)) as c:
@@ -424,7 +421,7 @@ async def test_retry_after_with_real_jitter(mocked: aioresponses, clock: FakeClo
 
 async def test_retry_after_http_date(mocked: aioresponses, clock: FakeClock,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backoff, "full_jitter", lambda value: 0.0)
+    monkeypatch.setattr(_backoff, "full_jitter", lambda delay, fraction: 0.0)
     when = email.utils.formatdate(time.time() + 40, usegmt=True)
     mocked.post(ANY_CANCEL, status=429, headers={"Retry-After": when})
     mocked.post(ANY_CANCEL, status=202, payload=ACCEPTED)
@@ -453,7 +450,7 @@ async def test_retry_after_beyond_max_surfaces_without_sleeping(
 
 async def test_429_without_retry_after_backs_off(mocked: aioresponses, clock: FakeClock,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backoff, "full_jitter", lambda value: value)
+    monkeypatch.setattr(_backoff, "full_jitter", lambda delay, fraction: delay)
     mocked.get(ANY_ACTION, status=429)
     mocked.get(ANY_ACTION, payload=STATUS_BODY)
     async with client(retry=RetryPolicy(base_delay=0.25)) as c:
