@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeAlias, TypeVar
 import attrs
 
 from ._hooks import with_request_key
-from ._sending import CancelOutcome, GuardRefused, drain, send_one
+from ._sending import CancelOutcome, GuardRefused, StoredBody, drain, send_one
 from .errors import (
     ActionTimeoutError,
     ApiError,
@@ -256,8 +256,9 @@ class Steps(Protocol[Item]):
 
     def order_id(self, item: Item) -> str: ...
 
-    def cancel_request(self, item: Item) -> CancelRequest:
-        """The request to send for a SEND/RESEND item."""
+    def cancel_request(self, item: Item) -> CancelRequest | StoredBody:
+        """The request to send for a SEND/RESEND item, or the exact bytes written for it
+        when it was checked (`StoredBody`: the job's journaled body, sent as it is)."""
 
     def tracked_action(self, item: Item) -> tuple[str, float | None, float | None]:
         """A TRACK item's action id, when the server last saw a read of it, and when it

@@ -84,7 +84,7 @@ from ._report import (
     summary_table,
 )
 from ._retry import RetryPolicy
-from ._sending import CancelOutcome
+from ._sending import CancelOutcome, StoredBody
 from ._serde import cancelation_json, loads, request_body, structure_request
 from ._store import (
     JobStore,
@@ -304,9 +304,15 @@ class _Run:
     def order_id(self, item: JournalRequest) -> str:
         return item.order_id
 
-    def cancel_request(self, item: JournalRequest) -> CancelRequest:
-        body = loads(item.body)
-        return structure_request(item.order_id, body["cancelations"])
+    def cancel_request(self, item: JournalRequest) -> StoredBody:
+        # The journaled body is the exact bytes `request_body` wrote for the checked rows
+        # (the plan's body): it goes out as it is, never read back and written again.
+        return StoredBody(item.order_id, item.body.encode(), len(item.rows))
+
+    @staticmethod
+    def _structured(item: JournalRequest) -> CancelRequest:
+        """The request a journaled body is (reconciliation compares its lines)."""
+        return structure_request(item.order_id, loads(item.body)["cancelations"])
 
     def tracked_action(self, item: JournalRequest) -> tuple[str, float | None, float | None]:
         assert item.action_id is not None
@@ -585,7 +591,7 @@ class _Run:
     def _sent(self, row: JournalRequest) -> SentCancel | None:
         if row.sent_at is None:  # never written by mark_sending; only a damaged journal
             return None
-        return SentCancel(self.cancel_request(row),
+        return SentCancel(self._structured(row),
                           datetime.fromtimestamp(row.sent_at, timezone.utc))
 
     async def rivals(self, orders: set[str], exclude: set[str],

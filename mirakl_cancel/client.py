@@ -39,7 +39,7 @@ from ._otel import auto_instrument
 from ._pacing import SharedStore, fleet_key
 from ._pollguard import PollGuard, shared_reads
 from ._retry import NO_RETRY, RetryPolicy
-from ._sending import CancelOutcome, send_many
+from ._sending import CancelOutcome, StoredBody, send_many
 from ._serde import (
     converter,
     parse_action_accepted,
@@ -267,37 +267,51 @@ class MiraklConnectClient:
                 converter.unstructure(request)["cancelations"], "cancelations")
             if issues:
                 raise ValidationError(issues)
+        return await self._cancel_body(request.order_id, body, len(request.cancelations),
+                                       on_send)
+
+    async def _cancel_stored(
+            self, stored: StoredBody,
+            on_send: Callable[[], Awaitable[None] | None] | None) -> ActionAccepted:
+        """`_cancel_noting_send` of bytes `request_body` wrote for a request that passed
+        its checks then (the job's journaled bodies, `_sending.StoredBody`): the exact
+        bytes go out, with nothing to parse, check or write again. Private."""
+        return await self._cancel_body(stored.order_id, stored.body, stored.lines, on_send)
+
+    async def _cancel_body(self, order_id: str, body: bytes, lines: int,
+                           on_send: Callable[[], Awaitable[None] | None] | None,
+                           ) -> ActionAccepted:
         hooks = self._transport.hooks
         if not hooks.active:
-            return await self._cancel(request, on_send, None, body)
-        call = Call(ROUTE_CANCEL, "POST", order_id=request.order_id,
-                    lines=len(request.cancelations), request_key=current_request_key.get())
-        return await hooks.observe(call, self._cancel(request, on_send, call, body))
+            return await self._cancel(order_id, on_send, None, body)
+        call = Call(ROUTE_CANCEL, "POST", order_id=order_id, lines=lines,
+                    request_key=current_request_key.get())
+        return await hooks.observe(call, self._cancel(order_id, on_send, call, body))
 
-    async def _cancel(self, request: CancelRequest,
+    async def _cancel(self, order_id: str,
                       on_send: Callable[[], Awaitable[None] | None] | None,
                       call: Call | None, body: bytes) -> ActionAccepted:
-        url = self._transport.url("v2", "orders", request.order_id, "cancel")
-        gate = self._guards.send_gate(request.order_id, current_request_key.get())
+        url = self._transport.url("v2", "orders", order_id, "cancel")
+        gate = self._guards.send_gate(order_id, current_request_key.get())
         if gate is not None:
             on_send = gate if on_send is None else _then(gate, on_send)
-        context = log_context.set(LogContext(order_id=request.order_id))
+        context = log_context.set(LogContext(order_id=order_id))
         try:
             response = await self._transport.request(
                 "POST", url, body=body, idempotent=False, expected=(202, 200),
                 on_send=on_send, call=call)
         except UncertainDeliveryError as exc:
-            exc.order_id = request.order_id
+            exc.order_id = order_id
             raise
         finally:
             log_context.reset(context)
         try:
-            return parse_action_accepted(response.data, request.order_id)
+            return parse_action_accepted(response.data, order_id)
         except Exception as exc:  # whatever broke, the cancel was processed
             # Accepted, but we cannot tell which action: as uncertain as a lost answer.
             raise UncertainDeliveryError(
-                f"cancel of order {request.order_id} answered {response.status} without a "
-                f"readable action_id: {exc}", order_id=request.order_id) from None
+                f"cancel of order {order_id} answered {response.status} without a "
+                f"readable action_id: {exc}", order_id=order_id) from None
 
     async def get_action_status(self, action_id: str, *, retry: bool = True) -> ActionStatus:
         """Read an action's status.

@@ -7,10 +7,12 @@ spec's own examples are fed to our parsers. Skipped when the bundle is absent.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +31,8 @@ from mirakl_cancel import (
     StaticToken,
     Tax,
 )
+from mirakl_cancel._job import JobOptions, _stage_input
+from mirakl_cancel._sending import StoredBody, send_one
 from mirakl_cancel._serde import (
     loads,
     parse_action_accepted,
@@ -37,6 +41,7 @@ from mirakl_cancel._serde import (
     request_body,
     structure_request,
 )
+from mirakl_cancel.journal import PlanStaging
 
 BASE = "https://connect.example.com/api"
 ANY_CANCEL = re.compile(r"^https://connect\.example\.com/api/v2/orders/[^/]+/cancel$")
@@ -105,6 +110,36 @@ async def test_sent_body_matches_cancel_order_lines_request(
     assert raw == request_body(request)
     for body in (json.loads(raw), loads(raw)):  # as floats and as exact decimals
         errors = sorted(validator.iter_errors(body), key=str)
+        assert errors == [], [e.message for e in errors]
+
+
+async def test_the_jobs_stored_bodies_sent_as_they_are_match_the_spec(
+        captured: list[bytes], tmp_path: Path) -> None:
+    """The job sends each journaled body as its bytes (`StoredBody`): what was planned
+    from the file (fast-checked rows and fully checked ones) is valid on the wire."""
+    validator = load_schema_validator("CancelOrderLinesRequest")
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "order_id,order_line_id,quantity,reason,price_amount,price_currency,"
+        "shipping_amount,taxes\n"
+        "O-1,O-1-1,2,OUT_OF_STOCK,10.50,EUR,0,\n"
+        "O-1,O-1-2,1,DEFECT,0.1,EUR,4.99,VAT:0.20\n"
+        "O-2 é,O-2-1,3,CUSTOMER_CANCELATION,1E+1,EUR,0,\n", encoding="utf-8")
+    with PlanStaging() as staging:
+        assert _stage_input(source, JobOptions(input_path=source, base_url="u"), staging,
+                            io.StringIO()) is not None
+        planned = list(staging.plan(None))
+    async with MiraklConnectClient(auth=StaticToken("t"), base_url=BASE) as c:
+        for request in planned:
+            outcome = await send_one(c, StoredBody(request.order_id, request.body.encode(),
+                                                   len(request.rows)))
+            assert outcome.ok
+    assert captured == [r.body.encode() for r in planned] and len(captured) == 2
+    for raw, request in zip(captured, planned, strict=True):
+        # The bytes are the ones the client would write for the request they are.
+        assert raw == request_body(structure_request(request.order_id,
+                                                     loads(raw)["cancelations"]))
+        errors = sorted(validator.iter_errors(json.loads(raw)), key=str)
         assert errors == [], [e.message for e in errors]
 
 
