@@ -89,6 +89,9 @@ DEFAULT_SKEW = 120.0
 
 #: Requests (cancels and reads) in flight at most for `mirakl-cancel run`.
 DEFAULT_JOB_CONCURRENCY = 8
+#: Seconds a silent worker of a fleet job keeps its claims before the others take them
+#: over: long enough for a stalled process (GC, a slow disk) not to lose its work.
+DEFAULT_LEASE = 30.0
 #: Without a terminal, a progress line this often (seconds).
 DEFAULT_PROGRESS_INTERVAL = 10.0
 

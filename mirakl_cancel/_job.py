@@ -74,6 +74,7 @@ from ._input import (
     open_input,
 )
 from ._net import network_options_from_env
+from ._pacing import SharedStore
 from ._progress import Progress, ProgressLogHandler
 from ._report import (
     JobCounts,
@@ -87,6 +88,7 @@ from ._retry import RetryPolicy
 from ._sending import CancelOutcome, StoredBody
 from ._serde import cancelation_json, loads, request_body, structure_request
 from ._store import (
+    FleetJobStore,
     JobStore,
     JournalBusyError,
     JournalError,
@@ -116,7 +118,7 @@ from .reconcile import ReconcilePolicy, Reconciliation, SentCancel, Verdict
 from .tracker import ActionTracker, PollPolicy, TrackedResult, first_read_due
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SOME_FAILED", "JobOptions",
-           "check_job_paths", "default_journal_path", "reconcile_job", "run_job"]
+           "check_job_paths", "default_journal_path", "reconcile_job", "run_job", "tally"]
 
 logger = logging.getLogger("mirakl_cancel")
 
@@ -525,7 +527,13 @@ class _Run:
                    requests: AsyncIterator[JournalRequest] | None = None) -> WorkSource:
         """This run's work: each unfinished request of `requests` (default: all the
         store's, in plan order; a fleet worker: the ones it claimed) and what to do with it."""
-        async for request in requests if requests is not None else self.store.requests():
+        store = self.store
+        fleet = isinstance(store, FleetJobStore)
+        if requests is None:
+            requests = store.claims() if isinstance(store, FleetJobStore) else store.requests()
+        async for request in requests:
+            if fleet and self.stop.is_set():
+                break  # claim nothing more: the rest of the fleet sends it
             choice = self._choice(request, resume)
             if choice is not None:
                 if request.outcome == Outcome.NOT_APPLIED and choice is Choice.RESEND:
@@ -569,7 +577,20 @@ class _Run:
         if self.stop.is_set():
             self._note("not reconciling: sending stopped early")
             return False
-        return await self.reconcile_all()
+        fleet = self.store if isinstance(self.store, FleetJobStore) else None
+        if fleet is None:
+            return await self.reconcile_all()
+        # One worker of a fleet reconciles at a time; the others wait for it, then
+        # have nothing left to do.
+        if not await fleet.reconcile_turn():
+            self._note("not reconciling: another worker of the fleet reconciled the job")
+            return False
+        interrupted = True
+        try:
+            interrupted = await self.reconcile_all()
+        finally:
+            await fleet.end_reconcile_turn(complete=not interrupted)
+        return interrupted
 
     # reconciliation: the engine's settling steps ---------------------------------------
 
@@ -736,12 +757,13 @@ def _check_writable(path: Path, what: str) -> None:
     os.unlink(probe)
 
 
-def check_job_paths(options: JobOptions) -> None:
+def check_job_paths(options: JobOptions, *, journal_file: bool = True) -> None:
     """Every file check `run`/`reconcile` can fail, done before anything is sent.
 
     The input must be a readable file; the report and the journal must be writable, and
     no two of the three may be the same file (a report written over its input, or over
-    the journal, would destroy it). Raises ValueError with the reason.
+    the journal, would destroy it). Raises ValueError with the reason. `journal_file`
+    False: the job is kept elsewhere (a fleet's database), no journal file is checked.
     """
     path = options.input_path
     if path is not None:
@@ -752,7 +774,7 @@ def check_job_paths(options: JobOptions) -> None:
         if not os.access(path, os.R_OK):
             raise ValueError(f"{path} is not readable")
     journal = options.journal_path
-    if journal is None and path is not None:
+    if journal is None and path is not None and journal_file:
         journal = default_journal_path(path)
     report = options.report_path
     named = [("the input", path), ("the journal", journal), ("--report", report)]
@@ -913,17 +935,19 @@ def _stage_input(path: Path, options: JobOptions, staging: PlanStaging,
     return stream.format
 
 
-async def _finish(store: JobStore, options: JobOptions, counts: JobCounts, out: TextIO,
-                  err: TextIO, notes: Sequence[str] = ()) -> int:
-    """Report (streamed from the store, row by row) and summary; the exit code."""
+async def tally(store: JobStore, report_path: Path | None, counts: JobCounts,
+                err: TextIO) -> tuple[int, bool]:
+    """Count the job's rows and requests per outcome into `counts`, writing each row to
+    the report at `report_path` (streamed from the store, row by row). Returns (rows,
+    whether the report could not be written, which is said on `err`)."""
     writer: ReportWriter | None = None
     report_failed = False
-    if options.report_path is not None:
+    if report_path is not None:
         try:
-            writer = ReportWriter(options.report_path)
+            writer = ReportWriter(report_path)
         except (OSError, ValueError) as exc:
             report_failed = True
-            print(f"error: cannot write the report {options.report_path}: {exc}", file=err)
+            print(f"error: cannot write the report {report_path}: {exc}", file=err)
     lines = 0
     try:
         async for row in store.rows():
@@ -936,7 +960,7 @@ async def _finish(store: JobStore, options: JobOptions, counts: JobCounts, out: 
             writer.commit()
     except OSError as exc:
         report_failed = True
-        print(f"error: cannot write the report {options.report_path}: {exc}", file=err)
+        print(f"error: cannot write the report {report_path}: {exc}", file=err)
         if writer is not None:
             writer.discard()
     except BaseException:
@@ -945,6 +969,13 @@ async def _finish(store: JobStore, options: JobOptions, counts: JobCounts, out: 
         raise
     async for request in store.requests(bodies=False):
         counts.requests_by_outcome[row_outcome(request)[0]] += 1
+    return lines, report_failed
+
+
+async def _finish(store: JobStore, options: JobOptions, counts: JobCounts, out: TextIO,
+                  err: TextIO, notes: Sequence[str] = ()) -> int:
+    """Report (streamed from the store, row by row) and summary; the exit code."""
+    lines, report_failed = await tally(store, options.report_path, counts, err)
     print(summary_table(counts), file=out, flush=True)
     if options.report_path is not None and not report_failed:
         print(f"report: {options.report_path}", file=out)
@@ -972,7 +1003,7 @@ async def _run_async(options: JobOptions, auth: Auth, journal: Journal, resumed:
 
 async def _run_with_store(options: JobOptions, auth: Auth, store: JobStore, resumed: bool,
                           out: TextIO, err: TextIO, log_handler: ProgressLogHandler | None,
-                          *, resume: bool = True) -> int:
+                          *, resume: bool = True, shared: SharedStore | None = None) -> int:
     started = time.monotonic()
     total = sum((await store.counts()).values())
     progress = Progress(total, err, enabled=not options.quiet, tty=options.progress_tty,
@@ -987,7 +1018,7 @@ async def _run_with_store(options: JobOptions, auth: Auth, store: JobStore, resu
         min_poll_interval=options.policy.min_interval,
         # v2-listOrders (reconciliation) has the same once-a-minute ceiling as a status read.
         min_list_interval=options.policy.min_interval,
-        hooks=options.hooks, **network_options_from_env(os.environ))
+        hooks=options.hooks, store=shared, **network_options_from_env(os.environ))
     run = _Run(options, store, client, progress, err)
     stopper = _SignalStop(run, err)
     interrupted = False

@@ -85,6 +85,77 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE INDEX mirakl_cancel_tracked_due ON mirakl_cancel_tracked (key, due_at)
            WHERE result IS NULL""",
     ),
+    (   # 3: fleet jobs (`_pgjobstore.PostgresJobStore`): one plan, many workers
+        """CREATE TABLE mirakl_cancel_jobs (
+            name text PRIMARY KEY,
+            input_path text NOT NULL,
+            input_sha256 text NOT NULL,
+            input_format text NOT NULL,
+            base_url text NOT NULL,
+            created_at text NOT NULL,
+            options text NOT NULL,
+            -- Set once a worker reconciled the finished job; cleared when a fleet run
+            -- starts with no worker alive (a new run reconciles again).
+            reconciled boolean NOT NULL DEFAULT false
+        )""",
+        """CREATE TABLE mirakl_cancel_job_requests (
+            job text NOT NULL REFERENCES mirakl_cancel_jobs (name) ON DELETE CASCADE,
+            seq integer NOT NULL,
+            key text NOT NULL,
+            order_id text NOT NULL,
+            rows text NOT NULL,
+            body text NOT NULL,
+            state text NOT NULL DEFAULT 'PENDING'
+                CHECK (state IN ('PENDING', 'SENDING', 'ACCEPTED', 'UNCERTAIN', 'DONE')),
+            attempts integer NOT NULL DEFAULT 0,
+            action_id text,
+            sent_at float8,
+            accepted_at float8,
+            poll_started_at float8,
+            last_polled_at float8,
+            finished_at float8,
+            outcome text,
+            status text,
+            errors text,
+            resendable boolean NOT NULL DEFAULT false,
+            reconcile_verdict text,
+            reconcile_reason text,
+            reconcile_adjustments text,
+            reconciled_at float8,
+            -- The worker that claimed it (NULL: in the pool), while its lease holds.
+            owner text,
+            -- Tracking gave up (timeout...): not handed out again during this fleet run.
+            tracking_stopped boolean NOT NULL DEFAULT false,
+            -- A resendable DONE request to send again in this fleet run.
+            retry boolean NOT NULL DEFAULT false,
+            PRIMARY KEY (job, seq),
+            UNIQUE (job, key)
+        )""",
+        """CREATE INDEX mirakl_cancel_job_requests_open ON mirakl_cancel_job_requests
+           (job, seq) WHERE state IN ('PENDING', 'SENDING', 'ACCEPTED') OR retry""",
+        """CREATE INDEX mirakl_cancel_job_requests_order ON mirakl_cancel_job_requests
+           (job, order_id)""",
+        """CREATE TABLE mirakl_cancel_job_rows (
+            job text NOT NULL REFERENCES mirakl_cancel_jobs (name) ON DELETE CASCADE,
+            row_number integer NOT NULL,
+            line_number integer NOT NULL,
+            request integer,
+            order_id text,
+            order_line_id text,
+            product_id text,
+            quantity integer,
+            errors text,
+            PRIMARY KEY (job, row_number)
+        )""",
+        """CREATE TABLE mirakl_cancel_job_workers (
+            job text NOT NULL REFERENCES mirakl_cancel_jobs (name) ON DELETE CASCADE,
+            worker text NOT NULL,
+            started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            -- Renewed by the worker's heartbeat; once past, the worker counts as dead.
+            lease_until timestamptz NOT NULL,
+            PRIMARY KEY (job, worker)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

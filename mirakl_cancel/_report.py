@@ -210,8 +210,8 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:04.1f}" if hours else f"{minutes}:{secs:04.1f}"
 
 
-def summary_table(counts: JobCounts) -> str:
-    """A plain-text table: rows and requests per outcome, then the run's figures."""
+def summary_table(counts: JobCounts, *, figures: bool = True) -> str:
+    """A plain-text table: rows and requests per outcome, then (`figures`) the run's."""
     outcomes = [o for o in _ORDER if counts.rows_by_outcome[o] or counts.requests_by_outcome[o]]
     outcomes += sorted(set(counts.rows_by_outcome) - set(_ORDER))
     width = max([len("outcome"), *(len(o) for o in outcomes)])
@@ -222,6 +222,8 @@ def summary_table(counts: JobCounts) -> str:
                      f"{counts.requests_by_outcome[outcome]:>8}")
     lines.append(f"{'total':<{width}}  {sum(counts.rows_by_outcome.values()):>7}  "
                  f"{sum(counts.requests_by_outcome.values()):>8}")
+    if not figures:
+        return "\n".join(lines)
     status = "interrupted" if counts.interrupted else "finished"
     if counts.resumed:
         status += " (resumed from the journal)"

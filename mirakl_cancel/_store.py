@@ -36,6 +36,7 @@ from typing import Any
 import attrs
 
 __all__ = [
+    "FleetJobStore",
     "JobInfo",
     "JobStore",
     "JournalBusyError",
@@ -276,6 +277,32 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Flush and release the store's workers (the store cannot be used afterwards)."""
+
+
+class FleetJobStore(JobStore):
+    """A job store shared by several worker processes at once (a fleet job).
+
+    On top of `JobStore`: each worker holds a *lease* (renewed by a heartbeat); it sends
+    and tracks only the requests it has *claimed*, and its guarding marks are refused
+    once its lease lapsed. When a worker's lease lapses, its SENDING requests become
+    UNCERTAIN (it may have died mid-POST) and the rest of its claims go back to the pool,
+    for the others to send or track. `mark_interrupted_sends` does that for every lapsed
+    worker of the job.
+    """
+
+    @abc.abstractmethod
+    def claims(self) -> AsyncIterator[JournalRequest]:
+        """The requests this worker claimed, in batches, until the fleet's job is done:
+        nothing left to send or track, other than what this worker holds already."""
+
+    @abc.abstractmethod
+    async def reconcile_turn(self) -> bool:
+        """Wait until no other worker reconciles the job; True when this one is to
+        reconcile (then call `end_reconcile_turn`), False when another already did."""
+
+    @abc.abstractmethod
+    async def end_reconcile_turn(self, *, complete: bool) -> None:
+        """This worker's reconciliation ended (`complete`: not interrupted)."""
 
 
 def now(at: float | None) -> float:

@@ -19,10 +19,11 @@ import codecs
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -32,6 +33,7 @@ from ._constants import (
     DEFAULT_BASE_URL,
     DEFAULT_FIRST_POLL_DELAY,
     DEFAULT_JOB_CONCURRENCY,
+    DEFAULT_LEASE,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_PROGRESS_INTERVAL,
     DEFAULT_TOKEN_URL,
@@ -75,6 +77,7 @@ ENV_TOKEN = "MIRAKL_CONNECT_TOKEN"
 ENV_CLIENT_ID = "MIRAKL_CLIENT_ID"
 ENV_CLIENT_SECRET = "MIRAKL_CLIENT_SECRET"
 ENV_TOKEN_URL = "MIRAKL_TOKEN_URL"
+ENV_STORE = "MIRAKL_CANCEL_STORE"
 
 _DEFAULT_RECONCILE = ReconcilePolicy()
 
@@ -100,6 +103,13 @@ reconcile: with --reconcile, once the run is over every UNCERTAIN cancel (this r
   and any an earlier run left) is checked, after its settling window, against its
   order's cancelation adjustments: applied -> SUCCEEDED, not applied -> NOT_APPLIED
   (sent again with --resend-unapplied), undecided -> stays UNCERTAIN with the reason.
+
+fleet: with --job NAME and --store postgresql://... (or {ENV_STORE}), start the
+  same command on any number of machines: the first creates the job in the database,
+  the others join it (same file only); each request is sent by exactly one worker,
+  --rate-limit is the whole fleet's, and every worker exits once the job is complete.
+  A worker silent for --lease seconds loses its work to the others (what it was
+  sending is reported UNCERTAIN). See `mirakl-cancel report` for the whole report.
 
 credentials: {ENV_TOKEN}, or {ENV_CLIENT_ID} + {ENV_CLIENT_SECRET}
   (+ {ENV_TOKEN_URL}); base URL from {ENV_BASE_URL}.
@@ -288,6 +298,12 @@ def build_parser(*, load: Sequence[str] = _SIMULATOR_COMMANDS) -> argparse.Argum
     run.add_argument("--force", action="store_true",
                      help="resume even though the input file (or base URL) changed since the "
                           "journal was created; the journal's plan is used")
+    fleet = run.add_argument_group("fleet (several workers on one job, in PostgreSQL)")
+    _add_fleet_store(fleet)
+    fleet.add_argument("--lease", type=_positive_seconds, default=DEFAULT_LEASE,
+                       metavar="SECONDS",
+                       help="how long the fleet waits for a silent worker before taking its "
+                            "work over (default: %(default)gs)")
     _add_connection(run)
     _add_tracking(run)
     _add_reconciliation(run, optional=True)
@@ -308,6 +324,19 @@ def build_parser(*, load: Sequence[str] = _SIMULATOR_COMMANDS) -> argparse.Argum
     _add_connection(rec)
     _add_tracking(rec)
     _add_logging(rec)
+
+    report = sub.add_parser(
+        "report", help="write the whole report of a job (a fleet's or a journal's)",
+        description="Write one line per input row of a job, and print its outcomes. From a "
+                    "fleet's database (--store, --job) or a journal (--journal). Nothing is "
+                    "sent. Exit 0 if every row SUCCEEDED, 1 otherwise, 2 if there is no "
+                    "such job.")
+    report.add_argument("--journal", type=Path, metavar="PATH",
+                        help="the job's journal (instead of --store and --job)")
+    report.add_argument("--report", type=Path, metavar="PATH",
+                        help="write one line per input row to PATH (.jsonl or .csv)")
+    _add_fleet_store(report)
+    _add_logging(report)
 
     status = sub.add_parser(
         "status", help="print the status of actions",
@@ -341,6 +370,36 @@ def build_parser(*, load: Sequence[str] = _SIMULATOR_COMMANDS) -> argparse.Argum
 
         add_demo_arguments(demo)
     return parser
+
+
+def _add_fleet_store(group: argparse._ActionsContainer) -> None:
+    group.add_argument("--store", metavar="URI",
+                       help=f"the fleet's PostgreSQL database, postgresql://user@host/db "
+                            f"(default: {ENV_STORE}; put the password in ~/.pgpass or "
+                            "PGPASSWORD rather than in the URI)")
+    group.add_argument("--job", metavar="NAME",
+                       help="the fleet job's name: every worker of the job gives the same")
+
+
+def _fleet_target(args: argparse.Namespace, command: str) -> tuple[str, str] | None:
+    """(store URI, job name) for a fleet command, None for a journal one; ValueError
+    when only half is given."""
+    store = args.store or (os.environ.get(ENV_STORE) if args.job else None)
+    if args.job is None:
+        if args.store:
+            raise ValueError("--store needs --job NAME (the fleet job to create or join)")
+        return None
+    if not store:
+        raise ValueError(f"--job needs --store postgresql://... (or {ENV_STORE})")
+    if getattr(args, "journal", None) is not None:
+        raise ValueError(f"{command}: --job keeps the job in the database: no --journal")
+    return store, args.job
+
+
+def _hide_password(text: str) -> str:
+    """A store URI with its password (userinfo or query) replaced by a placeholder."""
+    text = re.sub(r"^(postgres(?:ql)?://[^:/@?#]*:)[^@/?#]*@", r"\1<PASSWORD>@", text)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1<PASSWORD>", text)
 
 
 def _setup_logging(verbose: int, quiet: bool) -> ProgressLogHandler:
@@ -452,7 +511,7 @@ def _command_line(argv: Sequence[str]) -> str:
         elif word.startswith("--token="):
             words.append(f"--token={_TOKEN_PLACEHOLDER}")
         else:
-            words.append(word)
+            words.append(_hide_password(word))
     return shlex.join(["mirakl-cancel", *words])
 
 
@@ -479,6 +538,14 @@ def _run_command(args: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_BAD_INPUT
     base_url, policy, reconciling = settings
+    try:
+        fleet = _fleet_target(args, "run")
+        if fleet is not None and args.resend_uncertain:
+            raise ValueError("--resend-uncertain is not for a fleet job: use --reconcile "
+                             "(with --resend-unapplied) to settle its UNCERTAIN cancels")
+    except ValueError as exc:
+        print(f"mirakl-cancel run: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     auth: Auth | None = None
     if not args.dry_run:
         auth, problem = resolve_auth(args)
@@ -494,15 +561,24 @@ def _run_command(args: argparse.Namespace) -> int:
         skip_invalid=args.skip_invalid, dry_run=args.dry_run, force=args.force,
         quiet=args.quiet, progress_interval=args.progress_interval, reconcile=reconciling,
         resume_command=_command_line(args.argv),
-        reconcile_command=_reconcile_command_line(
-            args, args.journal or default_journal_path(args.file)))
+        reconcile_command=_command_line([*args.argv, "--reconcile"]) if fleet else
+        _reconcile_command_line(args, args.journal or default_journal_path(args.file)))
+
+    def run(options: JobOptions) -> int:
+        if fleet is None:
+            return run_job(options, auth, log_handler=handler)
+        from ._fleetjob import run_fleet_job  # psycopg: only for a fleet
+
+        return run_fleet_job(options, auth, dsn=fleet[0], name=fleet[1], lease=args.lease,
+                             log_handler=handler)
+
     if args.metrics_port is None:
-        return run_job(options, auth, log_handler=handler)
-    return _run_with_metrics(args.metrics_port, options, auth, handler)
+        return run(options)
+    return _run_with_metrics(args.metrics_port, options, run)
 
 
-def _run_with_metrics(port: int, options: JobOptions, auth: Auth | None,
-                      handler: ProgressLogHandler) -> int:
+def _run_with_metrics(port: int, options: JobOptions,
+                      run: Callable[[JobOptions], int]) -> int:
     """`run --metrics-port`: the job, with /metrics served on 127.0.0.1 while it runs."""
     try:
         from ._metrics import PrometheusCollector, serve_metrics
@@ -520,7 +596,7 @@ def _run_with_metrics(port: int, options: JobOptions, auth: Auth | None,
         return EXIT_BAD_INPUT
     try:
         print(f"metrics: http://127.0.0.1:{bound}/metrics", file=sys.stderr, flush=True)
-        return run_job(attrs.evolve(options, hooks=Hooks(collector)), auth, log_handler=handler)
+        return run(attrs.evolve(options, hooks=Hooks(collector)))
     finally:
         server.__exit__(None, None, None)
 
@@ -648,6 +724,24 @@ async def _statuses(client: MiraklConnectClient, action_ids: Sequence[str],
     return code
 
 
+def _report_command(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        fleet = _fleet_target(args, "report")
+        if fleet is None and args.journal is None:
+            raise ValueError("give --journal PATH, or --store and --job NAME")
+        if args.report is not None:
+            check_report_path(args.report)
+    except ValueError as exc:
+        print(f"mirakl-cancel report: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from ._fleetjob import report_job
+
+    if fleet is None:
+        return report_job(args.report, journal=args.journal)
+    return report_job(args.report, dsn=fleet[0], name=fleet[1])
+
+
 def _status_command(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose, args.quiet)
     base_url = _base_url(args)
@@ -695,6 +789,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status_command(args)
     if args.command == "reconcile":
         return _reconcile_command(args)
+    if args.command == "report":
+        return _report_command(args)
     if args.command == "simulator":
         from .simulator._cli import run_from_args
 
