@@ -84,7 +84,9 @@ async def _fleet(options: JobOptions, auth: Auth | None, store: PostgresStore, n
         except JournalError as exc:
             print(f"error: {exc}", file=err)
             return EXIT_BAD_INPUT
-        return await _run_with_store(options, auth, job, joined, out, err, log_handler,
+        # Not "resumed": joining is how every worker but the first starts.
+        del joined
+        return await _run_with_store(options, auth, job, False, out, err, log_handler,
                                      shared=store)
     finally:
         await job.aclose()

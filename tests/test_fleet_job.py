@@ -15,7 +15,6 @@ from collections import Counter
 from pathlib import Path
 
 import psycopg
-import pytest
 from cli_support import SCALE, cli, env_for, poll_flags, read_report, write_csv
 
 from mirakl_cancel._pgjobstore import DIED_WHILE_SENDING
@@ -34,9 +33,17 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_all(procs: list[subprocess.Popen[bytes]], timeout: float = 240) -> list[int]:
+def wait_all(procs: list[subprocess.Popen[bytes]], logs: Path,
+             timeout: float = 240) -> list[int]:
+    """Every worker's exit code; on a hang, kill them all and show their logs' ends."""
     deadline = time.monotonic() + timeout
-    return [proc.wait(max(1.0, deadline - time.monotonic())) for proc in procs]
+    try:
+        return [proc.wait(max(1.0, deadline - time.monotonic())) for proc in procs]
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            proc.kill()
+        tails = {p.name: p.read_text()[-2000:] for p in logs.glob("*.log")}
+        raise AssertionError(f"a worker did not exit: {tails}") from None
 
 
 def job_name(tmp_path: Path) -> str:
@@ -55,7 +62,7 @@ def test_two_workers_share_one_job_and_the_report_command_writes_it_whole(
         procs = [start(["run", str(source), "--job", name, "--concurrency", "4",
                         "--report", str(tmp_path / f"r{n}.jsonl"), *poll_flags(SCALE)], env,
                        tmp_path / f"w{n}.log") for n in range(2)]
-        codes = wait_all(procs)
+        codes = wait_all(procs, tmp_path)
         logs = [(tmp_path / f"w{n}.log").read_text() for n in range(2)]
         assert codes == [0, 0], logs
         assert sum("created" in log for log in logs) == 1
@@ -150,7 +157,7 @@ def test_three_workers_one_killed_and_restarted_send_each_row_once(
         assert at_kill < len(orders), "the job ended before the kill"
         procs[0] = start([*args, "--report", str(tmp_path / "r0.jsonl")], env,
                          tmp_path / "w0-again.log")
-        codes = wait_all(procs)
+        codes = wait_all(procs, tmp_path)
         elapsed = time.monotonic() - started
         logs = {p.name: p.read_text() for p in tmp_path.glob("w*.log")}
         assert all(code in (0, 1) for code in codes), (codes, logs)
@@ -179,7 +186,7 @@ def test_three_workers_one_killed_and_restarted_send_each_row_once(
         settle = [*args, "--reconcile", "--settle", str(SETTLE), "--skew", str(120 * SCALE),
                   "--report", str(tmp_path / "final.jsonl")]
         procs = [start(settle, env, tmp_path / f"rec{n}.log") for n in range(2)]
-        codes = wait_all(procs)
+        codes = wait_all(procs, tmp_path)
         logs = {p.name: p.read_text() for p in tmp_path.glob("rec*.log")}
         assert all(code in (0, 1) for code in codes), (codes, logs)
         assert sum("another worker of the fleet reconciled" in log

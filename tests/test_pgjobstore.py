@@ -184,7 +184,7 @@ async def test_a_lease_the_heartbeat_cannot_renew_stops_guarding_marks(
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM mirakl_cancel_job_workers WHERE worker = %s",
                      (job.worker_id,))
-    while job._failed is None:  # the heartbeat finds its lease gone
+    while job._failed is None:  # noqa: ASYNC110 - the heartbeat finds its lease gone
         await asyncio.sleep(0.05)
     with pytest.raises(JournalError, match="lease"):
         await job.mark_sending(request.key)

@@ -134,3 +134,37 @@ async def test_a_read_that_never_left_gives_its_reservation_back(
     with psycopg.connect(pg_dsn) as conn:
         row = conn.execute("SELECT last_read FROM mirakl_cancel_reads").fetchone()
     assert row is not None and row[0] == other.ours  # type: ignore[attr-defined]
+
+
+async def test_the_transport_releases_a_read_only_when_it_never_left(
+        pg_dsn: str, unused_tcp_port: int) -> None:
+    """Over the wire: a refused connection gives the fleet's reservation back (the next
+    read may go at once); a read the server took and then dropped keeps it."""
+    from aiohttp import web
+    from conftest import serve
+
+    from mirakl_cancel import MiraklConnectClient, RetryPolicy, StaticToken
+    from mirakl_cancel.errors import ConnectError, TransportError
+
+    async def drop(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.close()  # the request arrived; no answer
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", drop)
+    once = RetryPolicy(max_attempts=1)
+    async with PostgresStore(pg_dsn) as store:
+        async with MiraklConnectClient(auth=StaticToken("t"), store=store, retry=once,
+                                       base_url=f"http://127.0.0.1:{unused_tcp_port}",
+                                       min_poll_interval=0.05) as refused:
+            with pytest.raises(ConnectError):
+                await refused.get_action_status("A-refused")
+        async with serve(app) as url, MiraklConnectClient(
+                auth=StaticToken("t"), store=store, retry=once, base_url=url,
+                min_poll_interval=0.05) as dropped:
+            with pytest.raises(TransportError):
+                await dropped.get_action_status("A-dropped")
+    with psycopg.connect(pg_dsn) as conn:
+        resources = [r[0] for r in conn.execute("SELECT resource FROM mirakl_cancel_reads")]
+    assert resources == ["action:A-dropped"]
