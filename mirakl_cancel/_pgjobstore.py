@@ -382,6 +382,11 @@ class PostgresJobStore(FleetJobStore):
                 yield request
             if batch:
                 continue
+            if self._failed is not None:
+                # This worker lost its lease: what it held went to the others, and it can
+                # claim nothing more. (Waiting for the job to end could be for ever.)
+                logger.error("claiming stopped: %s", self._failed)
+                return
             if await self._finished():
                 return
             await asyncio.sleep(self.idle)

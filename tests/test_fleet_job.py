@@ -143,7 +143,7 @@ def test_three_workers_one_killed_and_restarted_send_each_row_once(
         rows = write_csv(source, orders)
         name = job_name(tmp_path)
         env = fleet_env(sim, pg_dsn)
-        args = ["run", str(source), "--job", name, "--lease", "1", "--concurrency", "8",
+        args = ["run", str(source), "--job", name, "--lease", "3", "--concurrency", "8",
                 *poll_flags(SCALE)]
         started = time.monotonic()
         procs = [start([*args, "--report", str(tmp_path / f"r{n}.jsonl")], env,
