@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -524,24 +524,31 @@ class _Run:
         return None
 
     async def work(self, resume: bool = True,
-                   requests: AsyncIterator[JournalRequest] | None = None) -> WorkSource:
+                   requests: AsyncIterator[JournalRequest] | None = None
+                   ) -> AsyncGenerator[tuple[JournalRequest, Choice], None]:
         """This run's work: each unfinished request of `requests` (default: all the
         store's, in plan order; a fleet worker: the ones it claimed) and what to do with it."""
         store = self.store
         fleet = isinstance(store, FleetJobStore)
         if requests is None:
             requests = store.claims() if isinstance(store, FleetJobStore) else store.requests()
-        async for request in requests:
-            if fleet and self.stop.is_set():
-                break  # claim nothing more: the rest of the fleet sends it
-            choice = self._choice(request, resume)
-            if choice is not None:
-                if request.outcome == Outcome.NOT_APPLIED and choice is Choice.RESEND:
-                    self.resent_unapplied += 1
-                if choice is not Choice.TRACK:
-                    self.progress.to_send += 1
-                self.progress.resolved -= 1
-                yield request, choice
+        try:
+            async for request in requests:
+                if fleet and self.stop.is_set():
+                    break  # claim nothing more: the rest of the fleet sends it
+                choice = self._choice(request, resume)
+                if choice is not None:
+                    if request.outcome == Outcome.NOT_APPLIED and choice is Choice.RESEND:
+                        self.resent_unapplied += 1
+                    if choice is not Choice.TRACK:
+                        self.progress.to_send += 1
+                    self.progress.resolved -= 1
+                    yield request, choice
+        finally:
+            # Closed now, not when collected: a fleet's claims are a database stream.
+            close = getattr(requests, "aclose", None)
+            if close is not None:
+                await close()
 
     async def execute(self, *, resume: bool = True, work: WorkSource | None = None) -> bool:
         """Send and track until everything is final or a stop; True when interrupted.
@@ -560,7 +567,11 @@ class _Run:
         # Everything starts as done; each request found to send or track is taken off
         # as the store streams it (no counting pass first: the first POST leaves at once).
         self.progress.resolved = self.progress.total
-        return await self._pass(work if work is not None else self.work(resume))
+        if work is not None:
+            return await self._pass(work)
+        # Closed here, not whenever it is collected (it closes the store's stream).
+        async with contextlib.aclosing(self.work(resume)) as source:
+            return await self._pass(source)
 
     async def _pass(self, work: WorkSource) -> bool:
         self.progress.to_send = self.progress.sends_over

@@ -352,8 +352,13 @@ class PostgresJobStore(FleetJobStore):
     async def _beat(self) -> None:
         """Renew the lease every third of it; a lease found lost stops guarding marks."""
         loop = asyncio.get_running_loop()
-        while True:
+        # `_closed` ends the loop, not only a cancel: on Python < 3.12 a cancel that
+        # lands as `wait_for`'s statement completes is swallowed (it returns the result),
+        # and a heartbeat that beats on for ever kept a finished worker from exiting.
+        while not self._closed:
             await asyncio.sleep(self.lease / 3)
+            if self._closed:
+                return
             started = loop.time()
             try:
                 rows = await self._fetch(
@@ -365,6 +370,8 @@ class PostgresJobStore(FleetJobStore):
             except JournalError as exc:
                 logger.warning("the fleet lease was not renewed: %s", exc)
                 continue  # the guard in mark_sending refuses once it may have lapsed
+            if self._closed:
+                return
             if not rows:
                 self._failed = ("this worker's lease lapsed (it was silent too long): the "
                                 "fleet took its work over, so it sends nothing more")
@@ -564,6 +571,9 @@ class PostgresJobStore(FleetJobStore):
               wait: bool = True, **params: Any) -> asyncio.Future[Any]:
         if self._closed:
             raise JournalError(f"the fleet job {self.name!r} is closed")
+        if self._writer is not None and self._writer.done():
+            raise JournalError(f"the fleet job {self.name!r}: its marks can no longer be "
+                               "written (the writer stopped)")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if guards and self._failed is None and loop.time() >= self._lease_ok_until:
@@ -587,6 +597,17 @@ class PostgresJobStore(FleetJobStore):
                           **params)
 
     async def _write(self) -> None:
+        try:
+            await self._write_batches()
+        finally:
+            # What is still queued will never be written: its waiters must not wait.
+            while not self._queue.empty():
+                op = self._queue.get_nowait()
+                if op is not None and op.future is not None and not op.future.done():
+                    op.future.set_exception(JournalError(
+                        f"the fleet job {self.name!r}: the writer stopped before this mark"))
+
+    async def _write_batches(self) -> None:
         while True:
             op = await self._queue.get()
             if op is None:
@@ -770,37 +791,59 @@ class PostgresJobStore(FleetJobStore):
         await self._mark("", None, None)
 
     async def aclose(self) -> None:
-        """Flush, hand back what this worker still holds, end its lease, disconnect."""
+        """Flush, hand back what this worker still holds, end its lease, disconnect.
+
+        Every step is bounded (a worker must exit once its summary is printed): a step
+        that takes too long is given up with a WARNING, and the fleet takes over what
+        it left when the lease lapses, as for a worker that died."""
         if self._closed:
             return
-        with contextlib.suppress(Exception):
-            await self.flush()
+        bound = self.store.timeout
+        if self._writer is not None and not self._writer.done():
+            await _within("flushing the marks", self.flush(), bound)
         self._closed = True
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+            await _within("stopping the heartbeat", self._heartbeat, bound)
         if self._writer is not None:
             self._queue.put_nowait(None)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._writer, self.store.timeout)
-        await self.end_reconcile_turn(complete=False)
+            await _within("stopping the writer", self._writer, bound)
+        await _within("ending the reconciliation turn",
+                      self.end_reconcile_turn(complete=False), bound)
         if self._joined and self._reader is not None:
-            try:
-                await self._fetch(
-                    "leaving the job",
-                    f"""WITH gone AS (DELETE FROM {_WORKERS} WHERE job = %(job)s
-                                      AND worker = %(me)s),
-                    released AS (UPDATE {_REQUESTS} SET owner = NULL WHERE job = %(job)s
-                                 AND owner = %(me)s AND state <> 'SENDING')
-                    UPDATE {_REQUESTS} SET state = 'UNCERTAIN', outcome = 'UNCERTAIN',
-                        owner = NULL, finished_at = %(at)s, errors = %(errors)s
-                    WHERE job = %(job)s AND owner = %(me)s AND state = 'SENDING'""",
-                    self._params(at=time.time(), errors=_texts([_STOPPED_WHILE_SENDING])))
-            except JournalError as exc:  # the lease lapses by itself: the fleet takes over
-                logger.warning("leaving the fleet job cleanly failed: %s", exc)
+            await _within("leaving the job", self._leave(), bound * 1.5)
         for conn in (self._reader, self._writer_conn):
             if conn is not None:
-                with contextlib.suppress(Exception):
-                    await conn.close()
+                await _within("disconnecting", conn.close(), bound)
         self._reader = self._writer_conn = None
+
+    async def _leave(self) -> None:
+        try:
+            await self._fetch(
+                "leaving the job",
+                f"""WITH gone AS (DELETE FROM {_WORKERS} WHERE job = %(job)s
+                                  AND worker = %(me)s),
+                released AS (UPDATE {_REQUESTS} SET owner = NULL WHERE job = %(job)s
+                             AND owner = %(me)s AND state <> 'SENDING')
+                UPDATE {_REQUESTS} SET state = 'UNCERTAIN', outcome = 'UNCERTAIN',
+                    owner = NULL, finished_at = %(at)s, errors = %(errors)s
+                WHERE job = %(job)s AND owner = %(me)s AND state = 'SENDING'""",
+                self._params(at=time.time(), errors=_texts([_STOPPED_WHILE_SENDING])))
+        except JournalError as exc:  # the lease lapses by itself: the fleet takes over
+            logger.warning("leaving the fleet job cleanly failed: %s", exc)
+
+
+async def _within(what: str, step: Awaitable[Any], seconds: float) -> None:
+    """Await one shutdown `step` for at most `seconds`, then go on without it (WARNING).
+
+    `asyncio.wait`, not `wait_for`: it never swallows a cancel, and a step that ignores
+    its own cancel (see `_beat`) is left behind rather than waited for."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        logger.warning("closing the fleet job: %s took more than %gs; going on without it",
+                       what, seconds)
+        return
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("closing the fleet job: %s failed: %s", what, task.exception())

@@ -7,6 +7,8 @@ sooner than the ceilings); everything the operator sees is the report.
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,16 +36,28 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
 
 
 def wait_all(procs: list[subprocess.Popen[bytes]], logs: Path,
-             timeout: float = 240) -> list[int]:
+             timeout: float = float(os.environ.get("FLEET_TEST_TIMEOUT", 240))) -> list[int]:
     """Every worker's exit code; on a hang, kill them all and show their logs' ends."""
     deadline = time.monotonic() + timeout
     try:
         return [proc.wait(max(1.0, deadline - time.monotonic())) for proc in procs]
     except subprocess.TimeoutExpired:
+        _dump_stacks(procs, logs)
         for proc in procs:
             proc.kill()
         tails = {p.name: p.read_text()[-2000:] for p in logs.glob("*.log")}
         raise AssertionError(f"a worker did not exit: {tails}") from None
+
+
+def _dump_stacks(procs: list[subprocess.Popen[bytes]], logs: Path) -> None:
+    """The stuck workers' stacks (py-spy, when installed) next to their logs."""
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    for proc in procs:
+        if spy is not None and proc.poll() is None:
+            dump = subprocess.run([spy, "dump", "--locals", "--pid", str(proc.pid)],
+                                  capture_output=True, text=True, timeout=60, check=False)
+            (logs / f"stack-{proc.pid}.txt").write_text(dump.stdout + dump.stderr)
+            print(f"worker {proc.pid} stack:\n{dump.stdout}{dump.stderr}")
 
 
 def job_name(tmp_path: Path) -> str:

@@ -7,6 +7,7 @@ would have: creation once, claims that never overlap, leases that lapse.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
@@ -190,6 +191,50 @@ async def test_a_lease_the_heartbeat_cannot_renew_stops_guarding_marks(
         await job.mark_sending(request.key)
     # What it had claimed already is handed out (its marks are refused); then it ends.
     assert len([r async for r in claims]) == job.claim_batch - 1
+
+
+async def test_closing_is_bounded_even_when_steps_ignore_their_cancel(
+        workers: Callable[..., Any], staging: PlanStaging,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The hang of a finished worker: its heartbeat's cancel was swallowed (Python < 3.12's
+    `wait_for` returns the result when the cancel lands as the statement completes), so
+    it beat on and `aclose` waited for it for ever. Now the heartbeat ends on `_closed`,
+    and every step of closing is bounded (a WARNING says which one was given up)."""
+    job = await workers(lease=0.3)
+    await create(job, staging)
+    await job.join()
+    real = job._fetch
+    renewing = asyncio.Event()
+
+    async def swallowing(doing: str, sql: str, params: dict[str, Any],
+                         **kwargs: Any) -> list[tuple[Any, ...]]:
+        if doing != "renewing the lease":
+            return await real(doing, sql, params, **kwargs)
+        renewing.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            return [(1,)]  # the cancel swallowed, as wait_for did
+        return []
+
+    released = asyncio.Event()
+
+    async def stuck() -> None:  # a step that never ends, whatever is done to it
+        while not released.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await released.wait()
+
+    job._fetch = swallowing  # type: ignore[method-assign]
+    job._leave = stuck  # type: ignore[method-assign]
+    await renewing.wait()
+    job.store.timeout = 0.2
+    await job.aclose()
+    assert "leaving the job took more than" in caplog.text
+    released.set()
+    heartbeat = job._heartbeat
+    assert heartbeat is not None
+    await asyncio.wait({heartbeat}, timeout=5)
+    assert heartbeat.done()  # it saw `_closed` after its swallowed cancel
 
 
 async def test_reconciliation_is_one_worker_at_a_time(workers: Callable[..., Any],
