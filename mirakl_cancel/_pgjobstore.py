@@ -43,11 +43,11 @@ from ._store import (
     now,
 )
 from .errors import StoreError
+from .journal import _REQUEST_COLUMNS as _COLUMNS
+from .journal import PlanStaging, _errors, _request, _row_numbers, _texts
 
 if TYPE_CHECKING:
     import psycopg
-
-    from .journal import PlanStaging
 
 __all__ = ["DIED_WHILE_SENDING", "JobMismatchError", "PostgresJobStore"]
 
@@ -66,10 +66,6 @@ _ROWS = "mirakl_cancel_job_rows"
 _WORKERS = "mirakl_cancel_job_workers"
 _JOBS = "mirakl_cancel_jobs"
 
-_COLUMNS = ("seq, order_id, rows, body, state, attempts, action_id, sent_at, accepted_at, "
-            "poll_started_at, last_polled_at, finished_at, outcome, status, errors, "
-            "resendable, reconcile_verdict, reconcile_reason, reconcile_adjustments, "
-            "reconciled_at")
 #: What a claim may hand out: unsent, accepted and still tracked, or to send again.
 _CLAIMABLE = ("(state = 'PENDING' OR (state = 'ACCEPTED' AND NOT tracking_stopped) "
               "OR (state = 'DONE' AND retry))")
@@ -83,36 +79,6 @@ _MAX_BATCH = 500
 
 class JobMismatchError(JournalError):
     """A job of that name exists, made from another file: joining it would mix plans."""
-
-
-def _texts(items: Sequence[str]) -> str | None:
-    return json.dumps(list(items)) if items else None
-
-
-def _tuple(text: str | None) -> tuple[str, ...]:
-    if not text:
-        return ()
-    data = json.loads(text)
-    return tuple(str(item) for item in data) if isinstance(data, list) else (str(data),)
-
-
-def _numbers(text: str) -> tuple[int, ...]:
-    return tuple(int(n) for n in text.split(",")) if text else ()
-
-
-def _request(row: Sequence[Any]) -> JournalRequest:
-    (seq, order_id, rows, body, state, attempts, action_id, sent_at, accepted_at,
-     poll_started_at, last_polled_at, finished_at, outcome, status, errors, resendable,
-     verdict, reason, adjustments, reconciled_at) = row
-    numbers = _numbers(rows)
-    return JournalRequest(
-        key=PlannedRequest.make_key(order_id, numbers), seq=seq, order_id=order_id,
-        rows=numbers, body=body, state=RequestState(state), attempts=attempts,
-        action_id=action_id, sent_at=sent_at, accepted_at=accepted_at,
-        poll_started_at=poll_started_at, last_polled_at=last_polled_at,
-        finished_at=finished_at, outcome=outcome, status=status, errors=_tuple(errors),
-        resendable=bool(resendable), reconcile_verdict=verdict, reconcile_reason=reason,
-        reconcile_adjustments=_tuple(adjustments), reconciled_at=reconciled_at)
 
 
 def _line_fields(body: str, count: int) -> list[tuple[str | None, str | None, int | None]]:
@@ -445,7 +411,8 @@ class PostgresJobStore(FleetJobStore):
               AND owner NOT IN (SELECT worker FROM live)
             RETURNING order_id, rows""",
             self._params(at=time.time(), errors=_texts([DIED_WHILE_SENDING])), many=True)
-        keys = [PlannedRequest.make_key(order_id, _numbers(numbers)) for order_id, numbers in rows]
+        keys = [PlannedRequest.make_key(order_id, _row_numbers(numbers))
+                for order_id, numbers in rows]
         if keys:
             logger.warning("%d cancel(s) were being sent by a worker whose lease lapsed: "
                            "reported UNCERTAIN, not sent again", len(keys))
@@ -560,7 +527,7 @@ class PostgresJobStore(FleetJobStore):
                 request = None if row[7] is None else _request(row[7:])
                 yield JournalRow(row_number=row[0], line_number=row[1], order_id=row[2],
                                  order_line_id=row[3], product_id=row[4], quantity=row[5],
-                                 errors=_tuple(row[6]), request=request)
+                                 errors=_errors(row[6]), request=request)
             if len(batch) < _CHUNK:
                 return
             after = batch[-1][0]
