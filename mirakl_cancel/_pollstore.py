@@ -23,11 +23,13 @@ the process carries on with its in-memory guards: the ceiling then holds per pro
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["PollStore", "cache_dir", "default_store"]
@@ -108,6 +110,24 @@ class PollStore:
         return {key: self._local((wall, boot, mono), now_mono, now_wall)
                 for key, wall, boot, mono in rows}
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction under this process's lock: committed at the end of the
+        block, rolled back if it raises (even a KeyboardInterrupt)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _row(self, scope: str, key: str) -> Row | None:
+        found = self._db.execute("SELECT wall, boot, mono FROM reads WHERE scope = ? AND key = ?",
+                                 (scope, key)).fetchone()
+        return None if found is None else (found[0], found[1], found[2])
+
     def try_claim(self, scope: str, key: str, interval: float, now_mono: float,
                   now_wall: float) -> tuple[float, float | None, Row | None]:
         """Take the read slot of `key` if the last read (by any process) allows it.
@@ -115,22 +135,12 @@ class PollStore:
         Returns (seconds still to wait, last read as a local monotonic time, the row
         replaced): a wait of 0.0 means the slot is ours and written.
         """
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                found = self._db.execute(
-                    "SELECT wall, boot, mono FROM reads WHERE scope = ? AND key = ?",
-                    (scope, key)).fetchone()
-                previous: Row | None = None if found is None else (found[0], found[1], found[2])
-                last = None if previous is None else self._local(previous, now_mono, now_wall)
-                if last is not None and last + interval > now_mono:
-                    self._db.execute("COMMIT")
-                    return last + interval - now_mono, last, previous
-                self._write(scope, key, (now_wall, self._boot, now_mono))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            previous = self._row(scope, key)
+            last = None if previous is None else self._local(previous, now_mono, now_wall)
+            if last is not None and last + interval > now_mono:
+                return last + interval - now_mono, last, previous
+            self._write(scope, key, (now_wall, self._boot, now_mono))
         return 0.0, last, previous
 
     def record(self, scope: str, key: str, ago: float, now_mono: float,
@@ -138,34 +148,20 @@ class PollStore:
         """Note that a read of `key` ended `ago` seconds ago, unless a later one is
         already on record."""
         mono, wall = now_mono - ago, now_wall - ago
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                found = self._db.execute(
-                    "SELECT wall, boot, mono FROM reads WHERE scope = ? AND key = ?",
-                    (scope, key)).fetchone()
-                if found is None or self._local(found, now_mono, now_wall) <= mono:
-                    self._write(scope, key, (wall, self._boot, mono))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            found = self._row(scope, key)
+            if found is None or self._local(found, now_mono, now_wall) <= mono:
+                self._write(scope, key, (wall, self._boot, mono))
 
     def release(self, scope: str, key: str, claimed: tuple[float, float],
                 previous: Row | None) -> None:
         """Undo our claim (wall, mono) of `key`, if it is still the row on disk."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = self._db.execute(
-                    "DELETE FROM reads WHERE scope = ? AND key = ? AND wall = ? AND mono = ?",
-                    (scope, key, claimed[0], claimed[1]))
-                if cursor.rowcount and previous is not None:
-                    self._write(scope, key, previous)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            cursor = self._db.execute(
+                "DELETE FROM reads WHERE scope = ? AND key = ? AND wall = ? AND mono = ?",
+                (scope, key, claimed[0], claimed[1]))
+            if cursor.rowcount and previous is not None:
+                self._write(scope, key, previous)
 
     def _write(self, scope: str, key: str, row: Row) -> None:
         self._db.execute("INSERT INTO reads (scope, key, wall, boot, mono) VALUES (?, ?, ?, ?, ?) "

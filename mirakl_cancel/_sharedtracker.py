@@ -19,27 +19,22 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ._hooks import ActionFinalEvent, ActionTrackedEvent
+from ._hooks import ActionTrackedEvent
 from ._serde import parse_action_status
-from .errors import (
-    ActionTimeoutError,
-    ApiError,
-    MiraklError,
-    NotFoundError,
-    RateLimitError,
-    ServerError,
-    StoreError,
-    TransportError,
-    ValidationError,
-    ValidationIssue,
-    api_error_class,
-)
+from .errors import ActionTimeoutError, ApiError, MiraklError, StoreError, api_error_class
 from .models import ActionStatus
-from .tracker import DEFAULT_POLICY, ActionTracker, PollPolicy, StatusClient, TrackedResult
+from .tracker import (
+    DEFAULT_POLICY,
+    ActionTracker,
+    PollPolicy,
+    StatusClient,
+    TrackedResult,
+    check_action_id,
+    consume_result,
+)
 
 if TYPE_CHECKING:
     from ._pgstore import PostgresStore
@@ -50,7 +45,6 @@ logger = logging.getLogger("mirakl_cancel")
 
 #: The channel on which a worker announces "this action ended" (payload: key:action_id).
 CHANNEL = "mirakl_cancel_tracked"
-_MAX_FAILURE_EXPONENT = 20
 
 
 def _status_json(status: ActionStatus) -> dict[str, Any]:
@@ -125,7 +119,6 @@ class SharedActionTracker(ActionTracker):
         self.idle_poll = idle_poll
         self._waiters: dict[str, asyncio.Future[ActionStatus]] = {}
         self._claimed: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
@@ -136,10 +129,6 @@ class SharedActionTracker(ActionTracker):
                 f"waiting={len(self._waiters)}, concurrency={self.concurrency})")
 
     # --- lifecycle --------------------------------------------------------------------
-
-    async def __aenter__(self) -> SharedActionTracker:
-        self._ensure_started()
-        return self
 
     def _ensure_started(self) -> None:
         if self._stop:
@@ -164,10 +153,10 @@ class SharedActionTracker(ActionTracker):
         finally:
             self._cancelled = True
             self._stop = True
-            for task in (self._worker, self._listener, *self._tasks):
+            for task in (self._worker, self._listener, *self._in_flight):
                 if task is not None:
                     task.cancel()
-            for task in (self._worker, self._listener, *self._tasks):
+            for task in (self._worker, self._listener, *self._in_flight):
                 if task is not None:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
@@ -175,9 +164,7 @@ class SharedActionTracker(ActionTracker):
                 future.cancel()
             self._waiters.clear()
             await self._release_claims()
-            for _, on_close in list(self._listeners.values()):
-                if on_close is not None:
-                    on_close()
+            self._notify_closed()
 
     async def work(self) -> None:
         """Work the fleet's queue until no action of the fleet is pending any more."""
@@ -190,11 +177,6 @@ class SharedActionTracker(ActionTracker):
         """Actions this worker holds now (claimed) or waits for; the fleet's own count
         is `await fleet_pending()`."""
         return len(self._claimed | set(self._waiters))
-
-    @property
-    def in_flight(self) -> int:
-        """Reads in flight in this worker."""
-        return len(self._tasks)
 
     async def fleet_pending(self) -> int:
         """How many actions of this API and credential no worker has seen end yet."""
@@ -214,8 +196,7 @@ class SharedActionTracker(ActionTracker):
 
     async def add_shared(self, action_id: str, *, order_id: str | None = None) -> None:
         """Put `action_id` on the fleet's schedule (once: known ids are left as they are)."""
-        if not isinstance(action_id, str) or not action_id:
-            raise ValidationError([ValidationIssue("action_id", "must be a non-empty string")])
+        check_action_id(action_id)
         self._check_open()
         timeout = self.policy.timeout
         await self.store.fetchone(
@@ -247,12 +228,10 @@ class SharedActionTracker(ActionTracker):
         del last_polled_at, accepted_at
         future = self._waiters.get(action_id)
         if future is None or future.cancelled():
-            if not isinstance(action_id, str) or not action_id:
-                raise ValidationError(
-                    [ValidationIssue("action_id", "must be a non-empty string")])
+            check_action_id(action_id)
             self._check_open()
             future = asyncio.get_running_loop().create_future()
-            future.add_done_callback(_consume)
+            future.add_done_callback(consume_result)
             self._waiters[action_id] = future
             task = asyncio.get_running_loop().create_task(self._add_then_check(
                 action_id, order_id, future))
@@ -272,20 +251,9 @@ class SharedActionTracker(ActionTracker):
         """Wait for `action_id`'s final status, read by any worker of the fleet."""
         return await asyncio.shield(self.track(action_id))
 
-    async def as_completed(self, *, follow: bool = False) -> AsyncIterator[TrackedResult]:
-        """Results this worker reads or learns of, as they come; see ActionTracker."""
-        queue: asyncio.Queue[TrackedResult | None] = asyncio.Queue()
-        unsubscribe = self.subscribe(queue.put_nowait, lambda: queue.put_nowait(None))
-        try:
-            while True:
-                if queue.empty() and not follow and not self._waiters and not self._claimed:
-                    return
-                item = await queue.get()
-                if item is None:
-                    return
-                yield item
-        finally:
-            unsubscribe()
+    def _has_pending(self) -> bool:
+        # Results this worker may still read or learn of (see ActionTracker.as_completed).
+        return bool(self._waiters or self._claimed)
 
     def export_pending(self) -> dict[str, Any]:
         raise RuntimeError("a shared tracker keeps its pending actions in its store")
@@ -303,14 +271,8 @@ class SharedActionTracker(ActionTracker):
                 future.set_exception(exc)
             self._waiters.pop(action_id, None)
 
-    def _keep(self, task: asyncio.Task[None]) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("shared tracker task failed", exc_info=task.exception())
+    def _wake(self) -> None:
+        # A task of this worker ended (ActionTracker._task_done): look for work again.
         self._wakeup.set()
 
     # --- results ----------------------------------------------------------------------
@@ -323,21 +285,10 @@ class SharedActionTracker(ActionTracker):
             status = parse_action_status(result["status"])
         else:
             error = _error_from(action_id, result.get("error") or {})
-        future = self._waiters.pop(action_id, None)
-        if future is not None and not future.done():
-            if status is not None:
-                future.set_result(status)
-            else:
-                future.set_exception(error or MiraklError("tracking failed"))
-        tracked = TrackedResult(action_id, order_id, status, error, polls, elapsed)
-        hooks = self._hooks
-        if ours and hooks is not None and hooks.active:  # the worker that saw it end
-            hooks.emit("action_final", ActionFinalEvent(tracked))
-        for on_result, _ in list(self._listeners.values()):
-            try:
-                on_result(tracked)
-            except Exception:
-                logger.exception("a tracker result listener failed")
+        # Only the worker that saw the action end announces it to the hooks.
+        self._deliver(self._waiters.pop(action_id, None),
+                      TrackedResult(action_id, order_id, status, error, polls, elapsed),
+                      announce=ours)
 
     async def _check_results(self, action_ids: list[str]) -> None:
         """Resolve the waiters whose actions another worker already saw end."""
@@ -470,34 +421,13 @@ class SharedActionTracker(ActionTracker):
     async def _after_read(self, action_id: str, order_id: str | None, polls: int,
                           failures: int, elapsed: float, status: ActionStatus | None,
                           error: Exception | None) -> None:
-        """The tracker's rules (see ActionTracker._after_poll), written to the store."""
-        interval, floor = self._interval, self._min
-        if status is not None:
-            if status.is_terminal:
-                await self._finish_row(action_id, order_id, polls, elapsed, status=status)
-                return
-            await self._reschedule(action_id, polls, 0, interval)
-            return
-        self.stats.poll_errors += 1
-        if isinstance(error, RateLimitError):
-            self.stats.rate_limited += 1
-            await self._reschedule(action_id, polls, failures,
-                                   max(floor, error.retry_after or 0.0))
-        elif isinstance(error, NotFoundError):
-            await self._finish_row(action_id, order_id, polls, elapsed, error=error)
-        elif isinstance(error, (ServerError, TransportError)):
-            failures += 1
-            base = floor or interval
-            exponent = min(failures - 1, _MAX_FAILURE_EXPONENT)
-            delay = max(floor, min(interval, base * 2.0 ** exponent))
-            logger.info("reading action %s failed (%s): next read in %.2fs",
-                        action_id, error, delay)
-            await self._reschedule(action_id, polls, failures, delay)
-        elif isinstance(error, (ApiError, ValidationError)):
-            await self._finish_row(action_id, order_id, polls, elapsed, error=error)
+        """The tracker's rules (`ActionTracker._judge_read`), written to the store."""
+        verdict = self._judge_read(action_id, order_id, polls, failures, status, error)
+        if verdict.delay is None:
+            await self._finish_row(action_id, order_id, polls, elapsed, status=verdict.status,
+                                   error=verdict.error)
         else:
-            wrapped = MiraklError(f"reading action {action_id} failed: {error!r}")
-            await self._finish_row(action_id, order_id, polls, elapsed, error=wrapped)
+            await self._reschedule(action_id, polls, verdict.failures, verdict.delay)
 
     async def _reschedule(self, action_id: str, polls: int, failures: int,
                           delay: float) -> None:
@@ -542,8 +472,3 @@ class SharedActionTracker(ActionTracker):
                 "WHERE key = %s AND owner = %s AND result IS NULL",
                 (self.key, self.store.worker_id))
         self._claimed.clear()
-
-
-def _consume(future: asyncio.Future[ActionStatus]) -> None:
-    if not future.cancelled():
-        future.exception()

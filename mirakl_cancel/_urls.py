@@ -62,16 +62,24 @@ def check_no_userinfo(url: URL, name: str) -> None:
                   "with StaticToken or ClientCredentials instead")])
 
 
-def check_base_url(base_url: str) -> URL:
-    """Refuse plain http except on loopback, where the simulator lives, and userinfo."""
+def check_http_url(text: str, name: str, secret: str) -> URL:
+    """`text` (the argument `name`) as a URL a secret may be sent to: http(s) with a
+    host, no userinfo, and plain http only on loopback, where the simulator lives;
+    `secret` says what would travel in clear text otherwise. The one rule for the
+    base URL and the token endpoint."""
     try:
-        url = URL(base_url.rstrip("/"))
+        url = URL(text)
     except (TypeError, ValueError):
-        raise ValueError("base_url must be an http(s) URL") from None
-    check_no_userinfo(url, "base_url")
+        raise ValueError(f"{name} must be an http(s) URL") from None
+    check_no_userinfo(url, name)
     if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
+        raise ValueError(f"{name} must be an http(s) URL, not {text!r}")
     if url.scheme == "http" and not is_loopback_host(url.host):
-        raise ValueError("plain http is only allowed for loopback hosts: tokens would travel "
-                         f"in clear text to {url.host}")
+        raise ValueError(f"plain http is only allowed for loopback hosts: {secret} would "
+                         f"travel in clear text to {url.host}")
     return url
+
+
+def check_base_url(base_url: str) -> URL:
+    """The API's base URL (`check_http_url`), without a trailing slash."""
+    return check_http_url(base_url.rstrip("/"), "base_url", "tokens")

@@ -27,7 +27,7 @@ from ._constants import (
 )
 from ._net import Network, current_network
 from ._serde import AnswerTooLarge, loads, read_bounded
-from ._urls import check_no_userinfo, is_loopback_host
+from ._urls import check_http_url
 from .errors import AuthenticationError, ServerError, TransportError, api_error_class
 
 __all__ = ["Auth", "ClientCredentials", "StaticToken", "credential_identity"]
@@ -120,19 +120,10 @@ def credential_identity(auth: Auth) -> str:
 def _check_token_url(token_url: str) -> None:
     """Refuse a token endpoint the client secret would reach in clear text.
 
-    The base URL gets the same rule (`check_base_url`); the token URL carries an even
+    The base URL gets the same rule (`check_http_url`); the token URL carries an even
     more precious secret, so plain http is allowed only on loopback (the simulator).
     """
-    try:
-        url = URL(token_url)
-    except (TypeError, ValueError):
-        raise ValueError(f"token_url must be an http(s) URL, not {token_url!r}") from None
-    check_no_userinfo(url, "token_url")
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"token_url must be an http(s) URL, not {token_url!r}")
-    if url.scheme == "http" and not is_loopback_host(url.host):
-        raise ValueError("plain http is only allowed for loopback hosts: the client secret "
-                         f"would travel in clear text to {url.host}")
+    check_http_url(token_url, "token_url", "the client secret")
 
 
 class ClientCredentials:

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 import attrs
 
@@ -210,7 +210,27 @@ class _Tracked:
         self.state = _SCHEDULED
 
 
-def _consume(future: asyncio.Future[ActionStatus]) -> None:
+class _ReadVerdict(NamedTuple):
+    """What one status read means for an action's tracking (`ActionTracker._judge_read`)."""
+
+    #: Read again this many seconds after the read ended; None: tracking ends here.
+    delay: float | None
+    #: Failed reads in a row, counting this one (the back-off's exponent).
+    failures: int
+    #: The final status (tracking ended with it), else None.
+    status: ActionStatus | None = None
+    #: The error that ended tracking, else None.
+    error: MiraklError | None = None
+
+
+def check_action_id(action_id: object) -> None:
+    """Refuse an action id that is not a non-empty string (nothing is tracked then)."""
+    if not isinstance(action_id, str) or not action_id:
+        raise ValidationError([ValidationIssue("action_id", "must be a non-empty string")])
+
+
+def consume_result(future: asyncio.Future[ActionStatus]) -> None:
+    """A done-callback for a result future (this tracker's and the fleet's)."""
     # Results also reach as_completed() and listeners, so an unawaited future's
     # exception is not "lost": keep asyncio from logging it as such.
     if not future.cancelled():
@@ -240,6 +260,9 @@ def first_read_due(policy: PollPolicy, now: float, *, accepted_at: float | None 
     if last_read is not None:
         due = max(due, last_read + (policy.min_interval if gap is None else gap))
     return due
+
+
+_Self = TypeVar("_Self", bound="ActionTracker")
 
 
 class ActionTracker:
@@ -312,7 +335,7 @@ class ActionTracker:
 
     # --- lifecycle --------------------------------------------------------------------
 
-    async def __aenter__(self) -> ActionTracker:
+    async def __aenter__(self: _Self) -> _Self:
         self._ensure_started()
         return self
 
@@ -379,6 +402,10 @@ class ActionTracker:
                 record.future.cancel()
             record.future = None
             record.state = _SCHEDULED
+        self._notify_closed()
+
+    def _notify_closed(self) -> None:
+        """Tell every listener that tracking stopped (once: they are dropped)."""
         listeners = list(self._listeners.values())
         self._listeners.clear()
         for _, on_close in listeners:
@@ -417,7 +444,7 @@ class ActionTracker:
         future = record.future
         if future is None or future.cancelled():
             future = asyncio.get_running_loop().create_future()
-            future.add_done_callback(_consume)
+            future.add_done_callback(consume_result)
             record.future = future
         return future
 
@@ -440,8 +467,7 @@ class ActionTracker:
     def _add_now(self, action_id: str, order_id: str | None,
                  last_polled_at: float | datetime | None,
                  accepted_at: float | datetime | None = None) -> _Tracked:
-        if not isinstance(action_id, str) or not action_id:
-            raise ValidationError([ValidationIssue("action_id", "must be a non-empty string")])
+        check_action_id(action_id)
         existing = self._actions.get(action_id)
         if existing is not None and not self._cancelled:
             return existing  # even while draining: waiting for it is still possible
@@ -508,7 +534,7 @@ class ActionTracker:
         unsubscribe = self.subscribe(queue.put_nowait, lambda: queue.put_nowait(None))
         try:
             while True:
-                if queue.empty() and not self._actions and (self._closing or not follow):
+                if queue.empty() and not self._has_pending() and (self._closing or not follow):
                     return
                 item = await queue.get()
                 if item is None:
@@ -517,28 +543,38 @@ class ActionTracker:
         finally:
             unsubscribe()
 
-    def _finish(self, record: _Tracked, *, status: ActionStatus | None = None,
-                error: MiraklError | None = None) -> None:
-        if self._actions.get(record.action_id) is record:
-            del self._actions[record.action_id]
-        record.state = _DONE
-        future, record.future = record.future, None
+    def _has_pending(self) -> bool:
+        """Whether a result may still come (`as_completed` waits while it may)."""
+        return bool(self._actions)
+
+    def _deliver(self, future: asyncio.Future[ActionStatus] | None, result: TrackedResult,
+                 *, announce: bool = True) -> None:
+        """Hand one action's result to its future, the listeners and, when `announce`
+        (the tracker that saw the action end, not one told of it), the hooks."""
         if future is not None and not future.done():
-            if status is not None:
-                future.set_result(status)
+            if result.status is not None:
+                future.set_result(result.status)
             else:
-                future.set_exception(error or MiraklError("tracking failed"))
-        self.stats.resolved += 1
-        result = TrackedResult(record.action_id, record.order_id, status, error, record.polls,
-                               self._clock.monotonic() - record.tracked_at)
+                future.set_exception(result.error or MiraklError("tracking failed"))
         for on_result, _ in list(self._listeners.values()):
             try:
                 on_result(result)
             except Exception:
                 logger.exception("a tracker result listener failed")
         hooks = self._hooks
-        if hooks is not None and hooks.active:
+        if announce and hooks is not None and hooks.active:
             hooks.emit("action_final", ActionFinalEvent(result))
+
+    def _finish(self, record: _Tracked, *, status: ActionStatus | None = None,
+                error: MiraklError | None = None) -> None:
+        if self._actions.get(record.action_id) is record:
+            del self._actions[record.action_id]
+        record.state = _DONE
+        future, record.future = record.future, None
+        self.stats.resolved += 1
+        self._deliver(future, TrackedResult(record.action_id, record.order_id, status, error,
+                                            record.polls,
+                                            self._clock.monotonic() - record.tracked_at))
         if self._closing and not self._actions:
             self._wake()
 
@@ -606,14 +642,17 @@ class ActionTracker:
                 hooks.emit("poll", PollEvent(record.action_id, record.order_id, record.polls,
                                              max(now - due, 0.0)))
             record.state = _IN_FLIGHT
-            task = asyncio.get_running_loop().create_task(self._poll(record))
-            self._in_flight.add(task)
-            task.add_done_callback(self._poll_done)
+            self._keep(asyncio.get_running_loop().create_task(self._poll(record)))
 
-    def _poll_done(self, task: asyncio.Task[None]) -> None:
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        """Hold a task (a read) until it ends; its end wakes the scheduler."""
+        self._in_flight.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            logger.error("tracker poll failed unexpectedly", exc_info=task.exception())
+            logger.error("tracker task failed unexpectedly", exc_info=task.exception())
         self._wake()
 
     async def _poll(self, record: _Tracked) -> None:
@@ -640,18 +679,32 @@ class ActionTracker:
                     error: Exception | None) -> None:
         ended = record.last_polled
         assert ended is not None
+        verdict = self._judge_read(record.action_id, record.order_id, record.polls,
+                                   record.failures, status, error)
+        record.failures = verdict.failures
+        if verdict.delay is None:
+            self._finish(record, status=verdict.status, error=verdict.error)
+        else:
+            self._push(record, ended + verdict.delay)
+
+    def _judge_read(self, action_id: str, order_id: str | None, polls: int, failures: int,
+                    status: ActionStatus | None, error: Exception | None) -> _ReadVerdict:
+        """The tracker's rules for one read (`status`, or the `error` it raised), in one
+        home for this tracker and the fleet's: a final status or a lasting error ends
+        tracking; a pending status is read again an interval later; a 429 after its
+        Retry-After (never sooner than the floor; a refusal longer than
+        `max_retry_after` ends tracking); a 5xx or a transport failure after a back-off
+        that doubles from the floor up to the interval. `failures` counts the failed
+        reads in a row before this one. Counts the failures in `stats`.
+        """
         if status is not None:
-            record.failures = 0
             if status.is_terminal:
-                self._finish(record, status=status)
-                return
+                return _ReadVerdict(None, 0, status=status)
             if status.state is ActionState.UNKNOWN:
                 logger.info("action %s has a status this version does not know (%r): "
-                            "still polling", record.action_id, status.raw_status,
-                            extra=fields(action_id=record.action_id, order_id=record.order_id,
-                                         attempt=record.polls))
-            self._push(record, ended + self._interval)
-            return
+                            "still polling", action_id, status.raw_status,
+                            extra=fields(action_id=action_id, order_id=order_id, attempt=polls))
+            return _ReadVerdict(self._interval, 0)
         self.stats.poll_errors += 1
         if isinstance(error, RateLimitError):
             self.stats.rate_limited += 1
@@ -659,29 +712,26 @@ class ActionTracker:
             if not wait <= self.policy.max_retry_after:  # NaN too
                 logger.warning("reading action %s: the server refuses reads for %.0f s, more "
                                "than max_retry_after (%.0f s): tracking it stops here",
-                               record.action_id, wait, self.policy.max_retry_after)
-                self._finish(record, error=error)
-                return
-            self._push(record, ended + max(self._min, wait))
-        elif isinstance(error, NotFoundError):
-            self._finish(record, error=error)
-        elif isinstance(error, (ServerError, TransportError)):
-            record.failures += 1
+                               action_id, wait, self.policy.max_retry_after)
+                return _ReadVerdict(None, failures, error=error)
+            return _ReadVerdict(max(self._min, wait), failures)
+        if isinstance(error, NotFoundError):
+            return _ReadVerdict(None, failures, error=error)
+        if isinstance(error, (ServerError, TransportError)):
+            failures += 1
             # The one backoff (`_backoff`): the ceiling doubled per failure, up to the interval.
-            delay = max(self._min, exponential(record.failures, self._min or self._interval,
+            delay = max(self._min, exponential(failures, self._min or self._interval,
                                                self._interval))
             logger.info("reading action %s failed (%s): next read in %.2fs",
-                        record.action_id, error, delay,
-                        extra=fields(action_id=record.action_id, order_id=record.order_id,
-                                     attempt=record.polls,
+                        action_id, error, delay,
+                        extra=fields(action_id=action_id, order_id=order_id, attempt=polls,
                                      status=getattr(error, "status", None)))
-            self._push(record, ended + delay)
-        elif isinstance(error, (ApiError, ValidationError)):
-            self._finish(record, error=error)
-        else:
-            wrapped = MiraklError(f"reading action {record.action_id} failed: {error!r}")
-            wrapped.__cause__ = error
-            self._finish(record, error=wrapped)
+            return _ReadVerdict(delay, failures)
+        if isinstance(error, (ApiError, ValidationError)):
+            return _ReadVerdict(None, failures, error=error)
+        wrapped = MiraklError(f"reading action {action_id} failed: {error!r}")
+        wrapped.__cause__ = error
+        return _ReadVerdict(None, failures, error=wrapped)
 
     # --- resuming in another process --------------------------------------------------
 

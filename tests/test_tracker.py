@@ -647,3 +647,53 @@ async def test_cancelling_a_drain_stops_everything(clock: ManualClock, client: F
     await clock.settle()
     assert closing.cancelled() and future.cancelled()
     assert tracker.pending == 1  # still exportable
+
+
+# --- the read rules, one table for this tracker and the fleet's -------------------------
+
+_RULES_POLICY = PollPolicy(min_interval=60.0, interval=300.0, first_delay=60.0,
+                           max_retry_after=900.0)
+_BOOM = RuntimeError("boom")
+
+
+@pytest.mark.parametrize(("status", "error", "failures", "delay", "failures_after", "ends_with"), [
+    (ActionState.SUCCESS, None, 3, None, 0, "status"),
+    (ActionState.FAILED, None, 0, None, 0, "status"),
+    (ActionState.PENDING, None, 4, 300.0, 0, None),
+    (ActionState.UNKNOWN, None, 0, 300.0, 0, None),  # a state added later: still polling
+    (None, RateLimitError(429, None, "slow down", retry_after=120.0), 2, 120.0, 2, None),
+    (None, RateLimitError(429, None, "slow down", retry_after=5.0), 0, 60.0, 0, None),
+    (None, RateLimitError(429, None, "slow down"), 0, 60.0, 0, None),
+    (None, RateLimitError(429, None, "no", retry_after=901.0), 0, None, 0, "error"),
+    (None, RateLimitError(429, None, "no", retry_after=math.nan), 0, None, 0, "error"),
+    (None, NotFoundError(404, None, "unknown"), 0, None, 0, "error"),
+    (None, ServerError(503, None, "down"), 0, 60.0, 1, None),
+    (None, TransportError("reset"), 1, 120.0, 2, None),
+    (None, ServerError(500, None, "down"), 2, 240.0, 3, None),
+    (None, ServerError(500, None, "down"), 3, 300.0, 4, None),  # capped at the interval
+    (None, ServerError(500, None, "down"), 10_000, 300.0, 10_001, None),  # no overflow
+    (None, AuthenticationError(401, None, "who"), 0, None, 0, "error"),
+    (None, ValidationError([]), 0, None, 0, "error"),
+    (None, _BOOM, 0, None, 0, "wrapped"),
+])
+async def test_the_read_rules_as_a_table(
+    status: ActionState | None, error: Exception | None, failures: int,
+    delay: float | None, failures_after: int, ends_with: str | None,
+) -> None:
+    """`_judge_read` is the one home of what a read means (the shared tracker calls it
+    too): every kind of answer, and what it does to the schedule."""
+    clock = ManualClock()
+    tracker = ActionTracker(FakeClient(clock), _RULES_POLICY, clock=clock)
+    answer = None if status is None else ActionStatus("a-1", status, raw_status="X")
+    verdict = tracker._judge_read("a-1", "o-1", 1, failures, answer, error)
+    assert verdict.delay == delay
+    assert verdict.failures == failures_after
+    if ends_with == "status":
+        assert verdict.status is answer and verdict.error is None
+    elif ends_with == "error":
+        assert verdict.status is None and verdict.error is error
+    elif ends_with == "wrapped":
+        assert isinstance(verdict.error, MiraklError) and verdict.error.__cause__ is error
+    else:
+        assert verdict.status is None and verdict.error is None
+    assert tracker.stats.poll_errors == (0 if error is None else 1)
