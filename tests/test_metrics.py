@@ -3,6 +3,7 @@ from a real `mirakl-cancel run` while it works."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
@@ -129,9 +130,27 @@ def write_csv(path: Path, orders: list[SimOrder]) -> None:
                                  line.currency, "0"])
 
 
+def _scrape_until_pending(url: str, proc: subprocess.Popen[str]) -> str:
+    """Scrape until a scrape shows pending actions, a counted cancel and a poll (the
+    actions cannot end before the test lets them, so this is no race); bounded so that
+    nothing hangs, and no bound on how long it may take within that."""
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        pending = [float(m.group(1)) for m in
+                   re.finditer(r"^mirakl_cancel_pending_actions (\S+)$", text, re.M)]
+        if (pending and max(pending) > 0 and "mirakl_cancel_poll_lag_seconds_count" in text
+                and 'route="v2-cancelOrderLines",status="202"' in text):
+            return text
+        time.sleep(0.05)
+    raise AssertionError(f"no scrape showed pending actions (exit code {proc.poll()})")
+
+
 def test_metrics_scraped_during_a_cli_run(tmp_path: Path) -> None:
-    # Actions take 1-2 s to end: time enough to scrape while they are pending.
-    config = SimulatorConfig(time_scale=SCALE, processing_delay=(1000.0, 2000.0), seed=5)
+    # The actions stay pending until the test ends them (a processing delay of a day):
+    # the scrape while they are pending cannot miss, however slow the machine.
+    config = SimulatorConfig(time_scale=SCALE, processing_delay=(86_400.0, 86_400.0), seed=5)
     with ThreadedSimulator(config) as sim:
         orders = sim.generate_orders(n_orders=20, lines_per_order=(1, 1), wrong_state_ratio=0)
         source = tmp_path / "lines.csv"
@@ -153,27 +172,25 @@ def test_metrics_scraped_during_a_cli_run(tmp_path: Path) -> None:
                     url = found.group(1)
                     break
             assert url is not None, "the CLI did not say where its metrics are"
-            scrapes: list[str] = []
-            while proc.poll() is None:
-                try:
-                    with urllib.request.urlopen(url, timeout=5) as response:
-                        scrapes.append(response.read().decode())
-                except OSError:
-                    break  # the job ended between poll() and the scrape
-                time.sleep(0.05)
+            during = _scrape_until_pending(url, proc)
+
+            def end_every_action() -> None:
+                for action in sim.actions.values():
+                    action.due_mono = 0.0
+
+            # Again until the job ends: cancels sent after the scrape end too.
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and time.monotonic() < deadline:
+                sim.call(end_every_action)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=0.05)
             out, _ = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
     assert proc.returncode == 0, out
-    pending = [float(m.group(1)) for text in scrapes
-               for m in re.finditer(r"^mirakl_cancel_pending_actions (\S+)$", text, re.M)]
-    assert pending and max(pending) > 0
-    last = scrapes[-1]
-    assert 'mirakl_cancel_requests_total{route="v2-cancelOrderLines",status="202"}' in last
-    assert "mirakl_cancel_request_duration_seconds_bucket" in last
-    assert "mirakl_cancel_poll_lag_seconds_count" in last
+    assert "mirakl_cancel_request_duration_seconds_bucket" in during
 
 
 def test_metrics_port_in_use_is_a_usage_error(
