@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from decimal import Decimal
 from typing import Any
 
 import pytest
+from builders import line
 
 from mirakl_cancel import MiraklConnectClient, RetryPolicy, StaticToken
 from mirakl_cancel._sending import send_many
@@ -17,20 +17,10 @@ from mirakl_cancel.models import (
     ActionAccepted,
     ActionState,
     ActionStatus,
-    Cancelation,
-    CancelReason,
     CancelRequest,
-    Money,
 )
 from mirakl_cancel.simulator import Simulator, SimulatorConfig
 from mirakl_cancel.tracker import ActionTracker, PollPolicy
-
-
-def line(line_id: str, quantity: int = 1, currency: str = "EUR",
-         price: Decimal = Decimal("5.00")) -> Cancelation:
-    return Cancelation(quantity=quantity, reason=CancelReason.CUSTOMER_CANCELATION,
-                       price=Money(price, currency), shipping_price=Money(0, currency),
-                       order_line_id=line_id)
 
 
 class FakeClient:

@@ -7,10 +7,10 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
-from decimal import Decimal
 from typing import Any
 
 import pytest
+from builders import request
 
 from mirakl_cancel.bulk import CancelResult, Outcome, cancel_and_track
 from mirakl_cancel.errors import (
@@ -29,24 +29,13 @@ from mirakl_cancel.models import (
     ActionError,
     ActionState,
     ActionStatus,
-    Cancelation,
-    CancelReason,
     CancelRequest,
-    Money,
 )
 from mirakl_cancel.tracker import ActionTracker, PollPolicy
 
 FAST = PollPolicy(min_interval=0.01, interval=0.01, first_delay=0.0)
 
 
-def line(line_id: str, quantity: int = 1) -> Cancelation:
-    return Cancelation(quantity=quantity, reason=CancelReason.OUT_OF_STOCK,
-                       price=Money(Decimal("9.99"), "EUR"), shipping_price=Money(0, "EUR"),
-                       order_line_id=line_id)
-
-
-def request(order_id: str, lines: int = 1) -> CancelRequest:
-    return CancelRequest(order_id, [line(f"{order_id}-{n}") for n in range(1, lines + 1)])
 
 
 class Guard:

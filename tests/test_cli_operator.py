@@ -17,7 +17,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -34,10 +33,14 @@ from mirakl_cancel.tracker import PollPolicy
 
 
 @pytest.fixture
-def sim() -> Iterator[ThreadedSimulator]:
-    config = SimulatorConfig(time_scale=SCALE, processing_delay=(1.0, 5.0), seed=11)
-    with ThreadedSimulator(config) as simulator:
-        yield simulator
+def mirakl_simulator_config() -> SimulatorConfig:
+    """The shipped `mirakl_simulator` fixture (our pytest plugin), configured for the CLI."""
+    return SimulatorConfig(time_scale=SCALE, processing_delay=(1.0, 5.0), seed=11)
+
+
+@pytest.fixture
+def sim(mirakl_simulator: ThreadedSimulator) -> ThreadedSimulator:
+    return mirakl_simulator
 
 
 @pytest.fixture

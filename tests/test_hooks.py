@@ -4,7 +4,6 @@ and that a failing hook never breaks an exchange."""
 from __future__ import annotations
 
 import logging
-from decimal import Decimal
 from typing import Any
 
 import builders
@@ -17,7 +16,6 @@ from mirakl_cancel import (
     Call,
     CallEndEvent,
     CallOutcome,
-    CancelRequest,
     Hooks,
     MiraklConnectClient,
     Observer,
@@ -32,7 +30,7 @@ from mirakl_cancel import (
     UncertainDeliveryError,
     UncertainEvent,
 )
-from mirakl_cancel.simulator import Fault, SimLine, SimOrder, Simulator, SimulatorConfig
+from mirakl_cancel.simulator import Fault, Simulator, SimulatorConfig
 
 SCALE = 0.001
 MIN = 60.0 * SCALE
@@ -83,14 +81,6 @@ def config() -> SimulatorConfig:
     return SimulatorConfig(time_scale=SCALE, processing_delay=(30.0, 60.0), seed=1)
 
 
-def order(order_id: str = "0001_H-A") -> SimOrder:
-    return SimOrder(id=order_id, lines=[
-        SimLine(id=f"{order_id}-1", product_id="P1", quantity=3, price=Decimal("9.99"))])
-
-
-def request_for(sim_order: SimOrder) -> CancelRequest:
-    first = sim_order.lines[0]
-    return CancelRequest(sim_order.id, [builders.line(first.id, price=first.price)])
 
 
 def client_for(sim: Simulator, hooks: Hooks | None = None) -> MiraklConnectClient:
@@ -102,11 +92,11 @@ def client_for(sim: Simulator, hooks: Hooks | None = None) -> MiraklConnectClien
 async def test_a_cancel_tracked_to_its_end_reports_every_step() -> None:
     recorder = Recorder()
     async with Simulator(config()) as sim:
-        sim.add_order(order())
+        sim.add_order(builders.sim_order("0001_H-A"))
         sim.inject(Fault.http(429, retry_after=10.0), route="cancel")
         sim.inject(Fault.http(503), route="status")
         async with client_for(sim, Hooks(recorder)) as client:
-            accepted = await client.cancel(request_for(order()))
+            accepted = await client.cancel(builders.request_for("0001_H-A"))
             async with ActionTracker(client, POLICY) as tracker:
                 status = await tracker.wait(accepted.action_id)
 
@@ -147,11 +137,11 @@ async def test_a_cancel_tracked_to_its_end_reports_every_step() -> None:
 async def test_an_uncertain_cancel_is_reported_once_and_not_resent() -> None:
     recorder = Recorder()
     async with Simulator(config()) as sim:
-        sim.add_order(order())
+        sim.add_order(builders.sim_order("0001_H-A"))
         sim.inject(Fault.drop_after_read(), route="cancel")
         async with client_for(sim, Hooks(recorder)) as client:
             with pytest.raises(UncertainDeliveryError):
-                await client.cancel(request_for(order()))
+                await client.cancel(builders.request_for("0001_H-A"))
         assert sum(sim.stats.posts_per_order.values()) == 1
     assert len(recorder.of("request")) == 1
     (response,) = recorder.of("response")
@@ -173,10 +163,10 @@ async def test_a_failing_hook_is_logged_and_the_exchange_goes_on(
     hooks = Hooks(on_request=broken, on_call_start=broken, on_call_end=[broken],
                   on_response=seen.append)
     async with Simulator(config()) as sim:
-        sim.add_order(order())
+        sim.add_order(builders.sim_order("0001_H-A"))
         async with client_for(sim, hooks) as client:
             with caplog.at_level(logging.ERROR, logger="mirakl_cancel"):
-                accepted = await client.cancel(request_for(order()))
+                accepted = await client.cancel(builders.request_for("0001_H-A"))
     assert accepted.action_id
     assert [e.status for e in seen] == [202]
     failures = [r for r in caplog.records if "hook failed" in r.getMessage()]
@@ -185,13 +175,13 @@ async def test_a_failing_hook_is_logged_and_the_exchange_goes_on(
 
 async def test_hooks_added_and_removed_at_run_time() -> None:
     async with Simulator(config()) as sim:
-        sim.add_order(order())
+        sim.add_order(builders.sim_order("0001_H-A"))
         async with client_for(sim) as client:
             assert not client.hooks.active
             ends: list[CallEndEvent] = []
             remove = client.hooks.on("call_end", ends.append)
             assert client.hooks.active and client.hooks.listens("call_end")
-            accepted = await client.cancel(request_for(order()))
+            accepted = await client.cancel(builders.request_for("0001_H-A"))
             remove()
             assert not client.hooks.active
             await client.get_action_status(accepted.action_id)

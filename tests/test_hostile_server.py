@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from builders import request
 
 from mirakl_cancel import (
     Cancelation,
@@ -121,12 +122,6 @@ def client(url: str, **kwargs: Any) -> MiraklConnectClient:
     kwargs.setdefault("min_poll_interval", 0.01)  # a retried read need not wait a minute
     return MiraklConnectClient(auth=StaticToken(TOKEN), base_url=url, **kwargs)
 
-
-def request(order_id: str = "o1") -> CancelRequest:
-    line = Cancelation(quantity=1, reason=CancelReason.OUT_OF_STOCK,
-                       price=Money(Decimal("9.99"), "EUR"), shipping_price=Money(0, "EUR"),
-                       order_line_id=f"{order_id}-1")
-    return CancelRequest(order_id, [line])
 
 
 async def post(url: str, **kwargs: Any) -> BaseException:

@@ -6,39 +6,26 @@ import logging
 import os
 import subprocess
 import sys
-from decimal import Decimal
 
 import pytest
+from builders import request_for, sim_order
 
 from mirakl_cancel import (
     ActionTracker,
-    Cancelation,
-    CancelReason,
-    CancelRequest,
     MiraklConnectClient,
-    Money,
     PollPolicy,
     RetryPolicy,
     StaticToken,
     UncertainDeliveryError,
 )
 from mirakl_cancel._logging import FIELDS
-from mirakl_cancel.simulator import Fault, SimLine, SimOrder, Simulator, SimulatorConfig
+from mirakl_cancel.simulator import Fault, Simulator, SimulatorConfig
 
 SCALE = 0.001
 MIN = 60.0 * SCALE
 POLICY = PollPolicy(min_interval=MIN, interval=0.1, first_delay=MIN, timeout=10.0)
 
 
-def order(order_id: str) -> SimOrder:
-    return SimOrder(id=order_id, lines=[
-        SimLine(id=f"{order_id}-1", product_id="P1", quantity=3, price=Decimal("9.99"))])
-
-
-def request_for(order_id: str) -> CancelRequest:
-    return CancelRequest(order_id, [Cancelation(
-        order_line_id=f"{order_id}-1", quantity=1, reason=CancelReason.OUT_OF_STOCK,
-        price=Money("9.99", "EUR"), shipping_price=Money(Decimal("0"), "EUR"))])
 
 
 async def test_every_record_carries_the_ids_it_concerns(
@@ -46,7 +33,7 @@ async def test_every_record_carries_the_ids_it_concerns(
     config = SimulatorConfig(time_scale=SCALE, processing_delay=(30.0, 60.0), seed=6)
     async with Simulator(config) as sim:
         for order_id in ("0001_L-A", "0002_L-A"):
-            sim.add_order(order(order_id))
+            sim.add_order(sim_order(order_id))
         sim.inject(Fault.http(429, retry_after=10.0), route="cancel")
         sim.inject(Fault.http(503), route="status")
         with caplog.at_level(logging.INFO, logger="mirakl_cancel"):

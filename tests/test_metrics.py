@@ -4,7 +4,6 @@ from a real `mirakl-cancel run` while it works."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import os
 import re
@@ -14,10 +13,11 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from builders import request_for, sim_order
+from cli_support import write_csv
 
 pytest.importorskip("prometheus_client")
 
@@ -25,12 +25,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from mirakl_cancel import (
     ActionTracker,
-    Cancelation,
-    CancelReason,
-    CancelRequest,
     Hooks,
     MiraklConnectClient,
-    Money,
     PollPolicy,
     RetryPolicy,
     StaticToken,
@@ -39,8 +35,6 @@ from mirakl_cancel import (
 from mirakl_cancel._metrics import PrometheusCollector
 from mirakl_cancel.simulator import (
     Fault,
-    SimLine,
-    SimOrder,
     Simulator,
     SimulatorConfig,
     ThreadedSimulator,
@@ -51,15 +45,8 @@ MIN = 60.0 * SCALE
 POLICY = PollPolicy(min_interval=MIN, interval=0.1, first_delay=MIN, timeout=10.0)
 
 
-def order(order_id: str) -> SimOrder:
-    return SimOrder(id=order_id, lines=[
-        SimLine(id=f"{order_id}-1", product_id="P1", quantity=3, price=Decimal("9.99"))])
 
 
-def request_for(order_id: str) -> CancelRequest:
-    return CancelRequest(order_id, [Cancelation(
-        order_line_id=f"{order_id}-1", quantity=1, reason=CancelReason.OUT_OF_STOCK,
-        price=Money("9.99", "EUR"), shipping_price=Money(Decimal("0"), "EUR"))])
 
 @pytest.fixture
 def cli_logger() -> Iterator[None]:
@@ -72,7 +59,6 @@ def cli_logger() -> Iterator[None]:
     logger.propagate = saved[2]
 
 
-
 async def test_a_collector_in_the_callers_registry() -> None:
     collector = PrometheusCollector()
     registry = CollectorRegistry()
@@ -82,7 +68,7 @@ async def test_a_collector_in_the_callers_registry() -> None:
     config = SimulatorConfig(time_scale=SCALE, processing_delay=(30.0, 60.0), seed=4)
     async with Simulator(config) as sim:
         for order_id in ("0001_M-A", "0002_M-A"):
-            sim.add_order(order(order_id))
+            sim.add_order(sim_order(order_id))
         sim.inject(Fault.http(429, retry_after=10.0), route="cancel")
         sim.inject(Fault.http(503), route="status")
         async with MiraklConnectClient(
@@ -118,16 +104,6 @@ async def test_a_collector_in_the_callers_registry() -> None:
 
 
 # --- the CLI ---------------------------------------------------------------------------
-
-def write_csv(path: Path, orders: list[SimOrder]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["order_id", "order_line_id", "quantity", "reason", "price_amount",
-                         "price_currency", "shipping_amount"])
-        for sim_order in orders:
-            for line in sim_order.lines:
-                writer.writerow([sim_order.id, line.id, 1, "OUT_OF_STOCK", line.price,
-                                 line.currency, "0"])
 
 
 def _scrape_until_pending(url: str, proc: subprocess.Popen[str]) -> str:
@@ -199,7 +175,7 @@ def test_metrics_port_in_use_is_a_usage_error(
     from mirakl_cancel.cli import main
 
     source = tmp_path / "lines.csv"
-    write_csv(source, [order("0001_M-A")])
+    write_csv(source, [sim_order("0001_M-A")])
     monkeypatch.setenv("MIRAKL_CONNECT_TOKEN", "t")
     monkeypatch.setenv("MIRAKL_CONNECT_BASE_URL", "http://127.0.0.1:9")
     with socket.socket() as taken:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 
 import pytest
+from builders import request_for, sim_order
 
 pytest.importorskip("opentelemetry.sdk")
 
@@ -19,13 +19,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from mirakl_cancel import (
     ActionTracker,
-    Cancelation,
-    CancelReason,
-    CancelRequest,
     ClientCredentials,
     Hooks,
     MiraklConnectClient,
-    Money,
     PollPolicy,
     RetryPolicy,
     UncertainDeliveryError,
@@ -33,7 +29,7 @@ from mirakl_cancel import (
 from mirakl_cancel._hooks import with_request_key
 from mirakl_cancel._metrics import METRICS, MetricsObserver, OtelSink
 from mirakl_cancel._otel import TracingObserver
-from mirakl_cancel.simulator import Fault, SimLine, SimOrder, Simulator, SimulatorConfig
+from mirakl_cancel.simulator import Fault, Simulator, SimulatorConfig
 
 SCALE = 0.001
 MIN = 60.0 * SCALE
@@ -56,15 +52,6 @@ def config() -> SimulatorConfig:
                            client_secret=SECRET)
 
 
-def order(order_id: str) -> SimOrder:
-    return SimOrder(id=order_id, lines=[
-        SimLine(id=f"{order_id}-1", product_id="P1", quantity=3, price=Decimal("9.99"))])
-
-
-def request_for(order_id: str, lines: int = 1) -> CancelRequest:
-    return CancelRequest(order_id, [Cancelation(
-        order_line_id=f"{order_id}-1", quantity=1, reason=CancelReason.OUT_OF_STOCK,
-        price=Money("9.99", "EUR"), shipping_price=Money(Decimal("0"), "EUR"))] * lines)
 
 
 def client_for(sim: Simulator, auth: ClientCredentials) -> MiraklConnectClient:
@@ -79,8 +66,8 @@ def by_name(finished: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]
 async def test_spans_of_a_cancellation_life_with_no_code_change(
         spans: InMemorySpanExporter) -> None:
     async with Simulator(config()) as sim:
-        sim.add_order(order("0001_O-A"))
-        sim.add_order(order("0002_O-A"))
+        sim.add_order(sim_order("0001_O-A"))
+        sim.add_order(sim_order("0002_O-A"))
         sim.inject(Fault.http(429, retry_after=10.0), route="cancel")
         sim.inject(Fault.http(503), route="status")
         auth = ClientCredentials(config().client_id, SECRET, sim.token_url)
@@ -131,7 +118,7 @@ async def test_a_cancel_span_is_a_child_of_the_callers_span(
         spans: InMemorySpanExporter) -> None:
     tracer = trace.get_tracer("test")
     async with Simulator(config()) as sim:
-        sim.add_order(order("0001_O-A"))
+        sim.add_order(sim_order("0001_O-A"))
         auth = ClientCredentials(config().client_id, SECRET, sim.token_url)
         async with client_for(sim, auth) as client:
             with tracer.start_as_current_span("order-sync") as parent:
@@ -157,7 +144,7 @@ async def test_otel_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(metrics, "get_meter_provider", lambda: provider)
     monkeypatch.setattr(metrics_internal, "get_meter_provider", lambda: provider)
     async with Simulator(config()) as sim:
-        sim.add_order(order("0001_O-A"))
+        sim.add_order(sim_order("0001_O-A"))
         sim.inject(Fault.http(429, retry_after=10.0), route="cancel")
         auth = ClientCredentials(config().client_id, SECRET, sim.token_url)
         async with client_for(sim, auth) as client:

@@ -26,7 +26,14 @@ from mirakl_cancel.reconcile import (
     reconcile,
     reconcile_orders,
 )
-from mirakl_cancel.simulator import Fault, SimLine, SimOrder, Simulator, SimulatorConfig
+from mirakl_cancel.simulator import (
+    Fault,
+    SimLine,
+    SimOrder,
+    Simulator,
+    SimulatorConfig,
+    ThreadedSimulator,
+)
 
 SETTLE = ReconcilePolicy(settle=0.3)
 
@@ -35,18 +42,27 @@ SETTLE = ReconcilePolicy(settle=0.3)
 PRICE = "10.00"
 
 
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    async with Simulator(SimulatorConfig(time_scale=0.001, processing_delay=(5, 20))) as s:
-        for name in ("A", "B", "C", "D"):
-            s.add_order(SimOrder(id=name, lines=[
-                SimLine(id=f"{name}-1", product_id=f"P{name}", quantity=5,
-                        price=Decimal("10.00"))]))
-        yield s
+#: Tests here run on the shipped plugin's threaded simulator; a few start their own.
+Sim = Simulator | ThreadedSimulator
 
 
 @pytest.fixture
-async def client(sim: Simulator) -> AsyncIterator[MiraklConnectClient]:
+def mirakl_simulator_config() -> SimulatorConfig:
+    return SimulatorConfig(time_scale=0.001, processing_delay=(5, 20))
+
+
+@pytest.fixture
+def sim(mirakl_simulator: ThreadedSimulator) -> ThreadedSimulator:
+    """The shipped `mirakl_simulator` fixture (our pytest plugin), with four orders."""
+    for name in ("A", "B", "C", "D"):
+        mirakl_simulator.add_order(SimOrder(id=name, lines=[
+            SimLine(id=f"{name}-1", product_id=f"P{name}", quantity=5,
+                    price=Decimal("10.00"))]))
+    return mirakl_simulator
+
+
+@pytest.fixture
+async def client(sim: Sim) -> AsyncIterator[MiraklConnectClient]:
     async with MiraklConnectClient(base_url=sim.base_url, auth=StaticToken(sim.token),
                                    retry=RetryPolicy(max_attempts=2, base_delay=0.01),
                                    min_list_interval=0.06) as c:
@@ -61,7 +77,7 @@ async def send_uncertain(client: MiraklConnectClient, req: CancelRequest) -> Sen
 
 
 async def test_processed_lost_answers_are_applied_and_others_not(
-        sim: Simulator, client: MiraklConnectClient) -> None:
+        sim: Sim, client: MiraklConnectClient) -> None:
     sim.inject(Fault.drop_after_read(), route="cancel")
     applied = await send_uncertain(client, request("A", price=PRICE))
     sim.inject(Fault.http(502), route="cancel")  # a gateway error: never reached the API
@@ -81,7 +97,7 @@ async def test_processed_lost_answers_are_applied_and_others_not(
 
 
 async def test_within_the_settling_window_it_stays_uncertain(
-        sim: Simulator, client: MiraklConnectClient) -> None:
+        sim: Sim, client: MiraklConnectClient) -> None:
     sim.inject(Fault.http(502), route="cancel")
     lost = await send_uncertain(client, request("C", price=PRICE))
     [verdict] = await reconcile(client, [lost], policy=ReconcilePolicy(settle=300))
@@ -90,7 +106,7 @@ async def test_within_the_settling_window_it_stays_uncertain(
 
 
 async def test_two_similar_cancels_for_one_adjustment_are_ambiguous(
-        sim: Simulator, client: MiraklConnectClient) -> None:
+        sim: Sim, client: MiraklConnectClient) -> None:
     sim.inject(Fault.drop_after_read(), route="cancel")
     first = await send_uncertain(client, request("D", price=PRICE))
     sim.inject(Fault.http(502), route="cancel")
@@ -134,7 +150,7 @@ def test_old_adjustments_do_not_count_and_missing_lines_are_uncertain() -> None:
 
 
 async def test_nothing_to_reconcile_reads_nothing(client: MiraklConnectClient,
-                                                  sim: Simulator) -> None:
+                                                  sim: Sim) -> None:
     assert await reconcile(client, []) == []
     assert "orders" not in sim.stats.requests_by_route
 
@@ -155,7 +171,7 @@ async def test_list_orders_batches_ids_by_100_and_spaces_calls() -> None:
     assert all(line.product_id for order in orders for line in order.lines)
 
 
-async def test_cancel_and_track_reconciles_uncertain_cancels(sim: Simulator) -> None:
+async def test_cancel_and_track_reconciles_uncertain_cancels(sim: Sim) -> None:
     from mirakl_cancel import Outcome, PollPolicy, cancel_and_track
 
     policy = PollPolicy(min_interval=0.02, interval=0.02, first_delay=0.02, timeout=5)

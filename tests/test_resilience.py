@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from email.utils import format_datetime
@@ -34,33 +33,48 @@ from mirakl_cancel import (
     TransportError,
     UncertainDeliveryError,
 )
-from mirakl_cancel.simulator import Fault, SimLine, SimOrder, Simulator, SimulatorConfig
+from mirakl_cancel.simulator import (
+    Fault,
+    SimLine,
+    SimOrder,
+    Simulator,
+    SimulatorConfig,
+    ThreadedSimulator,
+)
 
 FAST = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05, max_time=10)
 
 
+#: Tests here run on the shipped plugin's threaded simulator; a few start their own.
+Sim = Simulator | ThreadedSimulator
+
+
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    config = SimulatorConfig(time_scale=0.001, processing_delay=(1.0, 2.0), min_poll_interval=60)
-    async with Simulator(config) as simulator:
-        simulator.add_order(SimOrder(id="O1", lines=[
-            SimLine(id="O1-1", product_id="P1", quantity=10, price=Decimal("19.99"))]))
-        yield simulator
+def mirakl_simulator_config() -> SimulatorConfig:
+    return SimulatorConfig(time_scale=0.001, processing_delay=(1.0, 2.0), min_poll_interval=60)
 
 
-def client_for(sim: Simulator, **kwargs: object) -> MiraklConnectClient:
+@pytest.fixture
+def sim(mirakl_simulator: ThreadedSimulator) -> ThreadedSimulator:
+    """The shipped `mirakl_simulator` fixture (our pytest plugin), with one order."""
+    mirakl_simulator.add_order(SimOrder(id="O1", lines=[
+        SimLine(id="O1-1", product_id="P1", quantity=10, price=Decimal("19.99"))]))
+    return mirakl_simulator
+
+
+def client_for(sim: Sim, **kwargs: object) -> MiraklConnectClient:
     options: dict[str, object] = {"retry": FAST, "min_poll_interval": 0.06}
     options.update(kwargs)
     return MiraklConnectClient(base_url=sim.base_url, auth=StaticToken(sim.token),
                                **options)  # type: ignore[arg-type]
 
 
-def cancel_posts(sim: Simulator) -> int:
+def cancel_posts(sim: Sim) -> int:
     """Cancel POSTs that reached the server's handler (i.e. could have been processed)."""
     return sim.stats.posts_per_order.get("O1", 0)
 
 
-async def test_429_with_delta_seconds_waits_at_least_retry_after(sim: Simulator) -> None:
+async def test_429_with_delta_seconds_waits_at_least_retry_after(sim: Sim) -> None:
     sim.inject(Fault.http(429, retry_after="0.3"), route="cancel")
     async with client_for(sim) as client:
         started = time.monotonic()
@@ -72,7 +86,7 @@ async def test_429_with_delta_seconds_waits_at_least_retry_after(sim: Simulator)
     assert client.stats.rate_limited == 1 and client.stats.retries == 1
 
 
-async def test_429_with_http_date_waits_until_that_date(sim: Simulator) -> None:
+async def test_429_with_http_date_waits_until_that_date(sim: Sim) -> None:
     when = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
     sim.inject(Fault.http(429, retry_after=format_datetime(when, usegmt=True)), route="cancel")
     async with client_for(sim) as client:
@@ -81,7 +95,7 @@ async def test_429_with_http_date_waits_until_that_date(sim: Simulator) -> None:
     assert cancel_posts(sim) == 1
 
 
-async def test_a_429_pauses_every_request_of_the_client(sim: Simulator) -> None:
+async def test_a_429_pauses_every_request_of_the_client(sim: Sim) -> None:
     starts: list[float] = []
 
     async def on_start(*_: object) -> None:
@@ -107,7 +121,7 @@ async def test_a_429_pauses_every_request_of_the_client(sim: Simulator) -> None:
     assert client.stats.rate_limited == 1
 
 
-async def test_503_on_cancel_is_retried_then_succeeds(sim: Simulator) -> None:
+async def test_503_on_cancel_is_retried_then_succeeds(sim: Sim) -> None:
     sim.inject(Fault.http(503), route="cancel", count=2)
     async with client_for(sim) as client:
         accepted = await client.cancel_order_lines("O1", [line()])
@@ -117,7 +131,7 @@ async def test_503_on_cancel_is_retried_then_succeeds(sim: Simulator) -> None:
 
 
 @pytest.mark.parametrize("status", [500, 502, 504])
-async def test_5xx_on_status_read_is_retried_then_succeeds(sim: Simulator, status: int) -> None:
+async def test_5xx_on_status_read_is_retried_then_succeeds(sim: Sim, status: int) -> None:
     async with client_for(sim) as client:
         accepted = await client.cancel_order_lines("O1", [line()])
         sim.inject(Fault.http(status), route="status")
@@ -128,7 +142,7 @@ async def test_5xx_on_status_read_is_retried_then_succeeds(sim: Simulator, statu
 
 
 @pytest.mark.parametrize("status", [500, 502, 504])
-async def test_5xx_on_cancel_is_uncertain_and_never_resent(sim: Simulator, status: int) -> None:
+async def test_5xx_on_cancel_is_uncertain_and_never_resent(sim: Sim, status: int) -> None:
     sim.inject(Fault.http(status), route="cancel")
     async with client_for(sim) as client:
         with pytest.raises(UncertainDeliveryError) as caught:
@@ -139,7 +153,7 @@ async def test_5xx_on_cancel_is_uncertain_and_never_resent(sim: Simulator, statu
     assert client.stats.uncertain == 1 and client.stats.retries == 0
 
 
-async def test_dropped_connection_on_cancel_is_uncertain_with_one_post(sim: Simulator) -> None:
+async def test_dropped_connection_on_cancel_is_uncertain_with_one_post(sim: Sim) -> None:
     sim.inject(Fault.drop_after_read(), route="cancel")
     async with client_for(sim) as client:
         with pytest.raises(UncertainDeliveryError):
@@ -149,7 +163,7 @@ async def test_dropped_connection_on_cancel_is_uncertain_with_one_post(sim: Simu
     assert sim.stats.duplicate_posts == 0
 
 
-async def test_read_timeout_on_cancel_is_uncertain_with_one_post(sim: Simulator) -> None:
+async def test_read_timeout_on_cancel_is_uncertain_with_one_post(sim: Sim) -> None:
     sim.inject(Fault.delay(1.0), route="cancel")
     async with client_for(sim, timeout=Timeout(connect=1, read=0.2)) as client:
         with pytest.raises(UncertainDeliveryError):
@@ -157,7 +171,7 @@ async def test_read_timeout_on_cancel_is_uncertain_with_one_post(sim: Simulator)
     assert cancel_posts(sim) == 1 and sim.stats.duplicate_posts == 0
 
 
-async def test_read_timeout_on_status_read_is_retried(sim: Simulator) -> None:
+async def test_read_timeout_on_status_read_is_retried(sim: Sim) -> None:
     async with client_for(sim, timeout=Timeout(connect=1, read=0.2)) as client:
         accepted = await client.cancel_order_lines("O1", [line()])
         sim.inject(Fault.delay(0.5), route="status")
@@ -167,7 +181,7 @@ async def test_read_timeout_on_status_read_is_retried(sim: Simulator) -> None:
     assert sim.stats.poll_violations == 0
 
 
-async def test_opt_in_resend_of_uncertain_posts(sim: Simulator) -> None:
+async def test_opt_in_resend_of_uncertain_posts(sim: Sim) -> None:
     sim.inject(Fault.drop_after_read(), route="cancel")
     policy = RetryPolicy(max_attempts=3, base_delay=0.01, retry_uncertain_posts=True)
     async with client_for(sim, retry=policy) as client:
@@ -176,7 +190,7 @@ async def test_opt_in_resend_of_uncertain_posts(sim: Simulator) -> None:
     assert cancel_posts(sim) == 2 and sim.stats.duplicate_posts == 1
 
 
-async def test_400_is_not_retried(sim: Simulator) -> None:
+async def test_400_is_not_retried(sim: Sim) -> None:
     sim.inject(Fault.http(400), route="cancel")
     async with client_for(sim) as client:
         with pytest.raises(BadRequestError) as caught:
@@ -199,7 +213,7 @@ async def test_400_is_not_retried(sim: Simulator) -> None:
     (Fault.drop_after_read(), UncertainDeliveryError, False),
 ])
 async def test_a_failed_cancel_carries_whether_sending_it_again_is_safe(
-        sim: Simulator, fault: Fault, raised: type[MiraklError], safe: bool) -> None:
+        sim: Sim, fault: Fault, raised: type[MiraklError], safe: bool) -> None:
     """Decided once, where the error is made (the job's journal only reads it)."""
     sim.inject(fault, route="cancel", count=10)
     policy = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.02, max_time=10)
@@ -210,7 +224,7 @@ async def test_a_failed_cancel_carries_whether_sending_it_again_is_safe(
     assert caught.value.resend_safe is safe
 
 
-async def test_unknown_order_is_not_found(sim: Simulator) -> None:
+async def test_unknown_order_is_not_found(sim: Sim) -> None:
     async with client_for(sim) as client:
         with pytest.raises(NotFoundError) as caught:
             await client.cancel_order_lines("NOPE", [line()])
@@ -218,7 +232,7 @@ async def test_unknown_order_is_not_found(sim: Simulator) -> None:
     assert caught.value.code == "DATA_NOT_FOUND"
 
 
-async def test_401_refreshes_the_token_once_then_raises(sim: Simulator) -> None:
+async def test_401_refreshes_the_token_once_then_raises(sim: Sim) -> None:
     auth = ClientCredentials(sim.config.client_id, sim.config.client_secret, sim.token_url)
     sim.inject(Fault.http(401), route="cancel", count=2)
     async with MiraklConnectClient(base_url=sim.base_url, auth=auth, retry=FAST) as client:
@@ -247,7 +261,7 @@ async def test_expired_token_is_renewed_transparently() -> None:
     assert sim.stats.posts_per_order["O1"] == 2
 
 
-async def test_static_token_401_is_final(sim: Simulator) -> None:
+async def test_static_token_401_is_final(sim: Sim) -> None:
     async with MiraklConnectClient(base_url=sim.base_url, auth=StaticToken("wrong"),
                                    retry=FAST) as client:
         with pytest.raises(AuthenticationError) as caught:
@@ -270,7 +284,7 @@ async def test_connection_refused_is_retried_and_never_uncertain() -> None:
     assert caught.value.resend_safe  # it never left
 
 
-async def test_retry_after_beyond_the_cap_surfaces(sim: Simulator) -> None:
+async def test_retry_after_beyond_the_cap_surfaces(sim: Sim) -> None:
     sim.inject(Fault.http(429, retry_after="3600"), route="cancel")
     policy = RetryPolicy(max_attempts=3, base_delay=0.01, max_retry_after=60)
     async with client_for(sim, retry=policy) as client:
@@ -286,7 +300,7 @@ async def test_retry_after_beyond_the_cap_surfaces(sim: Simulator) -> None:
     assert sim.stats.requests_by_route.get("status", 0) == 0
 
 
-async def test_polls_of_one_action_keep_the_minimum_interval(sim: Simulator) -> None:
+async def test_polls_of_one_action_keep_the_minimum_interval(sim: Sim) -> None:
     async with client_for(sim, min_poll_interval=0.06) as client:
         accepted = await client.cancel_order_lines("O1", [line()])
         for _ in range(4):  # a naive caller polling in a tight loop
