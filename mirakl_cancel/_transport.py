@@ -416,16 +416,8 @@ class Transport:
         session = self.session
         method, url, call = exchange.method, exchange.url, exchange.call
         async with self._semaphore:
-            try:
-                if self.fleet is not None:  # one schedule and one 429 pause for the fleet
-                    await self.fleet.pace(self.rate_limit, self.retry.max_retry_after)
-                elif self.rate_limit is not None or self._paused_until:
-                    await self._pace()
-            except RateLimitError as exc:
-                # A long 429 pause stopped the attempt before it left: sending it later
-                # is safe (decided here, where the error reaches the request).
-                exc.resend_safe = True
-                raise
+            if self.fleet is not None or self.rate_limit is not None or self._paused_until:
+                await self._wait_turn()
             token = await self._token(session)
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json",
                        "User-Agent": USER_AGENT}  # also on a session the caller gave us
@@ -490,20 +482,39 @@ class Transport:
             raise _Failed(Attempt(Failure.UNREADABLE, status), unreadable,
                           f"{method} {url.path} answered {status} with an unreadable body: "
                           "it was processed, but its result is unknown")
+        raise self._refused(exchange, status, raw, content_type, retry_after_header, token)
+
+    async def _wait_turn(self) -> None:
+        """Wait out the 429 pause and take a rate-limit slot (the fleet's, if shared)."""
+        try:
+            if self.fleet is not None:  # one schedule and one 429 pause for the fleet
+                await self.fleet.pace(self.rate_limit, self.retry.max_retry_after)
+            else:
+                await self._pace()
+        except RateLimitError as exc:
+            # A long 429 pause stopped the attempt before it left: sending it later is
+            # safe (decided here, where the error reaches the request).
+            exc.resend_safe = True
+            raise
+
+    def _refused(self, exchange: _Exchange, status: int, raw: bytes, content_type: str,
+                 retry_after_header: str | None, token: str) -> _Failed:
+        """An answer with a status the caller does not expect, as what the attempt came
+        to (`decide` judges it), with the error and the UNCERTAIN message it may need."""
+        method, path = exchange.method, exchange.url.path
         error = _api_error(status, raw, content_type, retry_after_header,
                            self.limits.max_json_depth)
         if status == 429:
             self.stats.rate_limited += 1
             logger.warning("429 from %s %s (Retry-After: %s): pausing all requests",
-                           method, url.path, retry_after_header or "none",
-                           extra={"status": 429})
+                           method, path, retry_after_header or "none", extra={"status": 429})
         if 200 <= status < 300:
-            uncertain = (f"{method} {url.path} answered {status}, which this client does "
-                         "not expect: it was processed, but its result is unknown")
+            uncertain = (f"{method} {path} answered {status}, which this client does not "
+                         "expect: it was processed, but its result is unknown")
         else:
-            uncertain = f"{method} {url.path} may have been processed: {_describe(error)}"
-        raise _Failed(Attempt(Failure.ANSWER, status, error.retry_after), error, uncertain,
-                      token=token if status == 401 else "")
+            uncertain = f"{method} {path} may have been processed: {_describe(error)}"
+        return _Failed(Attempt(Failure.ANSWER, status, error.retry_after), error, uncertain,
+                       token=token if status == 401 else "")
 
     async def _token(self, session: aiohttp.ClientSession) -> str:
         """The bearer token for the next attempt; a failure to get one sent nothing."""

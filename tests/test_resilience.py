@@ -270,6 +270,53 @@ async def test_static_token_401_is_final(sim: Sim) -> None:
     assert sim.stats.requests_by_route["cancel"] == 1
 
 
+class _Rotating:
+    """An Auth whose every token the server refuses, renewed once: two 401s in a row."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+        self.used = 0
+
+    async def token(self, session: aiohttp.ClientSession) -> str:
+        return self.tokens[self.used]
+
+    def invalidate(self, token: str) -> bool:
+        if self.used + 1 >= len(self.tokens):
+            return False
+        self.used += 1
+        return True
+
+    def __repr__(self) -> str:
+        return "_Rotating(<hidden>)"
+
+
+@pytest.mark.parametrize("renewable", [False, True])
+async def test_no_token_stays_in_the_frames_of_a_refused_request(
+        sim: Simulator, renewable: bool) -> None:
+    """A traceback keeps its frames' locals alive (loggers, debuggers, error reporters
+    read them): no token a 401 refused is in any of them, nor in their attributes,
+    whether the error came at once (a static token) or after the one renewal."""
+    secrets = ["tok-" + "s3cr3t" * 4, "tok-" + "h1dden" * 4][:1 + renewable]
+    async with MiraklConnectClient(base_url=sim.base_url, auth=_Rotating(secrets),
+                                   retry=FAST) as client:
+        with pytest.raises(AuthenticationError) as caught:
+            await client.cancel_order_lines("O1", [line()])
+        assert client.stats.token_refreshes == renewable
+    frames = 0
+    assert caught.value.__traceback__ is not None
+    tb = caught.value.__traceback__.tb_next  # (the first frame is this test's)
+    while tb is not None:
+        frames += 1
+        for value in tb.tb_frame.f_locals.values():
+            assert value not in secrets
+            attributes = getattr(value, "__dict__", {})
+            assert not set(secrets) & {v for v in attributes.values() if isinstance(v, str)}
+        tb = tb.tb_next
+    assert frames > 1
+    assert caught.value.__context__ is None
+    assert not any(secret in repr(caught.value) for secret in secrets)
+
+
 async def test_connection_refused_is_retried_and_never_uncertain() -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
