@@ -38,7 +38,7 @@ _LIBRARY = """
 import asyncio, sys
 from pathlib import Path
 from mirakl_cancel import MiraklConnectClient, StaticToken, cancel_and_track
-from mirakl_cancel._input import read_input
+from mirakl_cancel._jobs.input import read_input
 from mirakl_cancel.batching import group_by_order
 from mirakl_cancel.tracker import PollPolicy
 

@@ -19,7 +19,7 @@ import tracemalloc
 from collections.abc import Callable
 
 from mirakl_cancel import ActionState, ActionStatus
-from mirakl_cancel._pollguard import PollGuard
+from mirakl_cancel._http.pollguard import PollGuard
 from mirakl_cancel.tracker import ActionTracker, PollPolicy
 
 from ._common import Figure, Sizes, fmt_ratio

@@ -6,8 +6,11 @@ pinned by tests/test_exported_members.py); the modules behind them may move.
 """
 
 from ._constants import DEFAULT_BASE_URL
-from ._guards import Guards, SendAttempt
-from ._hooks import (
+from ._http.auth import Auth, ClientCredentials, StaticToken
+from ._http.retry import RetryPolicy
+from ._http.transport import Limits, Timeout, TransportStats
+from ._observe.guards import Guards, SendAttempt
+from ._observe.hooks import (
     ActionFinalEvent,
     ActionTrackedEvent,
     Call,
@@ -22,14 +25,11 @@ from ._hooks import (
     RetryEvent,
     UncertainEvent,
 )
-from ._logging import configure_from_env as _configure_logging_from_env
-from ._metrics import PrometheusCollector
-from ._otel import TracingObserver
-from ._pgstore import PostgresStore
-from ._retry import RetryPolicy
-from ._transport import Limits, Timeout, TransportStats
+from ._observe.logs import configure_from_env as _configure_logging_from_env
+from ._observe.metrics import PrometheusCollector
+from ._observe.otel import TracingObserver
+from ._stores.postgres import PostgresStore
 from ._version import __version__
-from .auth import Auth, ClientCredentials, StaticToken
 from .batching import CancelBatcher, CancelOutcome, LineCancel, group_by_order
 from .bulk import CancelResult, Outcome, cancel_and_track
 from .client import MiraklConnectClient

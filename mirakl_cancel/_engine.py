@@ -29,7 +29,7 @@ applied, and only with `ReconcilePolicy.resend`.
 What the caller plugs in (the seams):
 
 - the *work source* (`run_pass(work)`): the job streams it from its store
-  (`_store.JobStore.requests` + its choice of what to do); a fleet worker can give an
+  (`_stores.base.JobStore.requests` + its choice of what to do); a fleet worker can give an
   iterator that claims rows from a shared store; the library wraps its requests;
 - the *tracker* (`tracker=`: an `ActionTracker`, shared, or a factory called once per
   pass, e.g. ``lambda: ActionTracker(client, policy, store=shared)`` for a fleet's
@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeAlias, TypeVar
 
 import attrs
 
-from ._hooks import with_request_key
+from ._observe.hooks import with_request_key
 from ._sending import CancelOutcome, GuardRefused, StoredBody, drain, send_one
 from .errors import (
     ActionTimeoutError,

@@ -16,8 +16,8 @@ from typing import Protocol, TypeVar
 
 import attrs
 
-from ._guards import Guards, SendAttempt
-from ._logging import fields
+from ._observe.guards import Guards, SendAttempt
+from ._observe.logs import fields
 from ._serde import loads, structure_request
 from .errors import MiraklError, UncertainDeliveryError
 from .models import ActionAccepted, CancelRequest

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ._logging import fields
+from ._observe.logs import fields
 from ._sending import CancelOutcome, send_one
 from .models import Cancelation, CancelRequest
 

@@ -24,8 +24,21 @@ from ._constants import (
     DEFAULT_MAX_CONCURRENCY,
     LIST_ORDERS_MAX_IDS,
 )
-from ._guards import Guards
-from ._hooks import (
+from ._http.auth import Auth, credential_identity
+from ._http.net import Network
+from ._http.pacing import SharedStore, fleet_key
+from ._http.pollguard import PollGuard, shared_reads
+from ._http.retry import NO_RETRY, RetryPolicy
+from ._http.transport import (
+    DEFAULT_LIMITS,
+    Limits,
+    Timeout,
+    Transport,
+    TransportStats,
+)
+from ._http.urls import is_loopback_url
+from ._observe.guards import Guards
+from ._observe.hooks import (
     ROUTE_CANCEL,
     ROUTE_GET_ACTION_STATUS,
     ROUTE_LIST_ORDERS,
@@ -33,12 +46,8 @@ from ._hooks import (
     Hooks,
     current_request_key,
 )
-from ._logging import LogContext, log_context
-from ._net import Network
-from ._otel import auto_instrument
-from ._pacing import SharedStore, fleet_key
-from ._pollguard import PollGuard, shared_reads
-from ._retry import NO_RETRY, RetryPolicy
+from ._observe.logs import LogContext, log_context
+from ._observe.otel import auto_instrument
 from ._sending import CancelOutcome, StoredBody, send_many
 from ._serde import (
     converter,
@@ -49,15 +58,6 @@ from ._serde import (
     structure_request,
     unsendable_text,
 )
-from ._transport import (
-    DEFAULT_LIMITS,
-    Limits,
-    Timeout,
-    Transport,
-    TransportStats,
-)
-from ._urls import is_loopback_url
-from .auth import Auth, credential_identity
 from .errors import ServerError, UncertainDeliveryError, ValidationError, ValidationIssue
 from .models import ActionAccepted, ActionStatus, Cancelation, CancelRequest, Order
 

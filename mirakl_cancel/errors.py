@@ -1,7 +1,7 @@
 """The exception tree: shallow, one place to catch everything (`MiraklError`).
 
 Every failure the library raises is one of these. Low-level errors (aiohttp, asyncio,
-JSON) are mapped to them in exactly one place, `mirakl_cancel._transport`, so that a
+JSON) are mapped to them in exactly one place, `mirakl_cancel._http.transport`, so that a
 caller never needs to import aiohttp to handle a failure.
 """
 

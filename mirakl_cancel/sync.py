@@ -26,8 +26,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import client as _client
-from ._hooks import Hooks
-from ._transport import TransportStats
+from ._http.transport import TransportStats
+from ._observe.hooks import Hooks
 from .batching import CancelOutcome
 from .bulk import CancelResult
 from .errors import MiraklError, SyncClientInLoopError

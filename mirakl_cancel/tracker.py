@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 import attrs
 
-from ._backoff import exponential
 from ._constants import (
     API_MIN_INTERVAL,
     DEFAULT_FIRST_POLL_DELAY,
@@ -33,8 +32,9 @@ from ._constants import (
     DEFAULT_TRACKER_CONCURRENCY,
     DEFAULT_TRACKER_MAX_RETRY_AFTER,
 )
-from ._hooks import ActionFinalEvent, ActionTrackedEvent, Hooks, PollEvent
-from ._logging import fields
+from ._http.backoff import exponential
+from ._observe.hooks import ActionFinalEvent, ActionTrackedEvent, Hooks, PollEvent
+from ._observe.logs import fields
 from ._scheduler import Clock, LoopClock, TimerHandle
 from .errors import (
     ActionTimeoutError,
@@ -50,7 +50,7 @@ from .errors import (
 from .models import ActionState, ActionStatus
 
 if TYPE_CHECKING:
-    from ._pgstore import PostgresStore
+    from ._stores.postgres import PostgresStore
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -719,7 +719,7 @@ class ActionTracker:
             return _ReadVerdict(None, failures, error=error)
         if isinstance(error, (ServerError, TransportError)):
             failures += 1
-            # The one backoff (`_backoff`): the ceiling doubled per failure, up to the interval.
+            # The one backoff (`_http.backoff`): ceiling doubled per failure, up to the interval.
             delay = max(self._min, exponential(failures, self._min or self._interval,
                                                self._interval))
             logger.info("reading action %s failed (%s): next read in %.2fs",

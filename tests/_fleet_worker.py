@@ -31,7 +31,7 @@ from mirakl_cancel import (
     StaticToken,
     UncertainDeliveryError,
 )
-from mirakl_cancel._sharedtracker import SharedActionTracker
+from mirakl_cancel._stores.pgtracker import SharedActionTracker
 
 
 def client_for(job: dict[str, Any], store: PostgresStore | None) -> MiraklConnectClient:

@@ -19,7 +19,9 @@ import pytest
 from aiohttp import web
 from aioresponses import aioresponses
 
-from mirakl_cancel import _pollguard, _pollstore, _transport
+from mirakl_cancel._http import pollguard as _pollguard
+from mirakl_cancel._http import pollstore as _pollstore
+from mirakl_cancel._http import transport as _transport
 
 REAL_SLEEP = asyncio.sleep
 

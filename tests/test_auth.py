@@ -29,8 +29,8 @@ from mirakl_cancel import (
     TransportError,
     UncertainDeliveryError,
 )
-from mirakl_cancel import auth as auth_module
 from mirakl_cancel._constants import DEFAULT_TOKEN_URL
+from mirakl_cancel._http import auth as auth_module
 
 # Loopback, so that reads need not be a minute apart (the client allows that only locally).
 BASE = "http://127.0.0.1:9/api"

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from cli_support import SCALE, cli, env_for, poll_flags, read_report, write_csv
 
-from mirakl_cancel._input import read_input
-from mirakl_cancel._job import plan_requests
-from mirakl_cancel.journal import Journal, PlannedRow, RequestState
+from mirakl_cancel._jobs.input import read_input
+from mirakl_cancel._jobs.job import plan_requests
+from mirakl_cancel._stores.sqlite import Journal, PlannedRow, RequestState
 from mirakl_cancel.simulator import SimulatorConfig, ThreadedSimulator
 
 

@@ -23,11 +23,12 @@ from pathlib import Path
 import pytest
 from cli_support import SCALE, cli, env_for, poll_flags, read_report, write_csv
 
-from mirakl_cancel import Cancelation, CancelReason, MiraklConnectClient, Money, _job
+from mirakl_cancel import Cancelation, CancelReason, MiraklConnectClient, Money
 from mirakl_cancel import cli as cli_module
-from mirakl_cancel._input import parse_csv
-from mirakl_cancel._job import JobOptions, run_job
-from mirakl_cancel.auth import StaticToken
+from mirakl_cancel._http.auth import StaticToken
+from mirakl_cancel._jobs import job as _job
+from mirakl_cancel._jobs.input import parse_csv
+from mirakl_cancel._jobs.job import JobOptions, run_job
 from mirakl_cancel.simulator import Fault, Simulator, SimulatorConfig, ThreadedSimulator
 from mirakl_cancel.tracker import PollPolicy
 
@@ -401,18 +402,8 @@ async def test_status_never_reads_an_action_twice_within_the_ceiling(
         assert sim.stats.poll_violations == 0
 
 
-def _machine_wide_reads() -> bool:
-    """Whether the client keeps last-read times on disk, shared by processes (the store
-    of `MIRAKL_CANCEL_CACHE_DIR`)."""
-    package = Path(cli_module.__file__).parent
-    return any("MIRAKL_CANCEL_CACHE_DIR" in path.read_text(encoding="utf-8")
-               for path in package.glob("*.py"))
-
-
 def test_status_twice_within_a_minute_keeps_the_ceiling_across_processes(
         sim: ThreadedSimulator, tmp_path: Path) -> None:
-    if not _machine_wide_reads():
-        pytest.skip("needs the on-disk last-read store shared by processes")
     source = tmp_path / "lines.csv"
     write_csv(source, sim.generate_orders(1, (1, 1), wrong_state_ratio=0))
     journal = tmp_path / "j.sqlite"
@@ -471,7 +462,7 @@ def test_a_resume_that_only_tracks_reads_without_a_second_first_delay(tmp_path: 
 
 def test_the_readme_lists_the_report_columns_in_their_order() -> None:
     """The README's report section names every column, in the order the report writes."""
-    from mirakl_cancel._report import REPORT_FIELDS
+    from mirakl_cancel._jobs.report import REPORT_FIELDS
 
     text = " ".join((_REPO / "README.md").read_text(encoding="utf-8").split())
     start = text.index("columns in this order: ")

@@ -35,7 +35,7 @@ from mirakl_cancel import (
     ValidationError,
     __version__,
 )
-from mirakl_cancel._pollguard import PollGuard
+from mirakl_cancel._http.pollguard import PollGuard
 from mirakl_cancel.client import DEFAULT_BASE_URL, MiraklConnectClient
 
 BASE = "https://connect.example.com/api"

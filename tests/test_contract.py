@@ -31,7 +31,7 @@ from mirakl_cancel import (
     StaticToken,
     Tax,
 )
-from mirakl_cancel._job import JobOptions, _stage_input
+from mirakl_cancel._jobs.job import JobOptions, _stage_input
 from mirakl_cancel._sending import StoredBody, send_one
 from mirakl_cancel._serde import (
     loads,
@@ -41,7 +41,7 @@ from mirakl_cancel._serde import (
     request_body,
     structure_request,
 )
-from mirakl_cancel.journal import PlanStaging
+from mirakl_cancel._stores.sqlite import PlanStaging
 
 BASE = "https://connect.example.com/api"
 ANY_CANCEL = re.compile(r"^https://connect\.example\.com/api/v2/orders/[^/]+/cancel$")

@@ -33,7 +33,7 @@ from mirakl_cancel import (
     RetryPolicy,
     StaticToken,
 )
-from mirakl_cancel._sharedtracker import SharedActionTracker
+from mirakl_cancel._stores.pgtracker import SharedActionTracker
 from mirakl_cancel.simulator import SimulatorConfig, ThreadedSimulator
 
 WORKER = str(Path(__file__).with_name("_fleet_worker.py"))

@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 from cli_support import SCALE, cli, env_for, poll_flags, read_report, write_csv
 
-from mirakl_cancel._pgjobstore import DIED_WHILE_SENDING
+from mirakl_cancel._stores.pgjob import DIED_WHILE_SENDING
 from mirakl_cancel.simulator import SimulatorConfig, ThreadedSimulator
 
 SETTLE = 0.6

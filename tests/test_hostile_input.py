@@ -25,8 +25,8 @@ from mirakl_cancel import (
     Tax,
     ValidationError,
 )
-from mirakl_cancel._input import FIELD_MAX_CHARS, parse_csv, parse_jsonl
-from mirakl_cancel._report import ReportLine, ReportWriter
+from mirakl_cancel._jobs.input import FIELD_MAX_CHARS, parse_csv, parse_jsonl
+from mirakl_cancel._jobs.report import ReportLine, ReportWriter
 from mirakl_cancel._serde import structure_request
 from mirakl_cancel._text import neutralise_cell, printable
 from mirakl_cancel.models import AMOUNT_MAX_DIGITS, QUANTITY_MAX

@@ -94,3 +94,24 @@ def test_simulator_commands_still_have_their_options(argv: list[str]) -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert "--time-scale" in done.stdout
+
+
+def _layer_names(layers: list[str]) -> set[str]:
+    """The module names a `layers` list mentions (`a : b`, `a | b`, `(a)` all count)."""
+    return {name.strip().strip("()") for layer in layers
+            for name in layer.replace("|", ":").split(":")}
+
+
+def test_every_module_is_in_a_layer() -> None:
+    # A module left out of the contract would be free to import upward unnoticed.
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+")
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))[
+        "tool"]["importlinter"]["contracts"]
+    listed = {f"{container}.{name}" for contract in contracts if contract["type"] == "layers"
+              for container in contract["containers"]
+              for name in _layer_names(contract["layers"])}
+    graph = grimp.build_graph("mirakl_cancel", cache_dir=None)
+    unlisted = [module for module in sorted(graph.modules)
+                if module != "mirakl_cancel" and module not in listed
+                and not module.startswith("mirakl_cancel.simulator.")]
+    assert unlisted == [], f"add to [tool.importlinter] in pyproject.toml: {unlisted}"

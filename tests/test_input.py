@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mirakl_cancel import CancelReason, Money, Tax
-from mirakl_cancel._input import (
+from mirakl_cancel._jobs.input import (
     InputError,
     InputFormat,
     detect_format,

@@ -13,8 +13,8 @@ import pytest
 from cli_support import SCALE, write_csv
 
 from mirakl_cancel import StaticToken
-from mirakl_cancel._job import EXIT_OK, JobOptions, run_job
-from mirakl_cancel.journal import Journal, RequestState
+from mirakl_cancel._jobs.job import EXIT_OK, JobOptions, run_job
+from mirakl_cancel._stores.sqlite import Journal, RequestState
 from mirakl_cancel.simulator import SimulatorConfig, ThreadedSimulator
 from mirakl_cancel.tracker import PollPolicy
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mirakl_cancel._report import report_lines, row_outcome
-from mirakl_cancel.journal import (
+from mirakl_cancel._jobs.report import report_lines, row_outcome
+from mirakl_cancel._stores.sqlite import (
     Journal,
     JournalBusyError,
     JournalError,
@@ -136,7 +136,7 @@ def test_one_process_per_journal(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     script = textwrap.dedent(f"""
         import sys, time
-        from mirakl_cancel.journal import Journal
+        from mirakl_cancel._stores.sqlite import Journal
         j = Journal.open({str(path)!r})
         print("open", flush=True)
         time.sleep(30)
@@ -158,7 +158,7 @@ def test_sigkill_right_after_marking_sending_keeps_the_mark(tmp_path: Path) -> N
     new_journal(path).close()
     script = textwrap.dedent(f"""
         import os, signal
-        from mirakl_cancel.journal import Journal
+        from mirakl_cancel._stores.sqlite import Journal
         j = Journal.open({str(path)!r})
         j.mark_sending({PLAN[0].key!r})
         j.mark_accepted({PLAN[0].key!r}, "A1")

@@ -18,10 +18,16 @@ from aiohttp import web
 from conftest import serve
 
 from mirakl_cancel import StaticToken
-from mirakl_cancel._input import read_input
-from mirakl_cancel._job import EXIT_SOME_FAILED, JobOptions, _open_job, _run_async, plan_requests
-from mirakl_cancel._report import report_lines
-from mirakl_cancel.journal import SCHEMA_VERSION, Journal, RequestState
+from mirakl_cancel._jobs.input import read_input
+from mirakl_cancel._jobs.job import (
+    EXIT_SOME_FAILED,
+    JobOptions,
+    _open_job,
+    _run_async,
+    plan_requests,
+)
+from mirakl_cancel._jobs.report import report_lines
+from mirakl_cancel._stores.sqlite import SCHEMA_VERSION, Journal, RequestState
 from mirakl_cancel.tracker import PollPolicy
 
 V2_SCHEMA = """

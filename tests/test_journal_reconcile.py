@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mirakl_cancel._report import report_lines, row_outcome
-from mirakl_cancel.journal import (
+from mirakl_cancel._jobs.report import report_lines, row_outcome
+from mirakl_cancel._stores.sqlite import (
     SCHEMA_VERSION,
     Journal,
     JournalError,

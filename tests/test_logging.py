@@ -18,7 +18,7 @@ from mirakl_cancel import (
     StaticToken,
     UncertainDeliveryError,
 )
-from mirakl_cancel._logging import FIELDS
+from mirakl_cancel._observe.logs import FIELDS
 from mirakl_cancel.simulator import Fault, Simulator, SimulatorConfig
 
 SCALE = 0.001
@@ -91,7 +91,7 @@ def test_mirakl_cancel_log_turns_on_stderr_logging() -> None:
 
 
 def test_the_cli_takes_mirakl_cancel_log_as_verbosity(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mirakl_cancel import _logging
+    from mirakl_cancel._observe import logs as _logging
     from mirakl_cancel.cli import _setup_logging
 
     logger = logging.getLogger("mirakl_cancel")

@@ -32,7 +32,7 @@ from mirakl_cancel import (
     StaticToken,
     UncertainDeliveryError,
 )
-from mirakl_cancel._metrics import PrometheusCollector
+from mirakl_cancel._observe.metrics import PrometheusCollector
 from mirakl_cancel.simulator import (
     Fault,
     Simulator,

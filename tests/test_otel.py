@@ -26,9 +26,9 @@ from mirakl_cancel import (
     RetryPolicy,
     UncertainDeliveryError,
 )
-from mirakl_cancel._hooks import with_request_key
-from mirakl_cancel._metrics import METRICS, MetricsObserver, OtelSink
-from mirakl_cancel._otel import TracingObserver
+from mirakl_cancel._observe.hooks import with_request_key
+from mirakl_cancel._observe.metrics import METRICS, MetricsObserver, OtelSink
+from mirakl_cancel._observe.otel import TracingObserver
 from mirakl_cancel.simulator import Fault, Simulator, SimulatorConfig
 
 SCALE = 0.001

@@ -17,10 +17,10 @@ import psycopg
 import pytest
 
 from mirakl_cancel import PostgresStore
-from mirakl_cancel._pgjobstore import DIED_WHILE_SENDING, JobMismatchError, PostgresJobStore
-from mirakl_cancel._pgstore import SCHEMA_VERSION
-from mirakl_cancel._store import JournalError, RequestState
-from mirakl_cancel.journal import PlannedRow, PlanStaging
+from mirakl_cancel._stores.base import JournalError, RequestState
+from mirakl_cancel._stores.pgjob import DIED_WHILE_SENDING, JobMismatchError, PostgresJobStore
+from mirakl_cancel._stores.postgres import SCHEMA_VERSION
+from mirakl_cancel._stores.sqlite import PlannedRow, PlanStaging
 
 ORDERS = 30
 

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from mirakl_cancel import PostgresStore, RateLimitError, StoreError
-from mirakl_cancel._pgstore import SCHEMA_VERSION
+from mirakl_cancel._stores.postgres import SCHEMA_VERSION
 
 
 @pytest.fixture

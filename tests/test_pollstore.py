@@ -17,8 +17,9 @@ import pytest
 from aiohttp import web
 from conftest import serve
 
-from mirakl_cancel import MiraklConnectClient, StaticToken, _pollstore
-from mirakl_cancel._pollstore import PollStore, cache_dir
+from mirakl_cancel import MiraklConnectClient, StaticToken
+from mirakl_cancel._http import pollstore as _pollstore
+from mirakl_cancel._http.pollstore import PollStore, cache_dir
 
 READ = """
 import asyncio, sys, time

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from cli_support import env_for, poll_flags, write_csv
 
-from mirakl_cancel._progress import RATE_WINDOW, Progress, terminal_width
+from mirakl_cancel._jobs.progress import RATE_WINDOW, Progress, terminal_width
 from mirakl_cancel.simulator import SimulatorConfig, ThreadedSimulator
 
 _ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mirakl_cancel import Cancelation, CancelReason, CancelRequest, Money, Tax
+from mirakl_cancel._http.urls import encode_segment
 from mirakl_cancel._serde import loads, parse_action_status, request_body
-from mirakl_cancel._urls import encode_segment
 
 amounts = st.decimals(min_value=0, max_value=Decimal("1e12"), allow_nan=False,
                       allow_infinity=False, places=4)

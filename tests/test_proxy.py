@@ -32,7 +32,7 @@ from mirakl_cancel import (
     Money,
     StaticToken,
 )
-from mirakl_cancel._net import Network, network_options_from_env
+from mirakl_cancel._http.net import Network, network_options_from_env
 from mirakl_cancel.simulator import SimLine, SimOrder, Simulator, SimulatorConfig
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")

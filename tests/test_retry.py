@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from mirakl_cancel._backoff import exponential, full_jitter
-from mirakl_cancel._retry import (
+from mirakl_cancel._http.backoff import exponential, full_jitter
+from mirakl_cancel._http.retry import (
     REFUSED_BEFORE_PROCESSING,
     Attempt,
     Decision,

@@ -19,8 +19,8 @@ from aiohttp import web
 from conftest import serve
 
 from mirakl_cancel import MiraklConnectClient, StaticToken
-from mirakl_cancel._job import EXIT_OK, JobOptions, _open_job, _run_async
-from mirakl_cancel.journal import (
+from mirakl_cancel._jobs.job import EXIT_OK, JobOptions, _open_job, _run_async
+from mirakl_cancel._stores.sqlite import (
     Journal,
     JournalError,
     PlannedRequest,
@@ -173,7 +173,7 @@ async def test_lazy_poll_marks_are_flushed_at_close(tmp_path: Path) -> None:
 
 async def test_streamed_reads_come_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                              ) -> None:
-    monkeypatch.setattr("mirakl_cancel.journal._CHUNK", 7)
+    monkeypatch.setattr("mirakl_cancel._stores.sqlite._CHUNK", 7)
     journal = new_journal(tmp_path / "j.sqlite")
     store = SqliteStore(journal)
     try:
@@ -208,7 +208,7 @@ async def test_no_post_leaves_before_its_mark_is_durable_and_no_202_is_forgotten
         stores.append(store)
         return store
 
-    monkeypatch.setattr("mirakl_cancel._job.SqliteStore", make_store)
+    monkeypatch.setattr("mirakl_cancel._jobs.job.SqliteStore", make_store)
     unguarded: list[str] = []
     issued: dict[str, str] = {}
 

@@ -16,7 +16,7 @@ from aiohttp import web
 from builders import request
 
 from mirakl_cancel import MiraklConnectClient, RetryPolicy, StaticToken
-from mirakl_cancel._hooks import Call
+from mirakl_cancel._observe.hooks import Call
 from mirakl_cancel._sending import CancelOutcome, GuardRefused, StoredBody, send_one
 from mirakl_cancel._serde import request_body
 

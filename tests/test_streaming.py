@@ -15,10 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from mirakl_cancel._input import InputError, open_input, read_input
-from mirakl_cancel._job import JobOptions, _open_job, _stage_input, plan_requests, print_dry_run
+from mirakl_cancel._jobs.input import InputError, open_input, read_input
+from mirakl_cancel._jobs.job import (
+    JobOptions,
+    _open_job,
+    _stage_input,
+    plan_requests,
+    print_dry_run,
+)
 from mirakl_cancel._serde import cancelation_json, request_body
-from mirakl_cancel.journal import Journal, PlanStaging, RequestState
+from mirakl_cancel._stores.sqlite import Journal, PlanStaging, RequestState
 
 HEADER = ["order_id", "order_line_id", "product_id", "quantity", "reason", "price_amount",
           "price_currency", "shipping_amount", "taxes"]
@@ -122,7 +128,7 @@ def test_a_cancelation_is_written_as_inside_a_body() -> None:
 
 
 def read_input_text(text: str):  # type: ignore[no-untyped-def]
-    from mirakl_cancel._input import parse_csv
+    from mirakl_cancel._jobs.input import parse_csv
     return parse_csv(text)
 
 
@@ -188,7 +194,7 @@ def test_duplicates_of_orders_listed_together_are_found_as_they_come(
     """Orders listed together: identical rows are found run by run, without the query,
     and they are exactly what the query finds; past its memory bound staging leaves
     it to the query."""
-    monkeypatch.setattr("mirakl_cancel.journal._RUN_MEMORY", memory)
+    monkeypatch.setattr("mirakl_cancel._stores.sqlite._RUN_MEMORY", memory)
     with PlanStaging() as staging:
         for n in range(1, 61):
             order, line = f"O{(n - 1) // 6}", ["a", "b", "a", "c", "b", "a"][(n - 1) % 6]
@@ -252,7 +258,7 @@ def _peak(source: Path) -> int:
 
 def test_memory_does_not_grow_with_the_file(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mirakl_cancel.journal._STAGE_CHUNK", 500)
+    monkeypatch.setattr("mirakl_cancel._stores.sqlite._STAGE_CHUNK", 500)
     small, large = tmp_path / "small.csv", tmp_path / "large.csv"
     write_rows(small, 3_000, orders=1_000)  # beyond the staging chunk: the buffers are full
     write_rows(large, 12_000, orders=4_000)
@@ -322,8 +328,8 @@ def test_the_fast_first_check_agrees_with_the_full_check(tmp_path: Path) -> None
     """Random rows, many hostile: wherever the fast check vouches for a row, the full
     check accepts it and writes the same line, units, total and currency; every row
     it declines is checked in full, so the two streams agree row for row."""
-    from mirakl_cancel._input import CheckedLine
-    from mirakl_cancel._job import _cancelation_total
+    from mirakl_cancel._jobs.input import CheckedLine
+    from mirakl_cancel._jobs.job import _cancelation_total
 
     rnd = random.Random(14)
     source = tmp_path / "hostile.csv"

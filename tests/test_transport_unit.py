@@ -30,12 +30,12 @@ from mirakl_cancel import (
     Timeout,
     TransportError,
     UncertainDeliveryError,
-    _backoff,
 )
 from mirakl_cancel._constants import USER_AGENT
-from mirakl_cancel._retry import NO_RETRY
-from mirakl_cancel._transport import Transport, parse_retry_after
-from mirakl_cancel._urls import check_base_url, encode_segment
+from mirakl_cancel._http import backoff as _backoff
+from mirakl_cancel._http.retry import NO_RETRY
+from mirakl_cancel._http.transport import Transport, parse_retry_after
+from mirakl_cancel._http.urls import check_base_url, encode_segment
 
 # Loopback, so that backoff can be observed without the once-a-minute poll guard (which
 # the client lets go below 60 s only locally).

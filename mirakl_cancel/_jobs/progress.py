@@ -31,8 +31,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from ._constants import DEFAULT_PROGRESS_INTERVAL
-from ._text import printable
+from .._constants import DEFAULT_PROGRESS_INTERVAL
+from .._text import printable
 
 __all__ = ["RATE_WINDOW", "Progress", "ProgressLogHandler", "terminal_width"]
 

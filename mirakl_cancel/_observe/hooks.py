@@ -1,6 +1,6 @@
 """Client hooks: the one way to observe what a client and its trackers do.
 
-Like httpx's `event_hooks`, but with typed events. Telemetry (`_otel`, `_metrics`), a
+Like httpx's `event_hooks`, but with typed events. Telemetry (`otel`, `metrics` here), a
 caller's logging or an alerting rule all plug in here instead of subclassing the client.
 
 Two rules shape this module:
@@ -8,7 +8,7 @@ Two rules shape this module:
 - **A hook cannot break an exchange.** An exception raised by a hook is logged and
   swallowed; it never reaches the request, which may be a cancel on its way out. (That
   is also why a write-ahead mark that *must* stop a send when it fails, such as the
-  job journal's "SENDING" mark, is not a hook but a guard: `_guards.py`.)
+  job journal's "SENDING" mark, is not a hook but a guard: `_observe/guards.py`.)
 - **No hook, no cost.** With nothing registered the client builds no event at all:
   every call site tests one attribute (`hooks.active`) and moves on. Events are built
   only for the kinds someone listens to.
@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from .errors import ApiError, UncertainDeliveryError
-from .models import ActionAccepted, ActionStatus
+from ..errors import ApiError, UncertainDeliveryError
+from ..models import ActionAccepted, ActionStatus
 
 if TYPE_CHECKING:
-    from .tracker import TrackedResult
+    from ..tracker import TrackedResult
 
 __all__ = [
     "ROUTE_CANCEL",

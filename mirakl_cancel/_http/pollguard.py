@@ -6,7 +6,7 @@ schedule, makes it hold for a user's own polling loop, for retries after a 5xx, 
 the tracker alike. And since the ceiling is the API's, not one client object's, every
 guard of one process for the same API base URL and credential shares one record of
 reads (`shared_reads`): two clients reading one action cannot together break it. That
-record is also kept on disk for the other processes of the machine (`_pollstore`), so
+record is also kept on disk for the other processes of the machine (`_http.pollstore`), so
 two `mirakl-cancel status` in a row, or a resumed run, keep the ceiling too.
 """
 
@@ -18,7 +18,7 @@ import time
 import weakref
 from collections.abc import Hashable
 
-from . import _pollstore
+from . import pollstore as _pollstore
 
 __all__ = ["PollGuard", "ReadLog", "shared_reads"]
 

@@ -52,8 +52,8 @@ from typing import TextIO
 
 import attrs
 
-from ._constants import DEFAULT_JOB_CONCURRENCY, DEFAULT_PROGRESS_INTERVAL
-from ._engine import (
+from .._constants import DEFAULT_JOB_CONCURRENCY, DEFAULT_PROGRESS_INTERVAL
+from .._engine import (
     Choice,
     Engine,
     Outcome,
@@ -63,31 +63,14 @@ from ._engine import (
     ending_of_tracking,
     reconcile_note,
 )
-from ._hooks import Hooks
-from ._input import (
-    CheckedLine,
-    InputError,
-    InputFormat,
-    InputIssue,
-    InvalidRow,
-    ParsedInput,
-    open_input,
-)
-from ._net import network_options_from_env
-from ._pacing import SharedStore
-from ._progress import Progress, ProgressLogHandler
-from ._report import (
-    JobCounts,
-    ReportWriter,
-    check_report_path,
-    report_line,
-    row_outcome,
-    summary_table,
-)
-from ._retry import RetryPolicy
-from ._sending import CancelOutcome, StoredBody
-from ._serde import cancelation_json, loads, request_body, structure_request
-from ._store import (
+from .._http.auth import Auth
+from .._http.net import network_options_from_env
+from .._http.pacing import SharedStore
+from .._http.retry import RetryPolicy
+from .._observe.hooks import Hooks
+from .._sending import CancelOutcome, StoredBody
+from .._serde import cancelation_json, loads, request_body, structure_request
+from .._stores.base import (
     FleetJobStore,
     JobStore,
     JournalBusyError,
@@ -97,25 +80,42 @@ from ._store import (
     PlannedRow,
     RequestState,
 )
-from ._text import printable
-from .auth import Auth
-from .batching import group_by_order
-from .client import MiraklConnectClient
-from .errors import (
+from .._stores.sqlite import Journal, PlanStaging, SqliteStore
+from .._text import printable
+from ..batching import group_by_order
+from ..client import MiraklConnectClient
+from ..errors import (
     AuthenticationError,
     ConnectError,
     MiraklError,
     NotFoundError,
     PermissionDeniedError,
 )
-from .journal import Journal, PlanStaging, SqliteStore
-from .models import (
+from ..models import (
     ActionStatus,
     Cancelation,
     CancelRequest,
 )
-from .reconcile import ReconcilePolicy, Reconciliation, SentCancel, Verdict
-from .tracker import ActionTracker, PollPolicy, TrackedResult, first_read_due
+from ..reconcile import ReconcilePolicy, Reconciliation, SentCancel, Verdict
+from ..tracker import ActionTracker, PollPolicy, TrackedResult, first_read_due
+from .input import (
+    CheckedLine,
+    InputError,
+    InputFormat,
+    InputIssue,
+    InvalidRow,
+    ParsedInput,
+    open_input,
+)
+from .progress import Progress, ProgressLogHandler
+from .report import (
+    JobCounts,
+    ReportWriter,
+    check_report_path,
+    report_line,
+    row_outcome,
+    summary_table,
+)
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SOME_FAILED", "JobOptions",
            "check_job_paths", "default_journal_path", "reconcile_job", "run_job", "tally"]

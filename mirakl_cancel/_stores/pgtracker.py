@@ -22,11 +22,11 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ._hooks import ActionTrackedEvent
-from ._serde import parse_action_status
-from .errors import ActionTimeoutError, ApiError, MiraklError, StoreError, api_error_class
-from .models import ActionStatus
-from .tracker import (
+from .._observe.hooks import ActionTrackedEvent
+from .._serde import parse_action_status
+from ..errors import ActionTimeoutError, ApiError, MiraklError, StoreError, api_error_class
+from ..models import ActionStatus
+from ..tracker import (
     DEFAULT_POLICY,
     ActionTracker,
     PollPolicy,
@@ -37,7 +37,7 @@ from .tracker import (
 )
 
 if TYPE_CHECKING:
-    from ._pgstore import PostgresStore
+    from .postgres import PostgresStore
 
 __all__ = ["SharedActionTracker"]
 

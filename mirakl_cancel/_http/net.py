@@ -26,7 +26,7 @@ from typing import TypedDict
 
 from yarl import URL
 
-from ._urls import is_loopback_host
+from .urls import is_loopback_host
 
 __all__ = ["Network", "NetworkOptions", "current_network", "network_options_from_env"]
 

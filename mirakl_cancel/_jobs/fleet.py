@@ -16,9 +16,15 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from ._constants import DEFAULT_LEASE
-from ._input import InputError
-from ._job import (
+from .._constants import DEFAULT_LEASE
+from .._http.auth import Auth
+from .._stores.base import JobStore, JournalBusyError, JournalError, RequestState
+from .._stores.pgjob import JobMismatchError, PostgresJobStore
+from .._stores.postgres import PostgresStore
+from .._stores.sqlite import Journal, PlanStaging, SqliteStore
+from ..errors import StoreError
+from .input import InputError
+from .job import (
     EXIT_BAD_INPUT,
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -31,14 +37,8 @@ from ._job import (
     print_dry_run,
     tally,
 )
-from ._pgjobstore import JobMismatchError, PostgresJobStore
-from ._pgstore import PostgresStore
-from ._progress import ProgressLogHandler
-from ._report import JobCounts, summary_table
-from ._store import JobStore, JournalBusyError, JournalError, RequestState
-from .auth import Auth
-from .errors import StoreError
-from .journal import Journal, PlanStaging, SqliteStore
+from .progress import ProgressLogHandler
+from .report import JobCounts, summary_table
 
 __all__ = ["report_job", "run_fleet_job"]
 

@@ -1,6 +1,6 @@
 """Client guards: awaited callbacks that may refuse what is about to happen, by raising.
 
-Hooks (`_hooks.py`) observe: a hook's failure is logged and swallowed, so that nothing a
+Hooks (`_observe/hooks.py`) observe: a hook's failure is logged and swallowed, so that nothing a
 dashboard does can break a cancel on its way out. Some callers need the opposite: the
 job's journal must record a cancel as *being sent*, durably, before its POST leaves,
 and if that record cannot be made, the POST must not leave. That is a guard:
@@ -28,7 +28,7 @@ import contextvars
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple, TypeVar
 
-from .models import ActionStatus
+from ..models import ActionStatus
 
 __all__ = ["Guards", "SendAttempt"]
 

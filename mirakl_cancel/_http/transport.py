@@ -2,8 +2,8 @@
 
 It owns the session, the timeouts, the concurrency limit, the client-side rate limit,
 the shared pause after a 429, the retries, and the mapping of low-level failures to the
-public errors. Each failed attempt is described as plain data (`_retry.Attempt`) and
-`_retry.decide` says what to do; this module carries the decision out (sleeps, pauses,
+public errors. Each failed attempt is described as plain data (`_http.retry.Attempt`) and
+`_http.retry.decide` says what to do; this module carries the decision out (sleeps, pauses,
 logs, raises). Its one safety rule, kept there: a request that is not idempotent (a
 cancel) is retried only when the server certainly did not process it.
 """
@@ -23,7 +23,7 @@ import aiohttp
 import attrs
 from yarl import URL
 
-from ._constants import (
+from .._constants import (
     API_MIN_INTERVAL,
     DEFAULT_ANSWER_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
@@ -32,24 +32,10 @@ from ._constants import (
     DEFAULT_READ_TIMEOUT,
     USER_AGENT,
 )
-from ._hooks import Call, Hooks, RateLimitEvent, RequestEvent, ResponseEvent, RetryEvent
-from ._logging import log_context
-from ._net import Network, current_network
-from ._pacing import FleetPacing
-from ._pollguard import PollGuard, shared_reads
-from ._retry import (
-    Attempt,
-    Decision,
-    Failure,
-    RetryPolicy,
-    Verdict,
-    decide,
-    resend_safe,
-)
-from ._serde import AnswerTooLarge, loads, parse_error_body, read_bounded
-from ._urls import check_base_url, encode_segment
-from .auth import Auth, credential_identity
-from .errors import (
+from .._observe.hooks import Call, Hooks, RateLimitEvent, RequestEvent, ResponseEvent, RetryEvent
+from .._observe.logs import log_context
+from .._serde import AnswerTooLarge, loads, parse_error_body, read_bounded
+from ..errors import (
     ApiError,
     ConnectError,
     MiraklError,
@@ -59,6 +45,20 @@ from .errors import (
     UncertainDeliveryError,
     api_error_class,
 )
+from .auth import Auth, credential_identity
+from .net import Network, current_network
+from .pacing import FleetPacing
+from .pollguard import PollGuard, shared_reads
+from .retry import (
+    Attempt,
+    Decision,
+    Failure,
+    RetryPolicy,
+    Verdict,
+    decide,
+    resend_safe,
+)
+from .urls import check_base_url, encode_segment
 
 __all__ = ["Limits", "Response", "Timeout", "Transport", "TransportStats"]
 
@@ -222,7 +222,7 @@ class Transport:
         self.hooks = hooks if hooks is not None else Hooks()
         #: Pacing shared with other processes (a store given to the client), or None.
         self.fleet: FleetPacing | None = None
-        #: Proxy and TLS settings (the token fetch uses them too, see `_net`).
+        #: Proxy and TLS settings (the token fetch uses them too, see `_http.net`).
         self.network = network if network is not None else Network()
 
     def scope(self, kind: str) -> tuple[str, str, str]:
@@ -305,7 +305,7 @@ class Transport:
         on_send: Callable[[], Awaitable[None] | None] | None = None,
         call: Call | None = None,
     ) -> Response:
-        """Perform one logical request, retrying what is safe to retry (`_retry.decide`).
+        """Perform one logical request, retrying what is safe to retry (`_http.retry.decide`).
 
         `poll_key` names a resource whose reads the API limits in frequency (an action,
         or the order listing): every attempt for it, retries included, waits for

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import attrs
 
-from ._constants import (
+from .._constants import (
     API_MIN_INTERVAL,
     DEFAULT_BASE_URL,
     DEFAULT_FIRST_POLL_DELAY,
@@ -38,8 +38,10 @@ from ._constants import (
     DEFAULT_PROGRESS_INTERVAL,
     DEFAULT_TOKEN_URL,
 )
-from ._hooks import Hooks
-from ._job import (
+from .._http.auth import Auth, ClientCredentials, StaticToken
+from .._http.net import network_options_from_env
+from .._http.urls import check_base_url
+from .._jobs.job import (
     EXIT_BAD_INPUT,
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -48,16 +50,14 @@ from ._job import (
     reconcile_job,
     run_job,
 )
-from ._logging import env_level, remove_env_handler
-from ._net import network_options_from_env
-from ._progress import ProgressLogHandler
-from ._report import check_report_path
-from ._text import printable
-from ._urls import check_base_url
-from ._version import __version__
-from .auth import Auth, ClientCredentials, StaticToken
-from .client import MiraklConnectClient, check_min_intervals
-from .errors import (
+from .._jobs.progress import ProgressLogHandler
+from .._jobs.report import check_report_path
+from .._observe.hooks import Hooks
+from .._observe.logs import env_level, remove_env_handler
+from .._text import printable
+from .._version import __version__
+from ..client import MiraklConnectClient, check_min_intervals
+from ..errors import (
     ConnectError,
     MiraklError,
     NotFoundError,
@@ -66,9 +66,9 @@ from .errors import (
     TransportError,
     ValidationError,
 )
-from .models import ActionStatus
-from .reconcile import ReconcilePolicy
-from .tracker import PollPolicy
+from ..models import ActionStatus
+from ..reconcile import ReconcilePolicy
+from ..tracker import PollPolicy
 
 __all__ = ["build_parser", "main"]
 
@@ -356,7 +356,7 @@ def build_parser(*, load: Sequence[str] = _SIMULATOR_COMMANDS) -> argparse.Argum
         "simulator", help="serve a local Mirakl Connect simulator",
         description="Run a local Mirakl Connect simulator until SIGINT/SIGTERM.")
     if "simulator" in load:
-        from .simulator._cli import add_arguments as add_simulator_arguments
+        from ..simulator._cli import add_arguments as add_simulator_arguments
 
         add_simulator_arguments(simulator)
 
@@ -567,7 +567,7 @@ def _run_command(args: argparse.Namespace) -> int:
     def run(options: JobOptions) -> int:
         if fleet is None:
             return run_job(options, auth, log_handler=handler)
-        from ._fleetjob import run_fleet_job  # psycopg: only for a fleet
+        from .._jobs.fleet import run_fleet_job  # psycopg: only for a fleet
 
         return run_fleet_job(options, auth, dsn=fleet[0], name=fleet[1], lease=args.lease,
                              log_handler=handler)
@@ -581,7 +581,7 @@ def _run_with_metrics(port: int, options: JobOptions,
                       run: Callable[[JobOptions], int]) -> int:
     """`run --metrics-port`: the job, with /metrics served on 127.0.0.1 while it runs."""
     try:
-        from ._metrics import PrometheusCollector, serve_metrics
+        from .._observe.metrics import PrometheusCollector, serve_metrics
 
         collector = PrometheusCollector()
         server = serve_metrics(port, collector)
@@ -735,7 +735,7 @@ def _report_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"mirakl-cancel report: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from ._fleetjob import report_job
+    from .._jobs.fleet import report_job
 
     if fleet is None:
         return report_job(args.report, journal=args.journal)
@@ -792,7 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "report":
         return _report_command(args)
     if args.command == "simulator":
-        from .simulator._cli import run_from_args
+        from ..simulator._cli import run_from_args
 
         return run_from_args(args)
     from .demo import run_demo
@@ -800,6 +800,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose, args.quiet)
     return run_demo(args)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """The job's durable state as the job sees it: the store interface and its records.
 
-The bulk job (``_job.py``) keeps everything that makes it resumable without ever
+The bulk job (``_jobs/job.py``) keeps everything that makes it resumable without ever
 cancelling twice in a *store*: the plan (requests, their exact bodies, the input rows
 they cover), each request's state and send marks, action ids, the last-read times that
 keep the once-a-minute ceiling across processes, final outcomes and reconciliation

@@ -26,10 +26,10 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from ._serde import plain_cancelation_json
-from ._text import printable
-from .errors import ValidationError
-from .models import (
+from .._serde import plain_cancelation_json
+from .._text import printable
+from ..errors import ValidationError
+from ..models import (
     AMOUNT_MAX_DIGITS,
     QUANTITY_MAX,
     Cancelation,

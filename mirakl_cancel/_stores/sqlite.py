@@ -28,7 +28,7 @@ an exclusive lock for its lifetime, so two processes can never run the same job 
 (which would double-send every pending request).
 
 `Journal` is the synchronous SQLite journal (one commit per call; tests and tools use
-it directly). `SqliteStore` puts it behind the job's store interface (``_store.py``):
+it directly). `SqliteStore` puts it behind the job's store interface (``_stores/base.py``):
 one writer thread owns the connection and runs whatever marks are queued as **one
 transaction** (group commit: the SENDING marks of all requests leaving together share
 one fsync), so a slow disk flush never runs on the event loop.
@@ -63,7 +63,7 @@ from typing import Any
 
 import attrs
 
-from ._store import (
+from .base import (
     JobInfo,
     JobStore,
     JournalBusyError,

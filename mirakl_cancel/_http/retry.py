@@ -20,14 +20,14 @@ import enum
 
 import attrs
 
-from . import _backoff
-from ._constants import (
+from .._constants import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_RETRY_AFTER,
     DEFAULT_RETRY_BASE_DELAY,
     DEFAULT_RETRY_MAX_DELAY,
     DEFAULT_RETRY_MAX_TIME,
 )
+from . import backoff as _backoff
 
 __all__ = ["NO_RETRY", "REFUSED_BEFORE_PROCESSING", "Attempt", "Decision", "Failure",
            "RetryPolicy", "Verdict", "decide", "resend_safe"]

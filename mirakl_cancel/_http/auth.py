@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import aiohttp
 from yarl import URL
 
-from ._constants import (
+from .._constants import (
     DEFAULT_TOKEN_LIFETIME,
     DEFAULT_TOKEN_URL,
     MAX_TOKEN_ANSWER_BYTES,
@@ -25,10 +25,10 @@ from ._constants import (
     TOKEN_REFRESH_MARGIN,
     TOKEN_REQUEST_TIMEOUT,
 )
-from ._net import Network, current_network
-from ._serde import AnswerTooLarge, loads, read_bounded
-from ._urls import check_http_url
-from .errors import AuthenticationError, ServerError, TransportError, api_error_class
+from .._serde import AnswerTooLarge, loads, read_bounded
+from ..errors import AuthenticationError, ServerError, TransportError, api_error_class
+from .net import Network, current_network
+from .urls import check_http_url
 
 __all__ = ["Auth", "ClientCredentials", "StaticToken", "credential_identity"]
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import attrs
 
-from ._engine import Outcome
-from ._store import JournalRequest, JournalRow, RequestState
-from ._text import neutralise_cell
-from .reconcile import Verdict
+from .._engine import Outcome
+from .._stores.base import JournalRequest, JournalRow, RequestState
+from .._text import neutralise_cell
+from ..reconcile import Verdict
 
 __all__ = [
     "REPORT_FIELDS",

@@ -26,15 +26,15 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import TextIO
 
-from ._constants import API_MIN_INTERVAL
-from ._job import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, JobOptions, run_job
-from ._retry import RetryPolicy
-from .auth import ClientCredentials
-from .journal import Journal, JournalError, RequestState
-from .models import CancelReason
-from .reconcile import ReconcilePolicy
-from .simulator import SimOrder, SimulatorConfig, ThreadedSimulator
-from .tracker import PollPolicy
+from .._constants import API_MIN_INTERVAL
+from .._http.auth import ClientCredentials
+from .._http.retry import RetryPolicy
+from .._jobs.job import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, JobOptions, run_job
+from .._stores.sqlite import Journal, JournalError, RequestState
+from ..models import CancelReason
+from ..reconcile import ReconcilePolicy
+from ..simulator import SimOrder, SimulatorConfig, ThreadedSimulator
+from ..tracker import PollPolicy
 
 __all__ = ["add_arguments", "build_rows", "run_demo"]
 

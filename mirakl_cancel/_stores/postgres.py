@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._pacing import FleetPacing, fleet_key
-from .errors import RateLimitError, StoreError
+from .._http.pacing import FleetPacing, fleet_key
+from ..errors import RateLimitError, StoreError
 
 if TYPE_CHECKING:
     import psycopg
 
-    from .tracker import ActionTracker
+    from ..tracker import ActionTracker
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
@@ -85,7 +85,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE INDEX mirakl_cancel_tracked_due ON mirakl_cancel_tracked (key, due_at)
            WHERE result IS NULL""",
     ),
-    (   # 3: fleet jobs (`_pgjobstore.PostgresJobStore`): one plan, many workers
+    (   # 3: fleet jobs (`_stores.pgjob.PostgresJobStore`): one plan, many workers
         """CREATE TABLE mirakl_cancel_jobs (
             name text PRIMARY KEY,
             input_path text NOT NULL,
@@ -296,7 +296,7 @@ class PostgresStore:
         return 0 if row is None else int(row[0])
 
     def fleet_pacing(self, key: str) -> FleetPacing:
-        """The pacing shared by the fleet under `key` (see `_pacing.fleet_key`)."""
+        """The pacing shared by the fleet under `key` (see `_http.pacing.fleet_key`)."""
         pacing = self._pacings.get(key)
         if pacing is None:
             pacing = self._pacings[key] = _PgPacing(self, key)
@@ -304,7 +304,7 @@ class PostgresStore:
 
     def tracker_class(self) -> type[ActionTracker]:
         """The tracker `ActionTracker(..., store=self)` builds: the fleet's."""
-        from ._sharedtracker import SharedActionTracker
+        from .pgtracker import SharedActionTracker
 
         return SharedActionTracker
 

@@ -31,8 +31,8 @@ from collections.abc import AsyncIterator, Awaitable, Collection, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ._pgstore import PostgresStore
-from ._store import (
+from ..errors import StoreError
+from .base import (
     FleetJobStore,
     JobInfo,
     JournalError,
@@ -42,9 +42,9 @@ from ._store import (
     RequestState,
     now,
 )
-from .errors import StoreError
-from .journal import _REQUEST_COLUMNS as _COLUMNS
-from .journal import PlanStaging, _errors, _request, _row_numbers, _texts
+from .postgres import PostgresStore
+from .sqlite import _REQUEST_COLUMNS as _COLUMNS
+from .sqlite import PlanStaging, _errors, _request, _row_numbers, _texts
 
 if TYPE_CHECKING:
     import psycopg

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from yarl import URL
 
-from .errors import ValidationError, ValidationIssue
+from ..errors import ValidationError, ValidationIssue
 
 __all__ = ["check_base_url", "encode_segment", "is_loopback_host", "is_loopback_url"]
 

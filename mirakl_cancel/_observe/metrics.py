@@ -20,10 +20,11 @@ from typing import Any, Protocol
 
 import attrs
 
-from ._constants import METRIC_ACTION_LIFETIME_BUCKETS as _LIFETIME
-from ._constants import METRIC_LATENCY_BUCKETS as _LATENCY
-from ._constants import METRIC_POLL_LAG_BUCKETS as _LAG
-from ._hooks import (
+from .._constants import METRIC_ACTION_LIFETIME_BUCKETS as _LIFETIME
+from .._constants import METRIC_LATENCY_BUCKETS as _LATENCY
+from .._constants import METRIC_POLL_LAG_BUCKETS as _LAG
+from .._version import __version__
+from .hooks import (
     ActionFinalEvent,
     ActionTrackedEvent,
     CallEndEvent,
@@ -34,7 +35,6 @@ from ._hooks import (
     RetryEvent,
     UncertainEvent,
 )
-from ._version import __version__
 
 __all__ = ["METRICS", "MetricsObserver", "OtelSink", "PrometheusCollector", "serve_metrics"]
 

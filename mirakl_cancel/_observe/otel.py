@@ -26,7 +26,8 @@ import sys
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from ._hooks import (
+from .._version import __version__
+from .hooks import (
     ROUTE_CANCEL,
     ActionFinalEvent,
     Call,
@@ -38,7 +39,6 @@ from ._hooks import (
     RetryEvent,
     UncertainEvent,
 )
-from ._version import __version__
 
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext, TracerProvider
@@ -73,7 +73,7 @@ def auto_instrument(hooks: Hooks) -> None:
         added = True
     if metrics_api is not None and _configured(metrics_api, "get_meter_provider",
                                                "_ProxyMeterProvider"):
-        from ._metrics import MetricsObserver, OtelSink
+        from .metrics import MetricsObserver, OtelSink
 
         hooks.add(MetricsObserver(OtelSink()))
         added = True

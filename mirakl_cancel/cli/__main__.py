@@ -1,0 +1,5 @@
+"""`python -m mirakl_cancel.cli`: the same command as `mirakl-cancel` (tests run it so)."""
+
+from . import main
+
+raise SystemExit(main())
