@@ -117,7 +117,7 @@ def cancelation_json(cancelation: Cancelation) -> str:
     Written directly for the exact model types (a million-row file writes a million of
     them; the generic unstructure-and-encode costs several times more), in the order and
     with the omissions of `converter`; anything else takes the generic path. The two are
-    checked equal in tests/test_streaming.py."""
+    checked equal in tests/jobs/test_streaming.py."""
     c = cancelation
     if (type(c) is not Cancelation or type(c.quantity) is not int
             or type(c.reason) is not CancelReason):
@@ -155,7 +155,7 @@ def plain_cancelation_json(quantity: int, reason: str, price: str, shipping_pric
     """`cancelation_fields_json` of a line without taxes whose amounts share `currency`,
     in one format (the input's fast path writes a million of them). `reason` and
     `currency` must need no escaping (an enum value, three letters): the ids are escaped.
-    tests/test_streaming.py checks it equals the general writer."""
+    tests/jobs/test_streaming.py checks it equals the general writer."""
     ids = ""
     if order_line_id is not None:
         ids = ',"order_line_id":' + _encode_str(order_line_id)

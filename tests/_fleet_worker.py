@@ -1,4 +1,4 @@
-"""One worker process of a fleet, for tests/test_fleet.py (run as a script).
+"""One worker process of a fleet, for tests/stores/test_fleet.py (run as a script).
 
     python tests/_fleet_worker.py JOB.json
 

@@ -4,7 +4,7 @@
 (idempotent or not) x (which attempt, how long so far) to one `Decision`: retry after a
 delay, raise the error, report the request UNCERTAIN, or renew the token once. It reads
 no clock and draws no random number (the jitter fraction is an argument), so every rule
-is a row of a table test (tests/test_retry.py). The transport performs the decision:
+is a row of a table test (tests/http/test_retry.py). The transport performs the decision:
 it sleeps, pauses, logs and raises; it decides nothing itself.
 
 The one safety rule: a request that is not idempotent (a cancel) is sent again only

@@ -797,7 +797,7 @@ def _plain_csv_row(names: list[str]) -> Callable[[list[str], int, int], CheckedL
     `_check_row` and of the models certainly accepts (a cell per column, none
     oversized; ASCII ids; a quantity of at most 9 digits; a known reason; amounts of
     plain digits; one currency; no taxes), and writes what they would give (the same
-    JSON, through `plain_cancelation_json`). tests/test_streaming.py checks both paths
+    JSON, through `plain_cancelation_json`). tests/jobs/test_streaming.py checks both paths
     agree. It exists because a million-row file must be checked in seconds: the full
     check builds four model objects per row.
     """

@@ -279,7 +279,7 @@ def test_a_windows_1252_export_through_the_cli(sim: ThreadedSimulator, tmp_path:
 
 # --- the README's commands, as pasted ------------------------------------------------------
 
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 
 
 def _readme_block(marker: str) -> list[str]:

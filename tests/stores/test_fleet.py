@@ -36,7 +36,7 @@ from mirakl_cancel import (
 from mirakl_cancel._stores.pgtracker import SharedActionTracker
 from mirakl_cancel.simulator import SimulatorConfig, ThreadedSimulator
 
-WORKER = str(Path(__file__).with_name("_fleet_worker.py"))
+WORKER = str(Path(__file__).parents[1] / "_fleet_worker.py")
 MIN = 0.06  # the simulator's 60 s ceiling at time_scale 0.001
 POLICY = {"min_interval": MIN, "interval": 0.1, "first_delay": MIN, "timeout": 30.0}
 

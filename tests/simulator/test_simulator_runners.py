@@ -33,7 +33,7 @@ from mirakl_cancel.simulator._cli import config_from_args
 mirakl_simulator = pytest_plugin.mirakl_simulator
 mirakl_simulator_config = pytest_plugin.mirakl_simulator_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def request(

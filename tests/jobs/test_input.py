@@ -200,7 +200,7 @@ def test_format_detection() -> None:
 
 
 def test_examples_are_valid() -> None:
-    root = Path(__file__).resolve().parent.parent / "examples"
+    root = Path(__file__).resolve().parents[2] / "examples"
     csv_rows = read_input(root / "cancel-lines.csv")
     jsonl_rows = read_input(root / "cancel-lines.jsonl")
     assert csv_rows.errors == () and jsonl_rows.errors == ()
