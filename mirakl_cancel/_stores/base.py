@@ -4,9 +4,9 @@ The bulk job (``_jobs/job.py``) keeps everything that makes it resumable without
 cancelling twice in a *store*: the plan (requests, their exact bodies, the input rows
 they cover), each request's state and send marks, action ids, the last-read times that
 keep the once-a-minute ceiling across processes, final outcomes and reconciliation
-verdicts. The job talks only to `JobStore`; SQLite (``journal.py``) is the first
-implementation, and a second one (PostgreSQL, for worker fleets) goes beside it without
-touching the job.
+verdicts. The job talks only to `JobStore`; SQLite (``sqlite.py``) is the first
+implementation, and a second one (PostgreSQL, for worker fleets: ``pgjob.py``) goes beside
+it without touching the job.
 
 What every store must guarantee, whatever it is built on:
 
@@ -35,6 +35,9 @@ from typing import Any
 
 import attrs
 
+from .._engine import Outcome
+from ..reconcile import Verdict
+
 __all__ = [
     "FleetJobStore",
     "JobInfo",
@@ -46,6 +49,7 @@ __all__ = [
     "PlannedRequest",
     "PlannedRow",
     "RequestState",
+    "reconciled_end",
 ]
 
 
@@ -303,6 +307,25 @@ class FleetJobStore(JobStore):
     @abc.abstractmethod
     async def end_reconcile_turn(self, *, complete: bool) -> None:
         """This worker's reconciliation ended (`complete`: not interrupted)."""
+
+
+#: Where reconciliation leaves an UNCERTAIN request. NOT_APPLIED ends DONE but is *not*
+#: flagged resendable: only an explicit `--resend-unapplied` sends it again.
+_RECONCILED_END = {
+    Verdict.APPLIED: (RequestState.DONE, Outcome.SUCCEEDED),
+    Verdict.NOT_APPLIED: (RequestState.DONE, Outcome.NOT_APPLIED),
+    Verdict.UNCERTAIN: (RequestState.UNCERTAIN, Outcome.UNCERTAIN),
+}
+
+
+def reconciled_end(verdict: str) -> tuple[str, str]:
+    """The (state, outcome) a store records for a reconciliation `verdict` (one rule for
+    every store); ValueError for a verdict that is not one of `Verdict`'s."""
+    try:
+        state, outcome = _RECONCILED_END[Verdict(verdict)]
+    except ValueError:
+        raise ValueError(f"unknown reconciliation verdict {verdict!r}") from None
+    return state.value, outcome.value
 
 
 def now(at: float | None) -> float:

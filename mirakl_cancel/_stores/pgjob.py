@@ -41,6 +41,7 @@ from .base import (
     PlannedRequest,
     RequestState,
     now,
+    reconciled_end,
 )
 from .postgres import PostgresStore
 from .sqlite import _REQUEST_COLUMNS as _COLUMNS
@@ -725,11 +726,7 @@ class PostgresJobStore(FleetJobStore):
     def mark_reconciled(self, key: str, verdict: str, reason: str,
                         adjustments: Sequence[str] = (), *, errors: Sequence[str],
                         at: float | None = None) -> Awaitable[None]:
-        target = {"APPLIED": ("DONE", "SUCCEEDED"), "NOT_APPLIED": ("DONE", "NOT_APPLIED"),
-                  "UNCERTAIN": ("UNCERTAIN", "UNCERTAIN")}.get(verdict)
-        if target is None:
-            raise ValueError(f"unknown reconciliation verdict {verdict!r}")
-        state, outcome = target
+        state, outcome = reconciled_end(verdict)
         return self._update(
             key, ["UNCERTAIN"],
             "state = %(state)s, outcome = %(outcome)s, errors = %(errors)s, finished_at = "

@@ -74,6 +74,7 @@ from .base import (
     PlannedRow,
     RequestState,
     now,
+    reconciled_end,
 )
 
 __all__ = [
@@ -756,11 +757,7 @@ class Journal:
         it is, with `errors` updated. The verdict, reason and adjustment ids are kept.
         """
         at = now(at)
-        target = {"APPLIED": ("DONE", "SUCCEEDED"), "NOT_APPLIED": ("DONE", "NOT_APPLIED"),
-                  "UNCERTAIN": ("UNCERTAIN", "UNCERTAIN")}.get(verdict)
-        if target is None:
-            raise ValueError(f"unknown reconciliation verdict {verdict!r}")
-        state, outcome = target
+        state, outcome = reconciled_end(verdict)
         self._update(key, _RECONCILED, (state, outcome, _texts(errors), at, verdict, reason,
                                         json.dumps(list(adjustments)), at), False)
 
