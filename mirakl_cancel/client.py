@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from ._clock import SYSTEM_CLOCK, Clock
 from ._constants import (
     API_MIN_INTERVAL,
     DEFAULT_BASE_URL,
@@ -90,6 +91,11 @@ class MiraklConnectClient:
     `trust_env=False`; `proxy=` (an http(s) URL, credentials allowed) overrides them;
     `ssl=` takes an `ssl.SSLContext` for a custom CA or mutual TLS. Both apply to the
     token request of `ClientCredentials` too, unless it has its own.
+
+    Time: `clock=` (for tests: `mirakl_cancel.testing.ManualClock`) is the one clock of
+    every rule that waits or expires: retry and 429 pauses, the rate limit, the poll
+    ceilings, the token's expiry, and the schedule of a tracker built on this client.
+    Leave it out in production (the real clock).
     """
 
     def __init__(
@@ -110,7 +116,12 @@ class MiraklConnectClient:
         proxy: str | None = None,
         ssl: ssl_module.SSLContext | None = None,
         trust_env: bool | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        if clock is None:
+            clock = SYSTEM_CLOCK
+        elif not isinstance(clock, Clock):
+            raise TypeError("clock must be a Clock (e.g. mirakl_cancel.testing.ManualClock)")
         if not isinstance(auth, Auth):
             raise TypeError("auth must be StaticToken(...) or ClientCredentials(...)")
         if isinstance(timeout, (int, float)):
@@ -131,6 +142,7 @@ class MiraklConnectClient:
             # A session of the caller's keeps its own choice about the environment.
             network=Network(proxy=proxy, ssl=ssl, trust_env=trust_env if trust_env is not None
                             else session.trust_env if session is not None else True),
+            clock=clock,
         )
         check_min_intervals(base_url, min_poll_interval, min_list_interval)
         # OpenTelemetry, when the program configured it: no code change needed.
@@ -139,8 +151,8 @@ class MiraklConnectClient:
         self.base_url = base_url.rstrip("/")
         # v2-listOrders allows one call per minute: its own guard, shared by all pages
         # (and, like the action guard, by every client for this API and credential).
-        self._list_guard = PollGuard(min_list_interval,
-                                     shared_reads(self._transport.scope("list-orders")))
+        self._list_guard = PollGuard(
+            min_list_interval, shared_reads(self._transport.scope("list-orders"), clock), clock)
         #: The store shared with other processes (pacing, tracker), or None.
         self.shared_store = store
         #: The key under which a fleet shares this API's rules: base URL + credential.
@@ -174,6 +186,11 @@ class MiraklConnectClient:
     def max_concurrency(self) -> int:
         """How many requests this client has in flight at most."""
         return self._transport.max_concurrency
+
+    @property
+    def clock(self) -> Clock:
+        """The clock of this client's time rules (the tracker's default clock too)."""
+        return self._transport.clock
 
     @property
     def min_poll_interval(self) -> float:

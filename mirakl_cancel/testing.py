@@ -1,62 +1,50 @@
 """Test doubles for your own tests: a clock you move by hand, and a fake status client.
 
+`Clock` is the protocol of the `clock=` parameters (monotonic and wall time, sleeps,
+timers); the real clock is the default everywhere.
+
+`ManualClock` is the clock every time rule of the library takes: give it to
+`MiraklConnectClient(clock=...)` (against the simulator: retry and 429 pauses, the poll
+ceiling, token expiry and the schedule of a tracker on that client all run on it) or
+to a `FakeStatusClient` without any server:
+
 ```python
 from mirakl_cancel import ActionTracker, PollPolicy
 from mirakl_cancel.testing import FakeStatusClient, ManualClock
 
 clock = ManualClock()
 client = FakeStatusClient({"a-1": ["PENDING", "PENDING", "SUCCESS"]}, clock=clock)
-async with ActionTracker(client, PollPolicy(), clock=clock) as tracker:
+async with ActionTracker(client, PollPolicy()) as tracker:   # the client's clock
     task = asyncio.create_task(tracker.wait("a-1"))
     await clock.run_until(task.done, step=60)      # an hour of API time, instantly
 assert task.result().state is ActionState.SUCCESS
 assert client.reads["a-1"] == 3 and client.ceiling_waits == 0
 ```
 
-`FakeStatusClient` keeps the API's once-a-minute ceiling the way `MiraklConnectClient`
-does (a read sooner than `min_poll_interval` after the previous one waits, on the fake's
-clock), and counts the reads that had to wait: `ceiling_waits == 0` proves your own
-schedule never asked too early. For whole exchanges (cancels, faults, the listing) use
+`FakeStatusClient` keeps the API's once-a-minute ceiling with `MiraklConnectClient`'s
+own poll guard (a read sooner than `min_poll_interval` after the previous one waits, on
+the fake's clock), and counts the reads that had to wait: `ceiling_waits == 0` proves
+your own schedule never asked too early. For whole exchanges (cancels, faults, the listing) use
 the simulator (`mirakl_cancel.simulator`, or the `mirakl_simulator` pytest fixture).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, TypeAlias
 
+from ._clock import SYSTEM_CLOCK, Clock, ManualClock
 from ._constants import API_MIN_INTERVAL
-from ._scheduler import Clock, LoopClock, ManualClock
+from ._http.pollguard import PollGuard
 from .errors import MiraklError, NotFoundError
 from .models import ActionState, ActionStatus
 
-__all__ = ["Answer", "FakeStatusClient", "ManualClock"]
+__all__ = ["Answer", "Clock", "FakeStatusClient", "ManualClock"]
 
 #: One scripted answer: a state (or its raw name, kept as UNKNOWN if the library does not
 #: know it), a whole ActionStatus, or an error to raise.
 Answer: TypeAlias = "ActionState | str | ActionStatus | MiraklError"
-
-
-class _ClockGuard:
-    """The poll ceiling on the fake's clock: when each action was last read."""
-
-    __slots__ = ("_clock", "_last", "min_interval")
-
-    def __init__(self, clock: Clock, min_interval: float) -> None:
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        self.min_interval = min_interval
-
-    def ready_at(self, action_id: str) -> float:
-        last = self._last.get(action_id)
-        return float("-inf") if last is None else last + self.min_interval
-
-    def record(self, action_id: str, at: float | None = None) -> None:
-        at = self._clock.monotonic() if at is None else at
-        if at > self._last.get(action_id, float("-inf")):
-            self._last[action_id] = at
 
 
 class FakeStatusClient:
@@ -74,8 +62,10 @@ class FakeStatusClient:
                  min_poll_interval: float = API_MIN_INTERVAL) -> None:
         if min_poll_interval < 0:
             raise ValueError("min_poll_interval must not be negative")
-        self.clock: Clock = clock or LoopClock()
-        self._guard = _ClockGuard(self.clock, min_poll_interval)
+        self.clock: Clock = clock or SYSTEM_CLOCK
+        # The client's own rule on the fake's clock (a log of its own: no other client
+        # and no other process shares a fake's reads).
+        self._guard = PollGuard(min_poll_interval, clock=self.clock)
         self._script: dict[str, list[Answer]] = {}
         #: Reads answered so far, per action.
         self.reads: dict[str, int] = {}
@@ -101,21 +91,20 @@ class FakeStatusClient:
 
     def poll_ready_in(self, action_id: str) -> float:
         """Seconds until `action_id` may be read again (0 if now)."""
-        return max(0.0, self._guard.ready_at(action_id) - self.clock.monotonic())
+        return self._guard.ready_in(action_id)
 
     def record_poll(self, action_id: str, seconds_ago: float = 0.0) -> None:
         """Count a read of `action_id` made elsewhere, `seconds_ago` seconds ago."""
-        self._guard.record(action_id, self.clock.monotonic() - seconds_ago)
+        self._guard.record_ago(action_id, seconds_ago)
 
     async def get_action_status(self, action_id: str, *, retry: bool = True) -> ActionStatus:
         """The next scripted answer, after waiting for the ceiling if asked too early.
 
         `retry` is accepted for compatibility with `MiraklConnectClient` and ignored.
         """
-        delay = self.poll_ready_in(action_id)
-        if delay > 0:
+        if self.poll_ready_in(action_id) > 0:
             self.ceiling_waits += 1
-            await self._sleep(delay)
+            await self._guard.wait(action_id)
         answers = self._script.get(action_id)
         self._guard.record(action_id)
         if not answers:
@@ -138,19 +127,6 @@ class FakeStatusClient:
         now = datetime.fromtimestamp(self.clock.wall(), timezone.utc)
         return ActionStatus(action_id, known, created_at=now, updated_at=now, raw_status=raw)
 
-    async def _sleep(self, seconds: float) -> None:
-        future = asyncio.get_running_loop().create_future()
-
-        def wake() -> None:
-            if not future.done():
-                future.set_result(None)
-
-        handle = self.clock.call_at(self.clock.monotonic() + seconds, wake)
-        try:
-            await future
-        finally:
-            handle.cancel()
-
 
 if TYPE_CHECKING:
     from .tracker import StatusClient
@@ -161,7 +137,7 @@ if TYPE_CHECKING:
 
 def _present_as_this_module() -> None:
     # Users meet these as `mirakl_cancel.testing.X`, whichever module defines them.
-    for public in (FakeStatusClient, ManualClock):
+    for public in (Clock, FakeStatusClient, ManualClock):
         public.__module__ = __name__
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 import attrs
 
+from ._clock import SYSTEM_CLOCK, Clock, TimerHandle
 from ._constants import (
     API_MIN_INTERVAL,
     DEFAULT_FIRST_POLL_DELAY,
@@ -35,7 +36,6 @@ from ._constants import (
 from ._http.backoff import exponential
 from ._observe.hooks import ActionFinalEvent, ActionTrackedEvent, Hooks, PollEvent
 from ._observe.logs import fields
-from ._scheduler import Clock, LoopClock, TimerHandle
 from .errors import (
     ActionTimeoutError,
     ApiError,
@@ -173,7 +173,8 @@ class StatusClient(Protocol):
     (`poll_ready_in`, seconds, counting reads made by anyone through its poll guard)
     and accepts reads made elsewhere (`record_poll`, for an imported job), so that the
     tracker's schedule and the client's ceiling agree without the tracker knowing how
-    the client keeps it.
+    the client keeps it. A client may also have a `clock` (`MiraklConnectClient` and
+    `FakeStatusClient` do): the tracker's default clock, so both keep one time.
     """
 
     @property
@@ -276,8 +277,9 @@ class ActionTracker:
     than `max(policy.min_interval, client.min_poll_interval)`, measured from the end of
     the earlier read.
 
-    `clock` exists for tests: with a real client, leave it None so that the tracker
-    and the client's poll guard share `time.monotonic()`.
+    `clock` defaults to the client's (`MiraklConnectClient(clock=...)`), so that the
+    tracker and the client's poll guard keep one time; give one only with a client
+    that has none.
 
     Given `store=` (a `PostgresStore`, also given to the client), the tracker is the
     fleet's: a `SharedActionTracker`, whose schedule lives in the store.
@@ -314,7 +316,11 @@ class ActionTracker:
         hooks = getattr(client, "hooks", None)
         #: The client's hooks (a test fake may have none): tracked, polled, final.
         self._hooks: Hooks | None = hooks if isinstance(hooks, Hooks) else None
-        self._clock: Clock = clock or LoopClock()
+        if clock is None:
+            # The client's clock (one time for its poll guard and this schedule).
+            own = getattr(client, "clock", None)
+            clock = own if isinstance(own, Clock) else SYSTEM_CLOCK
+        self._clock: Clock = clock
         self._min = max(policy.min_interval, client.min_poll_interval)
         self._interval = max(policy.interval, self._min)
         self._actions: dict[str, _Tracked] = {}

@@ -1,17 +1,14 @@
-"""Shared test fixtures: a virtual clock for the transport, mocked HTTP, a real PostgreSQL."""
+"""Shared test fixtures: a manual clock, mocked HTTP, a real PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import secrets
 import shutil
 import tempfile
-import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import _pg
@@ -21,34 +18,7 @@ from aioresponses import aioresponses
 
 from mirakl_cancel._http import pollguard as _pollguard
 from mirakl_cancel._http import pollstore as _pollstore
-from mirakl_cancel._http import transport as _transport
-
-REAL_SLEEP = asyncio.sleep
-
-
-class FakeClock:
-    """Virtual monotonic time; sleeping advances it instantly (and yields once).
-
-    Patched into the transport and the poll guard only, so that 60-second rules and
-    backoff delays take no real time while the event loop itself keeps real time.
-    """
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-        self.time = SimpleNamespace(monotonic=self.monotonic, time=time.time)
-        self.asyncio = SimpleNamespace(
-            **{name: getattr(asyncio, name) for name in dir(asyncio) if not name.startswith("_")})
-        self.asyncio.sleep = self.sleep
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float, result: Any = None) -> Any:
-        self.sleeps.append(delay)
-        self.now += max(delay, 0.0)
-        await REAL_SLEEP(0)
-        return result
+from mirakl_cancel.testing import ManualClock
 
 
 @pytest.fixture(autouse=True)
@@ -70,12 +40,11 @@ def _isolated_poll_state(monkeypatch: pytest.MonkeyPatch,
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    for module in (_transport, _pollguard):
-        monkeypatch.setattr(module, "time", fake.time)
-        monkeypatch.setattr(module, "asyncio", fake.asyncio)
-    return fake
+def clock() -> ManualClock:
+    """A clock whose sleeps take no time: give it to the client (`clock=clock`), and its
+    60-second rules and backoff delays run instantly while the event loop (aiohttp's
+    socket timeouts, the test servers) keeps real time. `clock.sleeps` lists the waits."""
+    return ManualClock(auto_advance=True)
 
 
 @pytest.fixture

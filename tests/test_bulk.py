@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from builders import request
 
+from mirakl_cancel._http.pollguard import PollGuard
 from mirakl_cancel.bulk import CancelResult, Outcome, cancel_and_track
 from mirakl_cancel.errors import (
     AuthenticationError,
@@ -38,35 +38,25 @@ FAST = PollPolicy(min_interval=0.01, interval=0.01, first_delay=0.0)
 
 
 
-class Guard:
-    def __init__(self) -> None:
-        self.last: dict[str, float] = {}
-
-    def ready_at(self, action_id: str) -> float:
-        return self.last.get(action_id, -1e9) + 0.01
-
-    def record(self, action_id: str, at: float | None = None) -> None:
-        self.last[action_id] = time.monotonic() if at is None else at
-
-
 class FakeClient:
-    """POST answers and final action states decided per order id."""
+    """POST answers and final action states decided per order id (reads spaced by the
+    library's own poll guard, on the real clock: 10 ms)."""
 
     max_concurrency = 4
     min_poll_interval = 0.01
 
     def __init__(self) -> None:
-        self.guard = Guard()
+        self.guard = PollGuard(self.min_poll_interval)
         self.refuse: dict[str, Exception] = {}
         self.final: dict[str, Any] = {}
         self.post_delay: dict[str, float] = {}
         self.events: list[tuple[str, str]] = []
 
     def poll_ready_in(self, action_id: str) -> float:
-        return max(0.0, self.guard.ready_at(action_id) - time.monotonic())
+        return self.guard.ready_in(action_id)
 
     def record_poll(self, action_id: str, seconds_ago: float = 0.0) -> None:
-        self.guard.record(action_id, time.monotonic() - max(0.0, seconds_ago))
+        self.guard.record_ago(action_id, seconds_ago)
 
     async def cancel(self, request: CancelRequest, *, on_send: Any = None) -> ActionAccepted:
         order_id = request.order_id

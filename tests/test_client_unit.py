@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aioresponses import CallbackResult, aioresponses
-from conftest import REAL_SLEEP, FakeClock, serve
+from conftest import serve
 
 from mirakl_cancel import (
     ActionAccepted,
@@ -37,6 +37,7 @@ from mirakl_cancel import (
 )
 from mirakl_cancel._http.pollguard import PollGuard
 from mirakl_cancel.client import DEFAULT_BASE_URL, MiraklConnectClient
+from mirakl_cancel.testing import ManualClock
 
 BASE = "https://connect.example.com/api"
 ANY = re.compile(r"^https://connect\.example\.com/.*$")
@@ -337,20 +338,20 @@ async def test_get_action_status_404(mocked: aioresponses) -> None:
 # --- the poll guard -------------------------------------------------------------------
 
 
-def stamped(clock: FakeClock, log: list[tuple[str, float]]) -> Any:
+def stamped(clock: ManualClock, log: list[tuple[str, float]]) -> Any:
     async def callback(url: Any, **kwargs: Any) -> CallbackResult:
         action_id = url.raw_path.rsplit("/", 1)[-1]
-        log.append((action_id, clock.now))
-        await REAL_SLEEP(0)  # in flight: other tasks run meanwhile, as on a real network
+        log.append((action_id, clock.monotonic()))
+        await asyncio.sleep(0)  # in flight: other tasks run meanwhile, as on a real network
         return CallbackResult(status=200, payload={**STATUS_BODY, "id": action_id})
     return callback
 
 
 async def test_poll_guard_spaces_reads_of_one_action(mocked: aioresponses,
-                                                     clock: FakeClock) -> None:
+                                                     clock: ManualClock) -> None:
     log: list[tuple[str, float]] = []
     mocked.get(ANY_ACTION, callback=stamped(clock, log), repeat=True)
-    async with client(min_poll_interval=60) as c:
+    async with client(clock=clock, min_poll_interval=60) as c:
         assert c.min_poll_interval == 60
         for _ in range(3):
             await c.get_action_status("act-1")
@@ -359,35 +360,35 @@ async def test_poll_guard_spaces_reads_of_one_action(mocked: aioresponses,
 
 
 async def test_poll_guard_does_not_wait_across_actions(mocked: aioresponses,
-                                                       clock: FakeClock) -> None:
+                                                       clock: ManualClock) -> None:
     log: list[tuple[str, float]] = []
     mocked.get(ANY_ACTION, callback=stamped(clock, log), repeat=True)
-    async with client(min_poll_interval=60) as c:
+    async with client(clock=clock, min_poll_interval=60) as c:
         await asyncio.gather(*(c.get_action_status(f"act-{i}") for i in range(20)))
     assert clock.sleeps == []
     assert len(log) == 20
 
 
 async def test_poll_guard_holds_concurrent_reads_of_one_action(mocked: aioresponses,
-                                                               clock: FakeClock) -> None:
+                                                               clock: ManualClock) -> None:
     log: list[tuple[str, float]] = []
     mocked.get(ANY_ACTION, callback=stamped(clock, log), repeat=True)
-    async with client(min_poll_interval=60) as c:
+    async with client(clock=clock, min_poll_interval=60) as c:
         await asyncio.gather(*(c.get_action_status("act-1") for _ in range(3)))
     times = sorted(at for _, at in log)
     assert len(times) == 3
     assert all(b - a >= 60 for a, b in itertools.pairwise(times))
 
 
-async def test_poll_guard_applies_to_retries(mocked: aioresponses, clock: FakeClock) -> None:
+async def test_poll_guard_applies_to_retries(mocked: aioresponses, clock: ManualClock) -> None:
     log: list[tuple[str, float]] = []
 
     def fail_first(url: Any, **kwargs: Any) -> CallbackResult:
-        log.append(("act-1", clock.now))
+        log.append(("act-1", clock.monotonic()))
         return CallbackResult(status=500 if len(log) == 1 else 200, payload=STATUS_BODY)
 
     mocked.get(ANY_ACTION, callback=fail_first, repeat=True)
-    async with client(min_poll_interval=60) as c:
+    async with client(clock=clock, min_poll_interval=60) as c:
         await c.get_action_status("act-1")
     assert log[1][1] - log[0][1] >= 60
 
@@ -420,11 +421,11 @@ def test_poll_guard_forgets_old_reads() -> None:
 # --- stats, lifecycle, cancel_many ----------------------------------------------------
 
 
-async def test_stats_counters(mocked: aioresponses, clock: FakeClock) -> None:
+async def test_stats_counters(mocked: aioresponses, clock: ManualClock) -> None:
     mocked.post(ANY, status=429, headers={"Retry-After": "1"})
     mocked.post(ANY, status=202, payload=ACCEPTED)
     mocked.post(ANY, status=502)
-    async with client() as c:
+    async with client(clock=clock) as c:
         await c.cancel_order_lines("O-1", [LINE])
         with pytest.raises(Exception, match="may have been processed"):
             await c.cancel_order_lines("O-2", [LINE])
@@ -441,7 +442,7 @@ async def test_context_manager_closes_only_its_own_session(mocked: aioresponses)
     assert own.closed
     async with aiohttp.ClientSession() as given:
         async with client(session=given) as c:
-            await c.get_action_status("act-1")
+            await c.get_action_status("act-2")  # (act-1 was read: the ceiling holds it)
         assert not given.closed
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import types
 
 import mirakl_cancel
+import mirakl_cancel.testing
 
 EXPECTED = [
     "DEFAULT_BASE_URL",
@@ -114,6 +115,15 @@ def test_public_types_present_as_the_package() -> None:
              and value.__module__ != "mirakl_cancel"}
     assert wrong == {}
     assert repr(mirakl_cancel.RetryPolicy).startswith("<class 'mirakl_cancel.RetryPolicy'")
+
+
+def test_the_testing_module_is_closed_too() -> None:
+    # The clock seam's public face: `MiraklConnectClient(clock=...)` takes a Clock, and
+    # ManualClock is the documented one; the real clock stays private (the default).
+    assert mirakl_cancel.testing.__all__ == ["Answer", "Clock", "FakeStatusClient",
+                                             "ManualClock"]
+    for name in ("Clock", "FakeStatusClient", "ManualClock"):
+        assert getattr(mirakl_cancel.testing, name).__module__ == "mirakl_cancel.testing"
 
 
 def test_one_way_to_send_many() -> None:

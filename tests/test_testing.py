@@ -20,7 +20,7 @@ from mirakl_cancel.testing import FakeStatusClient, ManualClock
 async def test_the_readme_example_runs_an_hour_of_polling_instantly() -> None:
     clock = ManualClock()
     client = FakeStatusClient({"a-1": ["PENDING", "PENDING", "SUCCESS"]}, clock=clock)
-    async with ActionTracker(client, PollPolicy(), clock=clock) as tracker:
+    async with ActionTracker(client, PollPolicy()) as tracker:  # the client's clock
         task = asyncio.create_task(tracker.wait("a-1"))
         await clock.run_until(task.done, step=60)
     assert task.result().state is ActionState.SUCCESS

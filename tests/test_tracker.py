@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from mirakl_cancel._scheduler import ManualClock
+from mirakl_cancel._http.pollguard import PollGuard
 from mirakl_cancel.errors import (
     ActionTimeoutError,
     AuthenticationError,
@@ -27,6 +27,7 @@ from mirakl_cancel.errors import (
     ValidationError,
 )
 from mirakl_cancel.models import ActionError, ActionState, ActionStatus
+from mirakl_cancel.testing import ManualClock
 from mirakl_cancel.tracker import ActionTracker, PollPolicy, TrackedResult, first_read_due
 
 MIN = 60.0
@@ -35,24 +36,9 @@ POLICY = PollPolicy(min_interval=MIN, interval=300.0, first_delay=60.0)
 Step = ActionState | ActionStatus | Exception | Callable[[], Any]
 
 
-class FakeGuard:
-    """The client's poll guard, as far as the tracker uses it."""
-
-    def __init__(self, min_interval: float) -> None:
-        self.min_interval = min_interval
-        self.last: dict[str, float] = {}
-
-    def ready_at(self, action_id: str) -> float:
-        last = self.last.get(action_id)
-        return 0.0 if last is None else last + self.min_interval
-
-    def record(self, action_id: str, at: float | None = None) -> None:
-        assert at is not None
-        self.last[action_id] = at
-
-
 class FakeClient:
-    """Answers status reads from a per-action script, on the manual clock.
+    """Answers status reads from a per-action script, on the manual clock, keeping
+    the ceiling by the library's own poll guard on that clock.
 
     Every read is recorded as (start, end), so tests can check the one invariant that
     matters: the gap between the end of a read and the start of the next.
@@ -63,7 +49,7 @@ class FakeClient:
         self.clock = clock
         self.min_poll_interval = min_poll_interval
         self.latency = latency
-        self.guard = FakeGuard(min_poll_interval)
+        self.guard = PollGuard(min_poll_interval, clock=clock)
         self.scripts: dict[str, list[Step]] = {}
         self.done_at: dict[str, float] = {}
         self.polls: dict[str, list[tuple[float, float]]] = {}
@@ -71,10 +57,10 @@ class FakeClient:
         self.max_in_flight = 0
 
     def poll_ready_in(self, action_id: str) -> float:
-        return max(0.0, self.guard.ready_at(action_id) - self.clock.monotonic())
+        return self.guard.ready_in(action_id)
 
     def record_poll(self, action_id: str, seconds_ago: float = 0.0) -> None:
-        self.guard.record(action_id, self.clock.monotonic() - max(0.0, seconds_ago))
+        self.guard.record_ago(action_id, seconds_ago)
 
     def script(self, action_id: str, *steps: Step) -> None:
         self.scripts[action_id] = list(steps)
@@ -375,11 +361,12 @@ async def test_a_future_cancelled_by_its_waiter_does_not_stop_tracking(
 
 async def test_track_respects_a_read_made_directly_through_the_client(
         clock: ManualClock, client: FakeClient) -> None:
-    client.guard.record("a1", 1000.0 + 50.0)  # a direct read ended at +50
+    await clock.advance(50.0)
+    client.guard.record("a1")  # a direct read ended at +50
     policy = PollPolicy(min_interval=60.0, interval=300.0, first_delay=0.0)
     async with ActionTracker(client, policy, clock=clock) as tracker:
         tracker.add("a1")
-        await clock.advance(200.0)
+        await clock.advance(150.0)
         await tracker.aclose()
     assert rel(1000.0, client.starts("a1")) == [110.0]
 
@@ -557,7 +544,7 @@ async def test_resume_in_another_tracker_keeps_the_interval(clock: ManualClock,
     assert resumed.load(tmp_path / "pending.json") == 3
     assert resumed.import_pending(data) == 0  # already tracked
     # The guard knows about the read made by the other process (in its own clock).
-    assert second.guard.last["a1"] == pytest.approx(50.0 - 21.0)
+    assert second.guard.ready_at("a1") - second.guard.min_interval == pytest.approx(50.0 - 21.0)
     await clock2.advance(100.0)
     await resumed.aclose()
     # Exported min interval (60) wins over the new, smaller one: first read 60 s after

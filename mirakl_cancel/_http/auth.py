@@ -10,12 +10,12 @@ import asyncio
 import hashlib
 import logging
 import ssl as ssl_module
-import time
 from typing import Protocol, runtime_checkable
 
 import aiohttp
 from yarl import URL
 
+from .._clock import SYSTEM_CLOCK, current_clock
 from .._constants import (
     DEFAULT_TOKEN_LIFETIME,
     DEFAULT_TOKEN_URL,
@@ -131,6 +131,8 @@ class ClientCredentials:
 
     Many coroutines asking at once share one token request (a lock around the fetch),
     so a burst of cancels at start-up costs one call to the token endpoint, not one each.
+    The expiry is kept on the clock of the client asking (`MiraklConnectClient(clock=)`,
+    the real clock by default), so a test's manual clock expires tokens too.
     """
 
     __slots__ = ("_client_id", "_client_secret", "_expires_at", "_lock", "_network", "_token",
@@ -168,7 +170,8 @@ class ClientCredentials:
     __str__ = __repr__
 
     def _valid(self) -> str | None:
-        if self._token is not None and time.monotonic() < self._expires_at:
+        if self._token is not None and \
+                (current_clock.get() or SYSTEM_CLOCK).monotonic() < self._expires_at:
             return self._token
         return None
 
@@ -184,7 +187,8 @@ class ClientCredentials:
             token, lifetime = await self._fetch(session)
             margin = min(self.refresh_margin, lifetime / 10)
             self._token = token
-            self._expires_at = time.monotonic() + max(lifetime - margin, 0.0)
+            now = (current_clock.get() or SYSTEM_CLOCK).monotonic()
+            self._expires_at = now + max(lifetime - margin, 0.0)
             return token
 
     def invalidate(self, token: str) -> bool:

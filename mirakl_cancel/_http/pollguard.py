@@ -8,16 +8,19 @@ guard of one process for the same API base URL and credential shares one record 
 reads (`shared_reads`): two clients reading one action cannot together break it. That
 record is also kept on disk for the other processes of the machine (`_http.pollstore`), so
 two `mirakl-cancel status` in a row, or a resumed run, keep the ceiling too.
+
+Times are the client's clock (`_clock`): a test's manual clock runs the very rules
+here. Only guards on the real clock share a log with other clients and the disk
+record; a manual clock's reads are its own (its times mean nothing to another clock).
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
 import weakref
 from collections.abc import Hashable
 
+from .._clock import SYSTEM_CLOCK, Clock
 from . import pollstore as _pollstore
 
 __all__ = ["PollGuard", "ReadLog", "shared_reads"]
@@ -30,9 +33,10 @@ class ReadLog:
     time to time, so a long job's log stays as small as its recent reads.
     """
 
-    __slots__ = ("__weakref__", "_sweep_at", "horizon", "last", "name", "store")
+    __slots__ = ("__weakref__", "_sweep_at", "clock", "horizon", "last", "name", "store")
 
-    def __init__(self, store: _pollstore.PollStore | None = None, name: str = "") -> None:
+    def __init__(self, store: _pollstore.PollStore | None = None, name: str = "",
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.last: dict[str, float] = {}
         #: The largest min_interval of the guards using this log: reads older than that
         #: constrain nobody.
@@ -41,9 +45,10 @@ class ReadLog:
         #: The machine-wide record of the same scope, if it can be used.
         self.store = store
         self.name = name
+        self.clock = clock
         if store is not None:
             try:
-                self.last.update(store.load(name, time.monotonic(), time.time()))
+                self.last.update(store.load(name, clock.monotonic(), clock.wall()))
             except sqlite3.Error as exc:
                 self.fail(exc)
 
@@ -61,22 +66,25 @@ class ReadLog:
 
     def sweep(self) -> None:
         """Forget reads older than the horizon: they no longer constrain anything."""
-        horizon = time.monotonic() - self.horizon
+        horizon = self.clock.monotonic() - self.horizon
         self.last = {key: at for key, at in self.last.items() if at > horizon}
         self._sweep_at = max(1024, 2 * len(self.last))
 
 
-#: One log per scope (kind of read, API base URL, credential identity), alive while a
-#: guard uses it. The credential part is a hash (see `auth.credential_identity`).
+#: One log per scope (kind of read, API base URL, credential identity) and clock, alive
+#: while a guard uses it. The credential part is a hash (see `auth.credential_identity`).
 _SHARED: weakref.WeakValueDictionary[Hashable, ReadLog] = weakref.WeakValueDictionary()
 
 
-def shared_reads(scope: Hashable) -> ReadLog:
-    """The process-wide read log of `scope`, created on first use."""
-    log = _SHARED.get(scope)
+def shared_reads(scope: Hashable, clock: Clock = SYSTEM_CLOCK) -> ReadLog:
+    """The process-wide read log of `scope` on `clock`, created on first use (with the
+    machine's disk record only on the real clock)."""
+    key = scope if clock is SYSTEM_CLOCK else (scope, clock)
+    log = _SHARED.get(key)
     if log is None:
         name = "\x1f".join(map(str, scope)) if isinstance(scope, tuple) else str(scope)
-        log = _SHARED[scope] = ReadLog(_pollstore.default_store(), name)
+        store = _pollstore.default_store() if clock is SYSTEM_CLOCK else None
+        log = _SHARED[key] = ReadLog(store, name, clock)
     return log
 
 
@@ -103,13 +111,19 @@ class PollGuard:
     (no connection could be made) does not count: it is released.
     """
 
-    __slots__ = ("_log", "min_interval")
+    __slots__ = ("_clock", "_log", "min_interval")
 
-    def __init__(self, min_interval: float, log: ReadLog | None = None) -> None:
+    def __init__(self, min_interval: float, log: ReadLog | None = None,
+                 clock: Clock | None = None) -> None:
         if min_interval < 0:
             raise ValueError("min_interval must not be negative")
         self.min_interval = min_interval
-        self._log = ReadLog() if log is None else log
+        if clock is None:
+            clock = SYSTEM_CLOCK if log is None else log.clock
+        if log is not None and log.clock is not clock:
+            raise ValueError("a poll guard and its read log must share one clock")
+        self._clock = clock
+        self._log = ReadLog(clock=clock) if log is None else log
         self._log.horizon = max(self._log.horizon, min_interval)
 
     @property
@@ -123,7 +137,7 @@ class PollGuard:
 
     def ready_in(self, action_id: str) -> float:
         """Seconds until `action_id` may be read again (0.0 when it may be now)."""
-        return max(0.0, self.ready_at(action_id) - time.monotonic())
+        return max(0.0, self.ready_at(action_id) - self._clock.monotonic())
 
     async def wait(self, action_id: str) -> None:
         """Sleep until `action_id` may be read again (no wait for a fresh one).
@@ -131,10 +145,10 @@ class PollGuard:
         This knows the reads of this process; `acquire` also asks the other processes'.
         """
         while True:
-            delay = self.ready_at(action_id) - time.monotonic()
+            delay = self.ready_at(action_id) - self._clock.monotonic()
             if delay <= 0:
                 return
-            await asyncio.sleep(delay)
+            await self._clock.sleep(delay)
 
     async def acquire(self, action_id: str) -> Claim:
         """Wait until `action_id` may be read, by this process and by the others of the
@@ -145,7 +159,7 @@ class PollGuard:
             store = log.store
             if store is None:
                 return self.claim(action_id)
-            now, wall = time.monotonic(), time.time()
+            now, wall = self._clock.monotonic(), self._clock.wall()
             try:
                 delay, last, row = store.try_claim(log.name, action_id, self.min_interval,
                                                    now, wall)
@@ -166,24 +180,24 @@ class PollGuard:
         A time in the future is taken as now: a tampered or skewed timestamp may make
         the next read wait the full interval, never longer.
         """
-        now = time.monotonic()
+        now = self._clock.monotonic()
         at = now if at is None else min(at, now)
         self._log.record(action_id, at)
         store = self._log.store
         if store is not None:
             try:
-                store.record(self._log.name, action_id, now - at, now, time.time())
+                store.record(self._log.name, action_id, now - at, now, self._clock.wall())
             except sqlite3.Error as exc:
                 self._log.fail(exc)
 
     def record_ago(self, action_id: str, seconds_ago: float) -> None:
         """Note a read that ended `seconds_ago` seconds ago (negative: taken as now)."""
-        self.record(action_id, time.monotonic() - max(0.0, seconds_ago))
+        self.record(action_id, self._clock.monotonic() - max(0.0, seconds_ago))
 
     def claim(self, action_id: str) -> Claim:
         """Mark `action_id` as being read now (call right after `wait`, with no await
         in between, so that a concurrent read of it waits too)."""
-        claim = Claim(action_id, self._log.last.get(action_id), time.monotonic())
+        claim = Claim(action_id, self._log.last.get(action_id), self._clock.monotonic())
         self._log.record(action_id, claim.at)
         return claim
 

@@ -28,9 +28,10 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from .._clock import SYSTEM_CLOCK
 
 __all__ = ["PollStore", "cache_dir", "default_store"]
 
@@ -85,7 +86,9 @@ class PollStore:
                              "key TEXT NOT NULL, wall REAL NOT NULL, boot TEXT, "
                              "mono REAL NOT NULL, PRIMARY KEY (scope, key)) WITHOUT ROWID")
             with self._lock:
-                self._prune(time.time(), time.monotonic())
+                # The machine's record: its times are the real clock's (a manual clock's
+                # guards never use it, see `pollguard.shared_reads`).
+                self._prune(SYSTEM_CLOCK.wall(), SYSTEM_CLOCK.monotonic())
         except sqlite3.Error:
             self._db.close()
             raise

@@ -15,7 +15,6 @@ import email.utils
 import logging
 import math
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -23,6 +22,7 @@ import aiohttp
 import attrs
 from yarl import URL
 
+from .._clock import SYSTEM_CLOCK, Clock, current_clock
 from .._constants import (
     API_MIN_INTERVAL,
     DEFAULT_ANSWER_TIMEOUT,
@@ -153,7 +153,8 @@ class _Failed(Exception):
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP-date.
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP-date
+    (counted from `now`, wall-clock seconds, default the real time).
 
     Fractional seconds are accepted too (the simulator uses them for scaled time).
     """
@@ -169,7 +170,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
             return None
         if when is None:
             return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
+        seconds = when.timestamp() - (SYSTEM_CLOCK.wall() if now is None else now)
     if math.isnan(seconds):
         return None
     return max(seconds, 0.0)
@@ -192,6 +193,7 @@ class Transport:
         hooks: Hooks | None = None,
         limits: Limits = DEFAULT_LIMITS,
         network: Network | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -206,6 +208,10 @@ class Transport:
         self.max_concurrency = max_concurrency
         self.rate_limit = rate_limit
         self.stats = TransportStats()
+        #: The client's clock: every wait and deadline of ours (retries, 429 pauses, the
+        #: rate limit, the poll ceiling, the token's expiry) is on it.
+        self.clock = clock
+        self._monotonic = clock.monotonic  # read on every request: bound once
         self._session = session
         self._owns_session = session is None
         self._semaphore = asyncio.Semaphore(max_concurrency)
@@ -218,7 +224,8 @@ class Transport:
         self._next_slot = 0.0
         #: Spacing of reads of one action (the API's once-a-minute ceiling), shared by
         #: every client of this process for the same API and credential.
-        self.poll_guard = PollGuard(min_poll_interval, shared_reads(self.scope("action")))
+        self.poll_guard = PollGuard(min_poll_interval, shared_reads(self.scope("action"), clock),
+                                    clock)
         self.hooks = hooks if hooks is not None else Hooks()
         #: Pacing shared with other processes (a store given to the client), or None.
         self.fleet: FleetPacing | None = None
@@ -259,7 +266,7 @@ class Transport:
 
     def pause(self, seconds: float) -> None:
         """Hold every request of this client for `seconds` (after a 429)."""
-        until = time.monotonic() + seconds
+        until = self._monotonic() + seconds
         if until > self._paused_until:
             self._paused_until = until
 
@@ -270,22 +277,22 @@ class Transport:
         so a large job flows at the quota instead of bursting into it.
         """
         while True:
-            now = time.monotonic()
+            now = self._monotonic()
             if now < self._paused_until:
                 wait = self._paused_until - now
                 if wait > self.retry.max_retry_after:
                     # The server asked for a long silence: say so rather than sleep on it.
                     raise RateLimitError(429, None, f"rate limited by the server for another "
                                          f"{wait:.0f}s", retry_after=wait)
-                await asyncio.sleep(wait)
+                await self.clock.sleep(wait)
                 continue
             if self.rate_limit is None:
                 return
             slot = max(now, self._next_slot)
             self._next_slot = slot + 1.0 / self.rate_limit
             if slot > now:
-                await asyncio.sleep(slot - now)
-            if time.monotonic() >= self._paused_until:
+                await self.clock.sleep(slot - now)
+            if self._monotonic() >= self._paused_until:
                 return
 
     # --- the exchange -----------------------------------------------------------------
@@ -317,7 +324,7 @@ class Transport:
         policy = retry or self.retry
         guard = guard or self.poll_guard
         exchange = _Exchange(method, url, body, params, idempotent, expected, on_send, call)
-        started = time.monotonic()
+        started = self._monotonic()
         tries = 0
         refreshed = False
         context = log_context.get()  # the ids the client set, for log records
@@ -335,7 +342,7 @@ class Transport:
                 failed = exc.with_traceback(None)
             decision = decide(
                 failed.attempt, idempotent=idempotent, tries=tries,
-                elapsed=time.monotonic() - started, policy=policy, refreshed=refreshed,
+                elapsed=self._monotonic() - started, policy=policy, refreshed=refreshed,
                 jitter=random.random(),
                 ready_in=0.0 if poll_key is None else guard.ready_in(poll_key))
             if decision.verdict is Verdict.REFRESH_TOKEN:
@@ -378,7 +385,7 @@ class Transport:
                     exchange.method, exchange.url.path, decision.wait, _describe(error),
                     tries + 1, policy.max_attempts, extra={"status": _status_of(error)})
         if not decision.pause:  # a 429 waits in _pace instead
-            await asyncio.sleep(decision.delay)
+            await self.clock.sleep(decision.delay)
 
     async def _read_attempt(self, exchange: _Exchange, poll_key: str,
                             guard: PollGuard) -> Response:
@@ -433,7 +440,7 @@ class Transport:
             if call is not None:
                 call.attempts += 1
                 self.hooks.emit("request", RequestEvent(call, call.attempts))
-                sent = time.monotonic()
+                sent = self._monotonic()
             failure: _Failed | None = None
             status = 0
             try:
@@ -462,7 +469,7 @@ class Transport:
             except Exception as exc:
                 if call is not None:
                     self.hooks.emit("response", ResponseEvent(
-                        call, call.attempts, None, time.monotonic() - sent, type(exc).__name__))
+                        call, call.attempts, None, self._monotonic() - sent, type(exc).__name__))
                 failure = _map_failure(exc, method, url)
             if failure is not None:
                 # Raised outside the except block: aiohttp's exception (whose request
@@ -471,7 +478,7 @@ class Transport:
         if call is not None:
             call.status = status
             self.hooks.emit("response", ResponseEvent(
-                call, call.attempts, status, time.monotonic() - sent))
+                call, call.attempts, status, self._monotonic() - sent))
         if status in exchange.expected:
             try:
                 return Response(status, self._loads(raw) if raw else None)
@@ -503,7 +510,7 @@ class Transport:
         to (`decide` judges it), with the error and the UNCERTAIN message it may need."""
         method, path = exchange.method, exchange.url.path
         error = _api_error(status, raw, content_type, retry_after_header,
-                           self.limits.max_json_depth)
+                           self.limits.max_json_depth, self.clock.wall())
         if status == 429:
             self.stats.rate_limited += 1
             logger.warning("429 from %s %s (Retry-After: %s): pausing all requests",
@@ -519,6 +526,8 @@ class Transport:
     async def _token(self, session: aiohttp.ClientSession) -> str:
         """The bearer token for the next attempt; a failure to get one sent nothing."""
         reset = current_network.set(self.network)
+        # The token's expiry follows our clock (set only when it is not the real one).
+        reset_clock = None if self.clock is SYSTEM_CLOCK else current_clock.set(self.clock)
         failure: _Failed | None = None
         try:
             return await self.auth.token(session)
@@ -526,6 +535,8 @@ class Transport:
             failure = _Failed(Attempt(Failure.NOT_SENT), exc)
         finally:
             current_network.reset(reset)
+            if reset_clock is not None:
+                current_clock.reset(reset_clock)
         raise failure from None
 
     def _loads(self, raw: bytes) -> Any:
@@ -593,7 +604,7 @@ def _snippet(raw: bytes, limit: int = 2000) -> str:
 
 def _api_error(status: int, raw: bytes, content_type: str,
                retry_after_header: str | None,
-               max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> ApiError:
+               max_depth: int = DEFAULT_MAX_JSON_DEPTH, now: float | None = None) -> ApiError:
     """The public error for an error answer, useful even when its body is not JSON."""
     data: Any = None
     if raw:
@@ -602,7 +613,7 @@ def _api_error(status: int, raw: bytes, content_type: str,
         except ValueError:
             data = None
     parsed = parse_error_body(data)
-    retry_after = parse_retry_after(retry_after_header)
+    retry_after = parse_retry_after(retry_after_header, now)
     cls = api_error_class(status)
     if parsed is None:
         kind = content_type or "empty body"

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -29,8 +28,9 @@ from mirakl_cancel import (
     TransportError,
     UncertainDeliveryError,
 )
+from mirakl_cancel._clock import current_clock
 from mirakl_cancel._constants import DEFAULT_TOKEN_URL
-from mirakl_cancel._http import auth as auth_module
+from mirakl_cancel.testing import ManualClock
 
 # Loopback, so that reads need not be a minute apart (the client allows that only locally).
 BASE = "http://127.0.0.1:9/api"
@@ -48,21 +48,6 @@ STATUS_BODY = {"id": "act-1", "status": "SUCCESS"}
 
 def grant(token: str = JWT_1, expires_in: object = 3599) -> dict[str, Any]:
     return {"access_token": token, "token_type": "Bearer", "expires_in": expires_in}
-
-
-class Monotonic:
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def monotonic(monkeypatch: pytest.MonkeyPatch) -> Monotonic:
-    fake = Monotonic()
-    monkeypatch.setattr(auth_module, "time", SimpleNamespace(monotonic=fake))
-    return fake
 
 
 @pytest.fixture
@@ -228,7 +213,7 @@ async def test_one_token_request_for_50_concurrent_api_calls(mocked: aioresponse
                           ("soon", 3540.0), (0, 0.9), (-5, 0.9), (10**400, 86340.0),
                           ("1e400", 86340.0), ("nan", 3540.0), (True, 3540.0)])
 async def test_token_refreshed_before_expiry(
-        mocked: aioresponses, session: aiohttp.ClientSession, monotonic: Monotonic,
+        mocked: aioresponses, session: aiohttp.ClientSession,
         expires_in: object, renew_after: float) -> None:
     first = grant(JWT_1, expires_in)
     if expires_in is None:
@@ -236,13 +221,20 @@ async def test_token_refreshed_before_expiry(
     mocked.post(TOKEN_URL, payload=first)
     mocked.post(TOKEN_URL, payload=grant(JWT_2))
     auth = creds()
-    start = monotonic.now
-    assert await auth.token(session) == JWT_1
-    if renew_after > 0:
-        monotonic.now = start + renew_after - 0.5
+    clock = ManualClock()
+    # The clock of the client asking, as the transport hands it down around a fetch.
+    reset = current_clock.set(clock)
+    try:
         assert await auth.token(session) == JWT_1
-    monotonic.now = start + renew_after + 0.5
-    assert await auth.token(session) == JWT_2
+        if renew_after > 0:
+            await clock.advance(renew_after - 0.5)
+            assert await auth.token(session) == JWT_1
+            await clock.advance(1.0)
+        else:
+            await clock.advance(renew_after + 0.5)
+        assert await auth.token(session) == JWT_2
+    finally:
+        current_clock.reset(reset)
     assert len(token_calls(mocked)) == 2
 
 

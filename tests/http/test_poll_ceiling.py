@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import FakeClock, serve
+from conftest import serve
 
 from mirakl_cancel import (
     ActionTracker,
@@ -25,14 +25,15 @@ from mirakl_cancel import (
     ServerError,
     StaticToken,
 )
+from mirakl_cancel.testing import ManualClock
 
 STATUS = {"id": "a1", "status": "PENDING"}
 
 
-def status_app(reads: list[tuple[str, float]], clock: FakeClock | None = None,
+def status_app(reads: list[tuple[str, float]], clock: ManualClock | None = None,
                *, fail_first: int = 0) -> web.Application:
     async def handler(request: web.Request) -> web.Response:
-        reads.append((request.match_info["id"], clock.now if clock else 0.0))
+        reads.append((request.match_info["id"], clock.monotonic() if clock else 0.0))
         if len(reads) <= fail_first:
             return web.json_response({"message": "boom"}, status=500)
         return web.json_response({**STATUS, "id": request.match_info["id"]})
@@ -48,12 +49,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_two_clients_share_one_ceiling(clock: FakeClock) -> None:
+async def test_two_clients_share_one_ceiling(clock: ManualClock) -> None:
     reads: list[tuple[str, float]] = []
     async with serve(status_app(reads, clock)) as url:
-        first = MiraklConnectClient(auth=StaticToken("t-1"), base_url=url)
-        second = MiraklConnectClient(auth=StaticToken("t-1"), base_url=url)
-        other = MiraklConnectClient(auth=StaticToken("t-2"), base_url=url)
+        first = MiraklConnectClient(clock=clock, auth=StaticToken("t-1"), base_url=url)
+        second = MiraklConnectClient(clock=clock, auth=StaticToken("t-1"), base_url=url)
+        other = MiraklConnectClient(clock=clock, auth=StaticToken("t-2"), base_url=url)
         async with first, second, other:
             assert second.poll_ready_in("a1") == 0.0
             await first.get_action_status("a1")
@@ -69,11 +70,11 @@ async def test_two_clients_share_one_ceiling(clock: FakeClock) -> None:
     assert times[2] == times[1]  # the other credential did not wait
 
 
-async def test_client_credentials_share_by_client_id(clock: FakeClock) -> None:
+async def test_client_credentials_share_by_client_id(clock: ManualClock) -> None:
     async with serve(status_app([], clock)) as url:
         def make(secret: str) -> MiraklConnectClient:
             auth = ClientCredentials("cid", secret, token_url=f"{url}/token")
-            return MiraklConnectClient(auth=auth, base_url=url)
+            return MiraklConnectClient(clock=clock, auth=auth, base_url=url)
 
         a, b = make("s1"), make("s2")
         a.record_poll("a1", seconds_ago=10.0)
@@ -82,16 +83,16 @@ async def test_client_credentials_share_by_client_id(clock: FakeClock) -> None:
         await b.close()
 
 
-async def test_record_poll_in_the_future_counts_as_now(clock: FakeClock) -> None:
-    c = MiraklConnectClient(auth=StaticToken("t"), base_url="http://127.0.0.1:9")
+async def test_record_poll_in_the_future_counts_as_now(clock: ManualClock) -> None:
+    c = MiraklConnectClient(clock=clock, auth=StaticToken("t"), base_url="http://127.0.0.1:9")
     c.record_poll("a1", seconds_ago=-3600.0)  # a clock far ahead: "just read"
     assert c.poll_ready_in("a1") == pytest.approx(60.0)
     await c.close()
 
 
-async def test_a_refused_connection_is_not_a_read(clock: FakeClock) -> None:
+async def test_a_refused_connection_is_not_a_read(clock: ManualClock) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    async with MiraklConnectClient(auth=StaticToken("t"), base_url=url,
+    async with MiraklConnectClient(clock=clock, auth=StaticToken("t"), base_url=url,
                                    retry=RetryPolicy(max_attempts=3, base_delay=0.01)) as c:
         with pytest.raises(ConnectError):
             await c.get_action_status("a1")
@@ -100,11 +101,12 @@ async def test_a_refused_connection_is_not_a_read(clock: FakeClock) -> None:
     assert all(delay < 1.0 for delay in clock.sleeps)
 
 
-async def test_retry_log_states_the_real_wait(clock: FakeClock,
+async def test_retry_log_states_the_real_wait(clock: ManualClock,
                                               caplog: pytest.LogCaptureFixture) -> None:
     reads: list[tuple[str, float]] = []
     async with serve(status_app(reads, clock, fail_first=1)) as url, MiraklConnectClient(
-            auth=StaticToken("t"), base_url=url, retry=RetryPolicy(base_delay=0.01)) as c:
+            clock=clock, auth=StaticToken("t"), base_url=url,
+            retry=RetryPolicy(base_delay=0.01)) as c:
         with caplog.at_level(logging.INFO, logger="mirakl_cancel"):
             await c.get_action_status("a1")
     assert reads[1][1] - reads[0][1] >= 60.0
@@ -112,20 +114,21 @@ async def test_retry_log_states_the_real_wait(clock: FakeClock,
     assert retries and "in 60.00s" in retries[0], retries
 
 
-async def test_a_read_that_cannot_wait_within_max_time_gives_up(clock: FakeClock) -> None:
+async def test_a_read_that_cannot_wait_within_max_time_gives_up(clock: ManualClock) -> None:
     reads: list[tuple[str, float]] = []
     async with serve(status_app(reads, clock, fail_first=5)) as url, MiraklConnectClient(
-            auth=StaticToken("t"), base_url=url, retry=RetryPolicy(max_time=30.0)) as c:
+            clock=clock, auth=StaticToken("t"), base_url=url,
+            retry=RetryPolicy(max_time=30.0)) as c:
         with pytest.raises(ServerError):
             await c.get_action_status("a1")
     assert len(reads) == 1  # the guard's 60 s wait does not fit in 30 s: no silent wait
 
 
-async def test_tracker_sees_reads_of_another_client(clock: FakeClock) -> None:
+async def test_tracker_sees_reads_of_another_client(clock: ManualClock) -> None:
     reads: list[tuple[str, float]] = []
     async with serve(status_app(reads)) as url:
-        direct = MiraklConnectClient(auth=StaticToken("t"), base_url=url)
-        tracked = MiraklConnectClient(auth=StaticToken("t"), base_url=url)
+        direct = MiraklConnectClient(clock=clock, auth=StaticToken("t"), base_url=url)
+        tracked = MiraklConnectClient(clock=clock, auth=StaticToken("t"), base_url=url)
         async with direct, tracked:
             direct.record_poll("a1")
             policy = PollPolicy(first_delay=0.0)
@@ -158,17 +161,18 @@ def test_status_client_protocol_needs_no_transport() -> None:
     ActionTracker(Fake())  # no `transport` attribute is needed
 
 
-async def test_reads_are_spaced_from_the_end_of_the_previous_one(clock: FakeClock) -> None:
+async def test_reads_are_spaced_from_the_end_of_the_previous_one(clock: ManualClock) -> None:
     starts: list[float] = []
 
     async def slow(request: web.Request) -> web.Response:
-        starts.append(clock.now)
-        clock.now += 10.0  # this answer takes 10 (virtual) seconds
+        starts.append(clock.monotonic())
+        await clock.advance(10.0)  # this answer takes 10 (virtual) seconds
         return web.json_response(STATUS)
 
     app = web.Application()
     app.router.add_get("/v2/orders/actions/{id}", slow)
-    async with serve(app) as url, MiraklConnectClient(auth=StaticToken("t"), base_url=url) as c:
+    async with serve(app) as url, MiraklConnectClient(clock=clock, auth=StaticToken("t"),
+                                                      base_url=url) as c:
         await c.get_action_status("a1")
         assert c.poll_ready_in("a1") == pytest.approx(60.0)
         await c.get_action_status("a1")

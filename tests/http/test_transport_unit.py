@@ -1,7 +1,8 @@
 """Unit tests of the transport: retries, the uncertain-POST rule, Retry-After, pacing.
 
-HTTP is mocked with aioresponses. Waiting is virtual: the transport's and poll guard's
-`time`/`asyncio.sleep` are swapped for a fake clock, so a 60 s wait costs nothing.
+HTTP is mocked with aioresponses. Waiting is virtual where a test takes the `clock`
+fixture: the client is given a ManualClock whose sleeps take no time, so a 60 s wait
+costs nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aioresponses import CallbackResult, aioresponses
-from conftest import REAL_SLEEP, FakeClock
 
 from mirakl_cancel import (
     ApiError,
@@ -36,6 +36,7 @@ from mirakl_cancel._http import backoff as _backoff
 from mirakl_cancel._http.retry import NO_RETRY
 from mirakl_cancel._http.transport import Transport, parse_retry_after
 from mirakl_cancel._http.urls import check_base_url, encode_segment
+from mirakl_cancel.testing import ManualClock
 
 # Loopback, so that backoff can be observed without the once-a-minute poll guard (which
 # the client lets go below 60 s only locally).
@@ -58,10 +59,10 @@ def calls(m: aioresponses) -> int:
     return sum(len(v) for v in m.requests.values())
 
 
-def recorder(clock: FakeClock | None, log: list[float]) -> Any:
+def recorder(clock: ManualClock | None, log: list[float]) -> Any:
     """An aioresponses callback noting when (fake or real time) each request was sent."""
     def callback(url: Any, **kwargs: Any) -> None:
-        log.append(clock.now if clock is not None else time.monotonic())
+        log.append(clock.monotonic() if clock is not None else time.monotonic())
     return callback
 
 
@@ -149,12 +150,12 @@ def test_user_agent_names_the_library() -> None:
 
 
 async def test_post_retries_429_and_503_then_succeeds(mocked: aioresponses,
-                                                      clock: FakeClock) -> None:
+                                                      clock: ManualClock) -> None:
     mocked.post(ANY_CANCEL, status=429, headers={"Retry-After": "2"},
                 payload={"code": "TOO_MANY_REQUEST", "message": "slow down"})
     mocked.post(ANY_CANCEL, status=503, headers={"Retry-After": "3"}, body="busy")
     mocked.post(ANY_CANCEL, status=202, payload=ACCEPTED)
-    async with client() as c:
+    async with client(clock=clock) as c:
         accepted = await c.cancel_order_lines("O-1", [LINE])
         assert accepted.action_id == "act-1"
         assert calls(mocked) == 3
@@ -208,11 +209,11 @@ async def test_post_lost_answer_is_uncertain_and_sent_once(mocked: aioresponses,
      aiohttp.ConnectionTimeoutError()],
     ids=["refused", "connect-timeout"],
 )
-async def test_post_not_connected_is_retried(mocked: aioresponses, clock: FakeClock,
+async def test_post_not_connected_is_retried(mocked: aioresponses, clock: ManualClock,
                                              failure: Exception) -> None:
     mocked.post(ANY_CANCEL, exception=failure)
     mocked.post(ANY_CANCEL, status=202, payload=ACCEPTED)
-    async with client() as c:
+    async with client(clock=clock) as c:
         assert (await c.cancel_order_lines("O-1", [LINE])).action_id == "act-1"
         assert c.stats.retries == 1
         assert c.stats.uncertain == 0
@@ -220,9 +221,9 @@ async def test_post_not_connected_is_retried(mocked: aioresponses, clock: FakeCl
 
 
 async def test_post_not_connected_gives_up_with_transport_error(mocked: aioresponses,
-                                                                clock: FakeClock) -> None:
+                                                                clock: ManualClock) -> None:
     mocked.post(ANY_CANCEL, exception=aiohttp.ConnectionTimeoutError(), repeat=True)
-    async with client(retry=RetryPolicy(max_attempts=3, base_delay=0)) as c:
+    async with client(clock=clock, retry=RetryPolicy(max_attempts=3, base_delay=0)) as c:
         with pytest.raises(TransportError) as info:
             await c.cancel_order_lines("O-1", [LINE])
     assert not isinstance(info.value, UncertainDeliveryError)
@@ -237,21 +238,21 @@ async def test_post_not_connected_gives_up_with_transport_error(mocked: aiorespo
      {"exception": asyncio.TimeoutError()}],
     ids=["500", "disconnect", "timeout"],
 )
-async def test_post_uncertain_retry_is_opt_in(mocked: aioresponses, clock: FakeClock,
+async def test_post_uncertain_retry_is_opt_in(mocked: aioresponses, clock: ManualClock,
                                               failure: dict[str, Any]) -> None:
     mocked.post(ANY_CANCEL, **failure)
     mocked.post(ANY_CANCEL, status=202, payload=ACCEPTED)
     policy = RetryPolicy(base_delay=0, retry_uncertain_posts=True)
-    async with client(retry=policy) as c:
+    async with client(clock=clock, retry=policy) as c:
         assert (await c.cancel_order_lines("O-1", [LINE])).action_id == "act-1"
         assert c.stats.retries == 1
         assert c.stats.uncertain == 0
     assert calls(mocked) == 2
 
 
-async def test_post_503_exhausts_attempts(mocked: aioresponses, clock: FakeClock) -> None:
+async def test_post_503_exhausts_attempts(mocked: aioresponses, clock: ManualClock) -> None:
     mocked.post(ANY_CANCEL, status=503, body="", repeat=True)
-    async with client(retry=RetryPolicy(max_attempts=3, base_delay=0)) as c:
+    async with client(clock=clock, retry=RetryPolicy(max_attempts=3, base_delay=0)) as c:
         with pytest.raises(ServerError) as info:
             await c.cancel_order_lines("O-1", [LINE])
         assert c.stats.retries == 2
@@ -329,12 +330,12 @@ STATUS_BODY = {"id": "act-1", "status": "PENDING", "created_at": "2021-07-06T09:
      {"exception": aiohttp.ServerDisconnectedError()}],
     ids=["500", "502-html", "504", "timeout", "read-timeout", "disconnect"],
 )
-async def test_get_retries_failures(mocked: aioresponses, clock: FakeClock,
+async def test_get_retries_failures(mocked: aioresponses, clock: ManualClock,
                                     failure: dict[str, Any]) -> None:
     mocked.get(ANY_ACTION, **failure)
     mocked.get(ANY_ACTION, **failure)
     mocked.get(ANY_ACTION, payload=STATUS_BODY)
-    async with client() as c:
+    async with client(clock=clock) as c:
         status = await c.get_action_status("act-1")
         assert c.stats.retries == 2
         assert c.stats.uncertain == 0
@@ -342,10 +343,10 @@ async def test_get_retries_failures(mocked: aioresponses, clock: FakeClock,
     assert calls(mocked) == 3
 
 
-async def test_get_gives_up_after_max_attempts(mocked: aioresponses, clock: FakeClock) -> None:
+async def test_get_gives_up_after_max_attempts(mocked: aioresponses, clock: ManualClock) -> None:
     mocked.get(ANY_ACTION, status=500, payload={"code": "UNEXPECTED", "message": "x"},
                repeat=True)
-    async with client(retry=RetryPolicy(max_attempts=4, base_delay=0)) as c:
+    async with client(clock=clock, retry=RetryPolicy(max_attempts=4, base_delay=0)) as c:
         with pytest.raises(ServerError) as info:
             await c.get_action_status("act-1")
         assert c.stats.retries == 3
@@ -362,29 +363,29 @@ async def test_get_without_retry_makes_one_attempt(mocked: aioresponses) -> None
 
 
 async def test_get_timeout_gives_up_with_transport_error(mocked: aioresponses,
-                                                         clock: FakeClock) -> None:
+                                                         clock: ManualClock) -> None:
     mocked.get(ANY_ACTION, exception=asyncio.TimeoutError(), repeat=True)
-    async with client(retry=RetryPolicy(max_attempts=2, base_delay=0)) as c:
+    async with client(clock=clock, retry=RetryPolicy(max_attempts=2, base_delay=0)) as c:
         with pytest.raises(TransportError, match="timeout") as info:
             await c.get_action_status("act-1")
     assert not isinstance(info.value, UncertainDeliveryError)
 
 
 async def test_backoff_grows_exponentially_and_is_capped(mocked: aioresponses,
-                                                         clock: FakeClock,
+                                                         clock: ManualClock,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_backoff, "full_jitter", lambda delay, fraction: delay)  # no randomness
     mocked.get(ANY_ACTION, status=500, repeat=True)
     policy = RetryPolicy(max_attempts=6, base_delay=0.5, max_delay=3, max_time=1000)
-    async with client(retry=policy) as c:
+    async with client(clock=clock, retry=policy) as c:
         with pytest.raises(ServerError):
             await c.get_action_status("act-1")
     assert clock.sleeps == [0.5, 1.0, 2.0, 3.0, 3.0]
 
 
-async def test_max_time_bounds_retries(mocked: aioresponses, clock: FakeClock) -> None:
+async def test_max_time_bounds_retries(mocked: aioresponses, clock: ManualClock) -> None:
     mocked.get(ANY_ACTION, status=503, headers={"Retry-After": "10"}, repeat=True)
-    async with client(retry=RetryPolicy(max_time=5, base_delay=0)) as c:
+    async with client(clock=clock, retry=RetryPolicy(max_time=5, base_delay=0)) as c:
         with pytest.raises(ServerError) as info:
             await c.get_action_status("act-1")
     assert info.value.retry_after == 10.0
@@ -397,46 +398,48 @@ async def test_max_time_bounds_retries(mocked: aioresponses, clock: FakeClock) -
 
 @pytest.mark.parametrize("jitter", [0.0, 1.0, 9.0])
 async def test_retry_after_is_never_shortened_by_jitter(
-        mocked: aioresponses, clock: FakeClock, monkeypatch: pytest.MonkeyPatch,
+        mocked: aioresponses, clock: ManualClock, monkeypatch: pytest.MonkeyPatch,
         jitter: float) -> None:
     monkeypatch.setattr(_backoff, "full_jitter", lambda delay, fraction: jitter)
     mocked.get(ANY_ACTION, status=503, headers={"Retry-After": "7"})
     mocked.get(ANY_ACTION, payload=STATUS_BODY)
-    async with client(retry=RetryPolicy(base_delay=10, max_delay=30)) as c:
+    async with client(clock=clock, retry=RetryPolicy(base_delay=10, max_delay=30)) as c:
         await c.get_action_status("act-1")
     assert clock.sleeps == [max(7.0, jitter)]
 
 
-async def test_retry_after_with_real_jitter(mocked: aioresponses, clock: FakeClock) -> None:
+async def test_retry_after_with_real_jitter(mocked: aioresponses, clock: ManualClock) -> None:
     for _ in range(20):
         mocked.post(ANY_CANCEL, status=429, headers={"Retry-After": "1.5"})
     mocked.post(ANY_CANCEL, status=202, payload=ACCEPTED)
     policy = RetryPolicy(max_attempts=30, base_delay=0.1, max_delay=1.0, max_time=10_000)
-    async with client(retry=policy) as c:
+    async with client(clock=clock, retry=policy) as c:
         await c.cancel_order_lines("O-1", [LINE])
         assert c.stats.rate_limited == 20
     assert len(clock.sleeps) == 20
     assert all(s >= 1.5 for s in clock.sleeps)
 
 
-async def test_retry_after_http_date(mocked: aioresponses, clock: FakeClock,
+async def test_retry_after_http_date(mocked: aioresponses, clock: ManualClock,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_backoff, "full_jitter", lambda delay, fraction: 0.0)
-    when = email.utils.formatdate(time.time() + 40, usegmt=True)
+    # An HTTP-date is counted from the client's clock's wall time (the header has whole
+    # seconds: the wait is 40 s less the clock's fraction of a second).
+    when = email.utils.formatdate(clock.wall() + 40, usegmt=True)
     mocked.post(ANY_CANCEL, status=429, headers={"Retry-After": when})
     mocked.post(ANY_CANCEL, status=202, payload=ACCEPTED)
-    async with client() as c:
+    async with client(clock=clock) as c:
         await c.cancel_order_lines("O-1", [LINE])
     assert len(clock.sleeps) == 1
-    assert 38 <= clock.sleeps[0] <= 40
+    assert 39 < clock.sleeps[0] <= 40
 
 
 @pytest.mark.parametrize("header", ["600", "inf"])
 async def test_retry_after_beyond_max_surfaces_without_sleeping(
-        mocked: aioresponses, clock: FakeClock, header: str) -> None:
+        mocked: aioresponses, clock: ManualClock, header: str) -> None:
     mocked.post(ANY_CANCEL, status=429, headers={"Retry-After": header},
                 payload={"code": "TOO_MANY_REQUEST", "message": "later"}, repeat=True)
-    async with client(retry=RetryPolicy(max_retry_after=300)) as c:
+    async with client(clock=clock, retry=RetryPolicy(max_retry_after=300)) as c:
         with pytest.raises(RateLimitError) as info:
             await c.cancel_order_lines("O-1", [LINE])
         assert c.stats.rate_limited == 1
@@ -448,12 +451,12 @@ async def test_retry_after_beyond_max_surfaces_without_sleeping(
     assert calls(mocked) == 1
 
 
-async def test_429_without_retry_after_backs_off(mocked: aioresponses, clock: FakeClock,
+async def test_429_without_retry_after_backs_off(mocked: aioresponses, clock: ManualClock,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_backoff, "full_jitter", lambda delay, fraction: delay)
     mocked.get(ANY_ACTION, status=429)
     mocked.get(ANY_ACTION, payload=STATUS_BODY)
-    async with client(retry=RetryPolicy(base_delay=0.25)) as c:
+    async with client(clock=clock, retry=RetryPolicy(base_delay=0.25)) as c:
         await c.get_action_status("act-1")
     assert clock.sleeps == [0.25]
 
@@ -461,21 +464,21 @@ async def test_429_without_retry_after_backs_off(mocked: aioresponses, clock: Fa
 # --- pacing: the shared 429 pause, rate limit, concurrency ----------------------------
 
 
-async def test_429_pauses_other_requests(mocked: aioresponses, clock: FakeClock) -> None:
+async def test_429_pauses_other_requests(mocked: aioresponses, clock: ManualClock) -> None:
     sent: list[tuple[str, float]] = []
 
     def note(name: str) -> Any:
         def callback(url: Any, **kwargs: Any) -> None:
-            sent.append((name, clock.now))
+            sent.append((name, clock.monotonic()))
         return callback
 
     mocked.post(ANY_CANCEL, status=429, headers={"Retry-After": "30"}, callback=note("a"))
     mocked.post(ANY_CANCEL, status=202, payload=ACCEPTED, callback=note("a"))
     mocked.get(ANY_ACTION, payload=STATUS_BODY, callback=note("b"))
-    async with client() as c:
+    async with client(clock=clock) as c:
         first = asyncio.create_task(c.cancel_order_lines("O-1", [LINE]))
-        while c.transport._paused_until == 0.0:  # until the 429 has been seen
-            await REAL_SLEEP(0)
+        while c.transport._paused_until == 0.0:  # noqa: ASYNC110 (until the 429 is seen)
+            await asyncio.sleep(0)
         paused_at = sent[0][1]
         await asyncio.gather(first, c.get_action_status("act-9"))
     assert [name for name, _ in sent[:1]] == ["a"]
@@ -484,21 +487,21 @@ async def test_429_pauses_other_requests(mocked: aioresponses, clock: FakeClock)
 
 
 async def test_pause_holds_requests_and_never_shortens(mocked: aioresponses,
-                                                       clock: FakeClock) -> None:
+                                                       clock: ManualClock) -> None:
     sent: list[float] = []
     mocked.get(ANY_ACTION, payload=STATUS_BODY, callback=recorder(clock, sent))
-    async with client() as c:
-        start = clock.now
+    async with client(clock=clock) as c:
+        start = clock.monotonic()
         c.transport.pause(10)
         c.transport.pause(2)  # a shorter pause does not cut the longer one
         await c.get_action_status("act-1")
     assert sent[0] >= start + 10
 
 
-async def test_rate_limit_spaces_requests_evenly(mocked: aioresponses, clock: FakeClock) -> None:
+async def test_rate_limit_spaces_requests_evenly(mocked: aioresponses, clock: ManualClock) -> None:
     sent: list[float] = []
     mocked.get(ANY_ACTION, payload=STATUS_BODY, callback=recorder(clock, sent), repeat=True)
-    async with client(rate_limit=4) as c:
+    async with client(clock=clock, rate_limit=4) as c:
         for i in range(5):
             await c.get_action_status(f"act-{i}")
     gaps = [b - a for a, b in itertools.pairwise(sent)]
@@ -506,20 +509,20 @@ async def test_rate_limit_spaces_requests_evenly(mocked: aioresponses, clock: Fa
 
 
 async def test_pause_during_a_rate_limit_wait_is_honoured(mocked: aioresponses,
-                                                          clock: FakeClock) -> None:
+                                                          clock: ManualClock) -> None:
     sent: list[float] = []
     mocked.get(ANY_ACTION, payload=STATUS_BODY, callback=recorder(clock, sent), repeat=True)
-    async with client(rate_limit=1) as c:
+    async with client(clock=clock, rate_limit=1) as c:
         await c.get_action_status("act-1")
         plain_sleep = clock.sleep
 
-        async def sleep_then_429(delay: float, result: Any = None) -> Any:
-            clock.asyncio.sleep = plain_sleep
+        async def sleep_then_429(seconds: float) -> None:
+            del clock.sleep  # once: the class's sleep again
             c.transport.pause(20)  # a 429 elsewhere while this request waits for its slot
-            return await plain_sleep(delay, result)
+            await plain_sleep(seconds)
 
-        clock.asyncio.sleep = sleep_then_429
-        slot_wait_started = clock.now
+        clock.sleep = sleep_then_429  # type: ignore[method-assign]
+        slot_wait_started = clock.monotonic()
         await c.get_action_status("act-2")
     assert sent[1] >= slot_wait_started + 20
 
@@ -545,7 +548,7 @@ async def test_max_concurrency_is_respected(mocked: aioresponses) -> None:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
-        await REAL_SLEEP(0.01)
+        await asyncio.sleep(0.01)
         in_flight -= 1
         return CallbackResult(status=200, payload=STATUS_BODY)
 
@@ -595,24 +598,24 @@ async def test_get_200_unreadable_status(mocked: aioresponses, body: str) -> Non
 
 async def test_cancellation_propagates(mocked: aioresponses) -> None:
     async def hang(url: Any, **kwargs: Any) -> None:
-        await REAL_SLEEP(10)
+        await asyncio.sleep(10)
 
     mocked.get(ANY_ACTION, callback=hang)
     async with client() as c:
         task = asyncio.create_task(c.get_action_status("act-1"))
-        await REAL_SLEEP(0.01)
+        await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
 
-async def test_retries_are_logged(mocked: aioresponses, clock: FakeClock,
+async def test_retries_are_logged(mocked: aioresponses, clock: ManualClock,
                                   caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="mirakl_cancel")
     mocked.get(ANY_ACTION, status=429, headers={"Retry-After": "1"})
     mocked.get(ANY_ACTION, status=500)
     mocked.get(ANY_ACTION, payload=STATUS_BODY)
-    async with client() as c:
+    async with client(clock=clock) as c:
         await c.get_action_status("act-1")
     text = caplog.text
     assert "429 from GET /api/v2/orders/actions/act-1" in text
