@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 import aiohttp
 from yarl import URL
 
-from .._clock import SYSTEM_CLOCK, current_clock
+from .._clock import SYSTEM_CLOCK, Clock, current_clock
 from .._constants import (
     DEFAULT_TOKEN_LIFETIME,
     DEFAULT_TOKEN_URL,
@@ -131,12 +131,13 @@ class ClientCredentials:
 
     Many coroutines asking at once share one token request (a lock around the fetch),
     so a burst of cancels at start-up costs one call to the token endpoint, not one each.
-    The expiry is kept on the clock of the client asking (`MiraklConnectClient(clock=)`,
-    the real clock by default), so a test's manual clock expires tokens too.
+    The expiry is kept on the clock of the client whose request fetched the token
+    (`MiraklConnectClient(clock=)`, the real clock by default): a test's manual clock
+    expires tokens too.
     """
 
-    __slots__ = ("_client_id", "_client_secret", "_expires_at", "_lock", "_network", "_token",
-                 "refresh_margin", "timeout", "token_url")
+    __slots__ = ("_client_id", "_client_secret", "_clock", "_expires_at", "_lock", "_network",
+                 "_token", "refresh_margin", "timeout", "token_url")
 
     def __init__(self, client_id: str, client_secret: str, token_url: str = DEFAULT_TOKEN_URL,
                  *, refresh_margin: float = TOKEN_REFRESH_MARGIN,
@@ -156,6 +157,8 @@ class ClientCredentials:
             else None
         self._token: str | None = None
         self._expires_at = 0.0
+        #: The clock `_expires_at` is on: that of the client whose request fetched it.
+        self._clock: Clock = SYSTEM_CLOCK
         self._lock = asyncio.Lock()
 
     @property
@@ -170,8 +173,7 @@ class ClientCredentials:
     __str__ = __repr__
 
     def _valid(self) -> str | None:
-        if self._token is not None and \
-                (current_clock.get() or SYSTEM_CLOCK).monotonic() < self._expires_at:
+        if self._token is not None and self._clock.monotonic() < self._expires_at:
             return self._token
         return None
 
@@ -187,8 +189,9 @@ class ClientCredentials:
             token, lifetime = await self._fetch(session)
             margin = min(self.refresh_margin, lifetime / 10)
             self._token = token
-            now = (current_clock.get() or SYSTEM_CLOCK).monotonic()
-            self._expires_at = now + max(lifetime - margin, 0.0)
+            # Read once per fetch, not per request: the expiry is kept on this clock.
+            self._clock = current_clock.get() or SYSTEM_CLOCK
+            self._expires_at = self._clock.monotonic() + max(lifetime - margin, 0.0)
             return token
 
     def invalidate(self, token: str) -> bool:
