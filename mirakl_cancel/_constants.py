@@ -92,8 +92,39 @@ DEFAULT_JOB_CONCURRENCY = 8
 #: Seconds a silent worker of a fleet job keeps its claims before the others take them
 #: over: long enough for a stalled process (GC, a slow disk) not to lose its work.
 DEFAULT_LEASE = 30.0
+#: Requests a fleet worker claims at once: enough to keep its senders busy, few enough
+#: that a worker that dies leaves little for the others to take over.
+DEFAULT_CLAIM_BATCH = 16
+#: At most this long (seconds) between two looks of an idle fleet worker for work
+#: (lapsed leases, released requests); a quarter of the lease when that is shorter.
+DEFAULT_JOB_IDLE = 1.0
 #: Without a terminal, a progress line this often (seconds).
 DEFAULT_PROGRESS_INTERVAL = 10.0
+
+# --- Batching (CancelBatcher) -----------------------------------------------------------
+
+#: Seconds a line waits for other lines of its order before its request leaves.
+DEFAULT_LINGER = 0.05
+
+# --- The poll ceiling across processes (_pollstore) -------------------------------------
+
+#: Rows older than this under both readings (wall and monotonic) are deleted: far above
+#: the API's one-minute ceiling, so that no row that still constrains a read is lost.
+POLL_STATE_RETENTION = 600.0
+#: How long to wait for another process's transaction before giving up on the file.
+POLL_STATE_LOCK_TIMEOUT = 2.0
+
+# --- Shared store (PostgresStore, SharedActionTracker) ----------------------------------
+
+#: Seconds any one store operation (connecting included) may take before StoreError.
+DEFAULT_STORE_TIMEOUT = 10.0
+#: Seconds a fleet tracker's worker keeps a status read it claimed before another may
+#: take it: far above a read's own bounds (retries included), so a slow read is not
+#: taken over mid-flight, yet a dead worker's actions are read again within minutes.
+DEFAULT_TRACKER_LEASE = 120.0
+#: At most this long (seconds) a fleet tracker's worker sleeps before looking for due
+#: actions and for results it missed a notification of.
+DEFAULT_TRACKER_IDLE_POLL = 1.0
 
 # --- Metrics (histogram buckets, seconds) ------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from ._constants import DEFAULT_LINGER
 from ._observe.logs import fields
 from ._sending import CancelOutcome, send_one
 from .models import Cancelation, CancelRequest
@@ -88,7 +89,7 @@ class CancelBatcher:
         self,
         client: MiraklConnectClient,
         *,
-        linger: float = 0.05,
+        linger: float = DEFAULT_LINGER,
         max_lines: int | None = None,
         tracker: ActionTracker | None = None,
     ) -> None:

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .._clock import SYSTEM_CLOCK
+from .._constants import POLL_STATE_LOCK_TIMEOUT, POLL_STATE_RETENTION
 
 __all__ = ["PollStore", "cache_dir", "default_store"]
 
@@ -39,11 +40,6 @@ logger = logging.getLogger("mirakl_cancel")
 
 ENV_CACHE_DIR = "MIRAKL_CANCEL_CACHE_DIR"
 FILE_NAME = "poll-state.sqlite3"
-#: Rows older than this under both readings (wall and monotonic) are deleted: far above
-#: the API's one-minute ceiling, so that no row that still constrains a read is lost.
-RETENTION = 600.0
-#: How long to wait for another process's transaction before giving up on the file.
-LOCK_TIMEOUT = 2.0
 _PRUNE_EVERY = 512
 
 
@@ -77,7 +73,7 @@ class PollStore:
         self._lock = threading.Lock()
         self._writes = 0
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(path, timeout=LOCK_TIMEOUT, isolation_level=None,
+        self._db = sqlite3.connect(path, timeout=POLL_STATE_LOCK_TIMEOUT, isolation_level=None,
                                    check_same_thread=False)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -177,7 +173,8 @@ class PollStore:
     def _prune(self, now_wall: float, now_mono: float) -> None:
         # Old under both readings: a wall clock stepped forward cannot prune a fresh row.
         self._db.execute("DELETE FROM reads WHERE wall < ? AND (boot IS NOT ? OR mono < ?)",
-                         (now_wall - RETENTION, self._boot, now_mono - RETENTION))
+                         (now_wall - POLL_STATE_RETENTION, self._boot,
+                          now_mono - POLL_STATE_RETENTION))
 
 
 _STORES: dict[Path, PollStore | None] = {}

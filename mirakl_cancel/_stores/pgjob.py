@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Collection, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from .._constants import DEFAULT_CLAIM_BATCH, DEFAULT_JOB_IDLE, DEFAULT_LEASE
 from ..errors import StoreError
 from .base import (
     FleetJobStore,
@@ -123,8 +124,8 @@ class PostgresJobStore(FleetJobStore):
     with nothing to claim looks again (for lapsed leases, requests released).
     """
 
-    def __init__(self, store: PostgresStore, name: str, *, lease: float = 30.0,
-                 claim_batch: int = 16, idle: float | None = None) -> None:
+    def __init__(self, store: PostgresStore, name: str, *, lease: float = DEFAULT_LEASE,
+                 claim_batch: int = DEFAULT_CLAIM_BATCH, idle: float | None = None) -> None:
         if not name or len(name) > 200 or not name.isprintable():
             raise ValueError("the job name must be 1 to 200 printable characters")
         if not lease > 0 or claim_batch < 1:
@@ -133,7 +134,7 @@ class PostgresJobStore(FleetJobStore):
         self.name = name
         self.lease = float(lease)
         self.claim_batch = claim_batch
-        self.idle = min(1.0, self.lease / 4) if idle is None else idle
+        self.idle = min(DEFAULT_JOB_IDLE, self.lease / 4) if idle is None else idle
         self.worker_id = store.worker_id
         self._reader: psycopg.AsyncConnection[Any] | None = None
         self._writer_conn: psycopg.AsyncConnection[Any] | None = None

@@ -22,6 +22,11 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from .._constants import (
+    DEFAULT_TRACKER_CONCURRENCY,
+    DEFAULT_TRACKER_IDLE_POLL,
+    DEFAULT_TRACKER_LEASE,
+)
 from .._observe.hooks import ActionTrackedEvent
 from .._serde import parse_action_status
 from ..errors import ActionTimeoutError, ApiError, MiraklError, StoreError, api_error_class
@@ -92,9 +97,9 @@ class SharedActionTracker(ActionTracker):
         policy: PollPolicy = DEFAULT_POLICY,
         *,
         store: PostgresStore | None = None,
-        concurrency: int = 8,
-        lease: float = 120.0,
-        idle_poll: float = 1.0,
+        concurrency: int = DEFAULT_TRACKER_CONCURRENCY,
+        lease: float = DEFAULT_TRACKER_LEASE,
+        idle_poll: float = DEFAULT_TRACKER_IDLE_POLL,
         claims: bool = True,
         **kwargs: Any,
     ) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .._constants import DEFAULT_STORE_TIMEOUT
 from .._http.pacing import FleetPacing, fleet_key
 from ..errors import RateLimitError, StoreError
 
@@ -174,7 +175,7 @@ class PostgresStore:
     its errors or its logs.
     """
 
-    def __init__(self, dsn: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, dsn: str, *, timeout: float = DEFAULT_STORE_TIMEOUT) -> None:
         if not isinstance(dsn, str) or not dsn.startswith(("postgresql://", "postgres://")):
             raise ValueError("the store must be a postgresql:// URI")
         if not timeout > 0:
