@@ -124,15 +124,15 @@ async def test_a_tracker_on_the_client_keeps_its_clock(sim: ThreadedSimulator) -
     clock = ManualClock()
     async with manual_client(sim, clock) as client:
         accepted = await client.cancel(request_for("O1"))
-        polled = asyncio.Event()
-        client.hooks.on("poll", lambda event: polled.set())
+        answered = asyncio.Event()  # the tracker's read came back (its only request)
+        client.hooks.on("response", lambda event: answered.set())
         policy = PollPolicy(first_delay=120.0, interval=300.0, timeout=3600.0)
         async with ActionTracker(client, policy) as tracker:  # no clock: the client's
             tracker.add(accepted.action_id)
             await clock.advance(119.0)
             assert route_count(sim, "status") == 0
             await clock.advance(1.0)
-            await asyncio.wait_for(polled.wait(), 30)  # (real I/O: a bound, not a measure)
+            await asyncio.wait_for(answered.wait(), 30)  # (real I/O: a bound, not a measure)
             assert route_count(sim, "status") == 1
             # Its next read is due `interval` after that one, on the same clock.
             assert client.poll_ready_in(accepted.action_id) == pytest.approx(60.0)
