@@ -83,3 +83,48 @@ def test_doubles_present_as_the_testing_module() -> None:
 async def test_real_time_by_default() -> None:
     client = FakeStatusClient({"a": ["SUCCESS"]}, min_poll_interval=0.0)
     assert (await client.get_action_status("a")).state is ActionState.SUCCESS
+
+
+# --- ManualClock: the one clock of the library's time rules ------------------------------
+
+
+async def test_an_auto_advancing_clock_jumps_by_each_sleep_and_fires_what_falls_due() -> None:
+    clock = ManualClock(start=0.0, auto_advance=True)
+    fired: list[float] = []
+    clock.call_at(5.0, lambda: fired.append(clock.monotonic()))
+    clock.call_at(50.0, lambda: fired.append(-1.0)).cancel()
+    await clock.sleep(10.0)
+    await clock.settle()
+    assert clock.monotonic() == 10.0 and fired == [10.0]  # due on the way: run soon after
+    await clock.sleep(100.0)
+    await clock.settle()
+    assert fired == [10.0] and clock.sleeps == [10.0, 100.0]
+
+
+async def test_next_due_waits_for_a_sleeper_and_a_cancelled_sleep_leaves_no_timer() -> None:
+    clock = ManualClock(start=0.0)
+    sleeper = asyncio.create_task(clock.sleep(30.0))
+    assert await clock.next_due() == 30.0
+    sleeper.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sleeper
+    with pytest.raises(AssertionError, match="nothing waited on the clock"):
+        await clock.next_due(real_timeout=0.05)
+    due = asyncio.create_task(clock.next_due())
+    await asyncio.sleep(0.01)  # next_due is waiting: nothing sleeps on the clock yet
+    late = asyncio.create_task(clock.sleep(2.0))
+    assert await due == 2.0  # woken by the sleep registered meanwhile
+    await clock.advance(2.0)
+    await late
+
+
+def test_a_client_takes_only_a_clock() -> None:
+    from mirakl_cancel import MiraklConnectClient, StaticToken
+    from mirakl_cancel._http.pollguard import PollGuard, ReadLog
+
+    with pytest.raises(TypeError, match="clock must be a Clock"):
+        MiraklConnectClient(auth=StaticToken("t"), clock=object())  # type: ignore[arg-type]
+    clock = ManualClock()
+    assert MiraklConnectClient(auth=StaticToken("t"), clock=clock).clock is clock
+    with pytest.raises(ValueError, match="share one clock"):
+        PollGuard(60.0, ReadLog(clock=ManualClock()), clock)
