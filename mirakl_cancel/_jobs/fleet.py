@@ -80,7 +80,8 @@ async def _fleet(options: JobOptions, auth: Auth | None, store: PostgresStore, n
             return stop.code
         assert auth is not None
         try:
-            await job.join()
+            await job.join(resend_unapplied=options.reconcile is not None
+                           and options.reconcile.resend)
         except JournalError as exc:
             print(f"error: {exc}", file=err)
             return EXIT_BAD_INPUT

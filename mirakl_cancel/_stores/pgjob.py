@@ -276,18 +276,21 @@ class PostgresJobStore(FleetJobStore):
                 await copy.write_row((self.name, number, line, None, order_id, line_id,
                                       product, quantity, errors))
 
-    async def join(self) -> None:
+    async def join(self, *, resend_unapplied: bool = False) -> None:
         """Register this worker (its lease starts) and start its heartbeat.
 
         The first worker of a fleet run (no other lease holds) also starts the run
         afresh: accepted requests whose tracking gave up are tracked again, resendable
-        ones sent again, and the job reconciled again."""
+        ones sent again, and the job reconciled again. `resend_unapplied`
+        (`--resend-unapplied`): the requests an earlier reconciliation proved NOT_APPLIED
+        are handed out again too, whichever worker asks (the job's choice then resends
+        them, as a single process does)."""
         async with self._read_lock:
-            await self._join()
+            await self._join(resend_unapplied)
         self._joined = True
         self._heartbeat = asyncio.ensure_future(self._beat())
 
-    async def _join(self) -> None:
+    async def _join(self, resend_unapplied: bool) -> None:
         import psycopg
 
         assert self._reader is not None
@@ -310,6 +313,13 @@ class PostgresJobStore(FleetJobStore):
                         params)
                     await self._reader.execute(
                         f"UPDATE {_JOBS} SET reconciled = false WHERE name = %(job)s", params)
+                if resend_unapplied:
+                    # Not a row a live worker holds: that one is being resent already.
+                    await self._reader.execute(
+                        f"UPDATE {_REQUESTS} AS q SET retry = true WHERE q.job = %(job)s "
+                        "AND q.state = 'DONE' AND q.outcome = 'NOT_APPLIED' AND NOT EXISTS "
+                        f"(SELECT 1 FROM {_WORKERS} w WHERE w.job = q.job AND w.worker = "
+                        "q.owner AND w.lease_until > clock_timestamp())", params)
                 await self._reader.execute(
                     f"INSERT INTO {_WORKERS} (job, worker, lease_until) VALUES (%(job)s, "
                     "%(me)s, clock_timestamp() + make_interval(secs => %(lease)s))", params)

@@ -20,7 +20,7 @@ import psycopg
 from cli_support import SCALE, cli, env_for, poll_flags, read_report, write_csv
 
 from mirakl_cancel._stores.pgjob import DIED_WHILE_SENDING
-from mirakl_cancel.simulator import SimulatorConfig, ThreadedSimulator
+from mirakl_cancel.simulator import Fault, SimulatorConfig, ThreadedSimulator
 
 SETTLE = 0.6
 
@@ -216,3 +216,43 @@ def test_three_workers_one_killed_and_restarted_send_each_row_once(
         assert max(stats["posts_per_order"].values()) == 1
         print(f"3 workers, {rows} rows, killed at {at_kill} POSTs: {elapsed:.1f}s, "
               f"{dict(outcomes)}, {len(died)} died mid-send, faults {stats['faults_injected']}")
+
+
+def test_a_later_fleet_run_resends_what_an_earlier_reconcile_proved_not_applied(
+        tmp_path: Path, pg_dsn: str) -> None:
+    """A fleet job's `--reconcile` run proves three cancels NOT_APPLIED (a 502 before
+    processing) without resending them; a later `--reconcile --resend-unapplied` run of
+    the same job sends exactly those again, once each, as a single-process job does."""
+    config = SimulatorConfig(time_scale=SCALE, processing_delay=(1.0, 5.0), seed=11)
+    with ThreadedSimulator(config) as sim:
+        orders = sim.generate_orders(8, (1, 1), wrong_state_ratio=0)
+        source = tmp_path / "lines.csv"
+        write_csv(source, orders)
+        report = tmp_path / "r.jsonl"
+        env = fleet_env(sim, pg_dsn)
+        # One sender: POSTs go out in file order, so the 502s hit the first three orders.
+        sim.inject(Fault.http(502), route="cancel", count=3)
+        args = ["run", str(source), "--job", job_name(tmp_path), "--report", str(report),
+                "--concurrency", "1", "--reconcile", "--settle", str(SETTLE), "--skew",
+                str(120 * SCALE), *poll_flags(SCALE)]
+        first = cli(*args, env=env)
+        assert first.returncode == 1, first.stderr
+        refused = {o.id for o in orders[:3]}
+        outcomes = {line["order_id"]: line["outcome"] for line in read_report(report)}
+        assert outcomes == {o.id: "NOT_APPLIED" if o.id in refused else "SUCCEEDED"
+                            for o in orders}
+        assert sim.stats_snapshot()["posts_per_order"] == {
+            o.id: 1 for o in orders if o.id not in refused}
+
+        # Without --resend-unapplied a rerun sends nothing again.
+        quiet = cli(*args, env=env)
+        assert quiet.returncode == 1, quiet.stderr
+        assert sim.stats_snapshot()["posts_per_order"] == {
+            o.id: 1 for o in orders if o.id not in refused}
+
+        again = cli(*args, "--resend-unapplied", env=env)
+        assert again.returncode == 0, again.stderr + again.stdout
+        assert {line["outcome"] for line in read_report(report)} == {"SUCCEEDED"}
+        stats = sim.stats_snapshot()
+        assert stats["posts_per_order"] == {o.id: 1 for o in orders}
+        assert stats["duplicate_posts"] == stats["poll_violations"] == 0
