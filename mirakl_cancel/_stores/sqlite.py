@@ -1057,6 +1057,9 @@ class _Op:
 _STOP = None
 #: Most marks in one transaction: bounds the time a batch holds the writer.
 _MAX_BATCH = 2000
+#: Longest a mark nobody waits for (the end of a status read) stays on the loop's side
+#: before it goes to the writer on its own; it usually rides along with the next hand-off.
+_LAZY_DELAY = 0.05
 #: Requests or rows read per round trip to the writer.
 _CHUNK = 1000
 
@@ -1064,11 +1067,15 @@ _CHUNK = 1000
 class SqliteStore(JobStore):
     """A `Journal` as a `JobStore`: one writer thread, group commit.
 
-    Every call becomes an operation on a queue. The writer takes everything queued (up to
-    `_MAX_BATCH`), runs it in order as one transaction, and commits once, with fsync when
-    any operation in it is a guarding mark; then it resolves the callers' futures on the
-    event loop. So a disk whose flush takes 10 ms costs one flush per batch, not per
-    mark, and it is the writer thread that waits for it, never the event loop.
+    Every call becomes an operation, queued on the event loop's side; what one turn of
+    the loop queued is handed to the writer as one list (a mark nobody waits for rides
+    along with the next hand-off), so the writer's thread wakes once per hand-off, not
+    once per mark: each wake-up is a handover of the GIL that the loop then waits to
+    take back. The writer takes everything handed over (up to `_MAX_BATCH`), runs it in
+    order as one transaction, and commits once, with fsync when any operation in it is a
+    guarding mark; then it resolves the callers' futures on the event loop. So a disk
+    whose flush takes 10 ms costs one flush per batch, not per mark, and it is the
+    writer thread that waits for it, never the event loop.
 
     If a batch fails (the disk, a bug), none of it is written, every caller in it gets
     the error, and every later guarding mark is refused: nothing is sent unguarded.
@@ -1083,7 +1090,11 @@ class SqliteStore(JobStore):
         self.journal = journal
         self.flush_delay = flush_delay
         self._loop = asyncio.get_running_loop()
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
+        #: Operations queued on the loop's side since the last hand-off to the writer.
+        self._pending: list[_Op] = []
+        self._handing_off = False
+        self._lazy_timer: asyncio.TimerHandle | None = None
         self._failed: BaseException | None = None
         self._closed = False
         #: Transactions committed, and how many of them were durable (fsync'd).
@@ -1096,26 +1107,30 @@ class SqliteStore(JobStore):
     # --- the writer -------------------------------------------------------------------
 
     def _work(self) -> None:
+        # Woken once per hand-off (a list of operations), not once per operation: every
+        # wake-up of this thread is a handover of the GIL that the event loop waits for.
         stop = False
         while not stop:
-            op = self._queue.get()
-            if op is _STOP:
+            handed = self._queue.get()
+            if handed is _STOP:
                 return
-            batch = [op]
+            batch = list(handed)
             while len(batch) < _MAX_BATCH:
                 try:
-                    op = self._queue.get_nowait()
+                    handed = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if op is _STOP:
+                if handed is _STOP:
                     stop = True
                     break
-                batch.append(op)
-            results = self._run(batch)
-            try:
-                self._loop.call_soon_threadsafe(_settle, batch, results)
-            except RuntimeError:  # the loop is gone: nobody is waiting any more
-                return
+                batch.extend(handed)
+            for start in range(0, len(batch), _MAX_BATCH):
+                part = batch[start:start + _MAX_BATCH]
+                results = self._run(part)
+                try:
+                    self._loop.call_soon_threadsafe(_settle, part, results)
+                except RuntimeError:  # the loop is gone: nobody is waiting any more
+                    return
 
     def _run(self, batch: list[_Op]) -> list[tuple[bool, Any]]:
         journal = self.journal
@@ -1146,11 +1161,31 @@ class SqliteStore(JobStore):
 
     def _submit(self, name: str, *args: Any, durable: bool = False, guards: bool = False,
                 wait: bool = True, **kwargs: Any) -> asyncio.Future[Any] | None:
+        """Queue `name` on the event loop's side; the queued operations go to the writer
+        together, once per turn of the loop (`_hand_off`). One that nobody waits for
+        (`wait=False`) waits up to `_LAZY_DELAY` to ride along with the next hand-off."""
         if self._closed:
             raise JournalError(f"journal {self.journal.path} is closed")
         future = self._loop.create_future() if wait else None
-        self._queue.put(_Op(name, args, kwargs, durable=durable, guards=guards, future=future))
+        self._pending.append(_Op(name, args, kwargs, durable=durable, guards=guards,
+                                 future=future))
+        if wait:
+            if not self._handing_off:
+                self._handing_off = True
+                self._loop.call_soon(self._hand_off)
+        elif not self._handing_off and self._lazy_timer is None:
+            self._lazy_timer = self._loop.call_later(_LAZY_DELAY, self._hand_off)
         return future
+
+    def _hand_off(self) -> None:
+        """Give the writer everything queued since the last hand-off, as one list."""
+        self._handing_off = False
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
+        if self._pending:
+            handed, self._pending = self._pending, []
+            self._queue.put(handed)
 
     def _call(self, name: str, *args: Any, durable: bool = False, guards: bool = False,
               **kwargs: Any) -> asyncio.Future[Any]:
@@ -1257,12 +1292,14 @@ class SqliteStore(JobStore):
         with contextlib.suppress(Exception):
             await self.flush()
         self._closed = True
+        self._hand_off()
         self._queue.put(_STOP)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
 
     def close(self) -> None:
         """`aclose` for a caller outside the event loop (after it stopped)."""
         self._closed = True
+        self._hand_off()  # what the loop queued before it stopped
         self._queue.put(_STOP)
         self._thread.join()
 

@@ -251,3 +251,44 @@ async def test_no_post_leaves_before_its_mark_is_durable_and_no_202_is_forgotten
                for r in requests.values())
     # Group commit: far fewer flushes than the 240 guarding marks.
     assert stores[0].durable_commits < 240
+
+
+async def test_marks_queued_in_one_turn_of_the_loop_reach_the_writer_together(
+        tmp_path: Path) -> None:
+    """The writer is woken once per hand-off, not once per mark: every wake-up of its
+    thread is a handover of the GIL that the event loop waits for."""
+    journal = new_journal(tmp_path / "j.sqlite")
+    store = SqliteStore(journal)
+    try:
+        await store.flush()
+        before = store.commits
+        await asyncio.gather(*(store.mark_sending(p.key) for p in PLAN))
+        assert store.commits == before + 1
+        # A mark nobody waits for waits to ride along with the next hand-off...
+        store.note_polled(PLAN[0].key, at=5.0)
+        assert store.commits == before + 1
+        await store.mark_accepted(PLAN[1].key, "A2")
+        assert store.commits == before + 2
+        # ...or goes on its own after a short delay (here: awaited through the journal).
+        store.note_polled(PLAN[2].key, at=6.0)
+        while store.commits == before + 2:
+            await asyncio.sleep(0.01)
+    finally:
+        await store.aclose()
+    assert journal.request(PLAN[1].key).state is RequestState.ACCEPTED
+    journal.close()
+
+
+def test_close_after_the_loop_stopped_writes_what_was_queued(tmp_path: Path) -> None:
+    journal = new_journal(tmp_path / "j.sqlite")
+
+    async def run() -> SqliteStore:
+        store = SqliteStore(journal)
+        await store.mark_sending(PLAN[0].key)
+        await store.mark_accepted(PLAN[0].key, "A1", at=101.0)
+        store.note_polled(PLAN[0].key, at=171.0, status="PENDING")  # on the loop's side
+        return store
+
+    asyncio.run(run()).close()
+    assert journal.request(PLAN[0].key).last_polled_at == 171.0
+    journal.close()
