@@ -254,7 +254,7 @@ async def test_no_post_leaves_before_its_mark_is_durable_and_no_202_is_forgotten
 
 
 async def test_marks_queued_in_one_turn_of_the_loop_reach_the_writer_together(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The writer is woken once per hand-off, not once per mark: every wake-up of its
     thread is a handover of the GIL that the event loop waits for."""
     journal = new_journal(tmp_path / "j.sqlite")
@@ -269,10 +269,18 @@ async def test_marks_queued_in_one_turn_of_the_loop_reach_the_writer_together(
         assert store.commits == before + 1
         await store.mark_accepted(PLAN[1].key, "A2")
         assert store.commits == before + 2
-        # ...or goes on its own after a short delay (here: awaited through the journal).
+        # ...or goes on its own after a short delay.
+        handed = asyncio.Event()
+        hand_off = store._hand_off
+
+        def watched() -> None:
+            hand_off()
+            handed.set()
+
+        monkeypatch.setattr(store, "_hand_off", watched)
         store.note_polled(PLAN[2].key, at=6.0)
-        while store.commits == before + 2:
-            await asyncio.sleep(0.01)
+        await handed.wait()
+        assert store._pending == []
     finally:
         await store.aclose()
     assert journal.request(PLAN[1].key).state is RequestState.ACCEPTED
