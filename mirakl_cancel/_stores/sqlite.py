@@ -45,10 +45,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
 import queue
+import re
 import sqlite3
 import tempfile
 import threading
@@ -256,17 +258,46 @@ def _line_fields(request: JournalRequest, row_number: int,
 class _Mark:
     """A state change as one statement: `sql` takes the mark's own parameters, then the
     request's first row, order id and rows (`_key_target`). `expected`: the states it
-    may start from (empty: a no-op on a request in another state, never an error)."""
+    may start from (empty: a no-op on a request in another state, never an error).
+    `assignments` and `states` are its parts, for the statement that applies it to many
+    requests at once (`_grouped_sql`)."""
 
     sql: str
     expected: tuple[RequestState, ...]
+    assignments: str
+    states: str
 
 
 def _mark(assignments: str, *expected: RequestState, only: str | None = None) -> _Mark:
     states = ",".join(f"'{s.value}'" for s in expected) if expected else f"'{only}'"
     return _Mark(f"UPDATE requests SET {assignments} WHERE seq = (SELECT request FROM rows "
                  f"WHERE row_number = ?) AND order_id = ? AND rows = ? AND state IN ({states})",
-                 expected)
+                 expected, assignments, states)
+
+
+#: Most requests one grouped statement names (a power of two; bounds its parameters).
+_GROUP_ROWS = 256
+
+
+@functools.lru_cache(maxsize=256)
+def _grouped_sql(mark: _Mark, size: int) -> str:
+    """`mark` applied to `size` requests by one statement: each row of the VALUES list is
+    one request's parameters (the mark's own, then its `_key_target`), in the same order
+    as `mark.sql` takes them. Sizes are powers of two (padded with rows that match
+    nothing), so that few texts are ever prepared."""
+    count = mark.assignments.count("?")
+    columns = iter(range(1, count + 1))
+    assignments = re.sub(r"\?", lambda _: f"m.column{next(columns)}", mark.assignments)
+    row = "(" + ",".join("?" * (count + 3)) + ")"
+    return (f"UPDATE requests SET {assignments} FROM (VALUES {','.join([row] * size)}) AS m "
+            f"WHERE requests.seq = (SELECT request FROM rows WHERE row_number = "
+            f"m.column{count + 1}) AND requests.order_id = m.column{count + 2} "
+            f"AND requests.rows = m.column{count + 3} AND requests.state IN ({mark.states})")
+
+
+class _Regroup(Exception):
+    """A grouped mark matched fewer requests than it names: one of them is refused, and
+    only the marks run one by one can tell which (the batch is run again that way)."""
 
 
 def _key_target(key: str) -> tuple[int, str, str]:
@@ -363,6 +394,9 @@ class Journal:
         self._in_transaction = False
         #: Whether `synchronous=FULL` is set (`open` leaves it NORMAL).
         self._full_sync = False
+        #: Marks held to be applied together (`grouping`), and the keys they name.
+        self._held: dict[_Mark, list[Any]] | None = None
+        self._held_keys: set[str] = set()
 
     @classmethod
     def open(cls, path: Path | str) -> Journal:
@@ -702,8 +736,16 @@ class Journal:
     def _update(self, key: str, mark: _Mark, params: Sequence[Any], durable: bool) -> None:
         """Apply `mark` to the request keyed `key`: one statement, which finds the request
         by its first row and checks its key and state (no lookup round trip: this runs
-        for every mark of a job). JournalError, nothing changed, if it is refused."""
+        for every mark of a job). JournalError, nothing changed, if it is refused.
+        Under `grouping`, the mark is held and applied with the others of its kind."""
         target = _key_target(key)
+        held = self._held
+        if held is not None:
+            if key in self._held_keys:  # a second mark of one request: keep their order
+                self.apply_held()
+            held.setdefault(mark, []).extend((*params, *target))
+            self._held_keys.add(key)
+            return
         if self._in_transaction:  # the writer's batch (the common case): no context manager
             changed = self._db.execute(mark.sql, (*params, *target)).rowcount
         else:
@@ -711,6 +753,43 @@ class Journal:
                 changed = db.execute(mark.sql, (*params, *target)).rowcount
         if changed != 1 and mark.expected:
             self._refused(key, mark.expected)
+
+    @contextmanager
+    def grouping(self) -> Iterator[None]:
+        """Inside a transaction: hold each mark, and apply those of one kind together
+        (one statement per kind, `_grouped_sql`) when the block ends or `apply_held` is
+        called (before anything that reads the journal). Marks of different requests
+        commute, so only a request's own marks keep their order (a second one applies
+        what is held first). Raises `_Regroup` (roll back, run the marks one by one)
+        when a grouped mark matched fewer requests than it names."""
+        assert self._in_transaction and self._held is None
+        self._held = {}
+        try:
+            yield
+            self.apply_held()
+        finally:
+            self._held = None
+            self._held_keys.clear()
+
+    def apply_held(self) -> None:
+        """Apply the marks `grouping` holds: one statement per kind of mark."""
+        held = self._held
+        if not held:
+            return
+        db = self._db
+        for mark, params in held.items():
+            width = mark.assignments.count("?") + 3
+            step = _GROUP_ROWS * width
+            for start in range(0, len(params), step):
+                part = params[start:start + step]
+                count = len(part) // width
+                size = 1 << (count - 1).bit_length()
+                changed = db.execute(_grouped_sql(mark, size),
+                                     part + [None] * ((size - count) * width)).rowcount
+                if changed != count and mark.expected:
+                    raise _Regroup
+        held.clear()
+        self._held_keys.clear()
 
     def _refused(self, key: str, expected: Sequence[RequestState]) -> None:
         try:
@@ -1055,6 +1134,14 @@ class _Op:
 
 
 _STOP = None
+#: The Journal methods that only apply one mark (`Journal._update`): a batch holds them
+#: and applies those of one kind together (`Journal.grouping`).
+_GROUPABLE = frozenset({
+    "mark_sending", "mark_send_attempt", "mark_unsent", "mark_accepted", "mark_uncertain",
+    "mark_not_sent", "poll_started", "polled", "mark_tracking_stopped", "mark_done",
+    "mark_reconciled"})
+#: UPDATE ... FROM (SQLite 3.33): older libraries apply the marks one by one.
+_GROUPED = sqlite3.sqlite_version_info >= (3, 33, 0)
 #: Most marks in one transaction: bounds the time a batch holds the writer.
 _MAX_BATCH = 2000
 #: Longest a mark nobody waits for (the end of a status read) stays on the loop's side
@@ -1133,23 +1220,39 @@ class SqliteStore(JobStore):
                     return
 
     def _run(self, batch: list[_Op]) -> list[tuple[bool, Any]]:
+        if _GROUPED:
+            try:
+                return self._run_batch(batch, grouped=True)
+            except _Regroup:  # rolled back: one by one, each refused mark gets its error
+                pass
+        return self._run_batch(batch, grouped=False)
+
+    def _run_batch(self, batch: list[_Op], *, grouped: bool) -> list[tuple[bool, Any]]:
+        """`batch` as one transaction. `grouped`: the marks of one kind are applied by one
+        statement (`Journal.grouping`): each statement is a release of the GIL that the
+        event loop may take, and then this thread waits to get it back."""
         journal = self.journal
         durable = any(op.durable for op in batch)
         results: list[tuple[bool, Any]] = []
         try:
-            with journal.transaction(durable=durable):
+            with journal.transaction(durable=durable), \
+                    journal.grouping() if grouped else contextlib.nullcontext():
                 for op in batch:
                     if op.guards and self._failed is not None:
                         results.append((False, JournalError(
                             f"the journal failed earlier ({self._failed}): nothing more is "
                             "sent")))
                         continue
+                    if grouped and op.name not in _GROUPABLE:
+                        journal.apply_held()  # it may read what the marks before it wrote
                     try:
                         results.append((True, getattr(journal, op.name)(*op.args, **op.kwargs)))
                     except JournalError as exc:  # a refused transition: nothing was changed
                         results.append((False, exc))
             if durable and self.flush_delay:
                 time.sleep(self.flush_delay)
+        except _Regroup:
+            raise
         except BaseException as exc:  # handed to every caller of the batch
             self._failed = exc
             return [(False, exc)] * len(batch)

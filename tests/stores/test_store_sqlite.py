@@ -300,3 +300,58 @@ def test_close_after_the_loop_stopped_writes_what_was_queued(tmp_path: Path) -> 
     asyncio.run(run()).close()
     assert journal.request(PLAN[0].key).last_polled_at == 171.0
     journal.close()
+
+
+async def test_marks_of_one_kind_in_a_batch_are_one_statement(tmp_path: Path) -> None:
+    """Each statement the writer runs releases the GIL, which the event loop may take:
+    the writer then waits to get it back. The marks of one kind share one statement."""
+    journal = new_journal(tmp_path / "j.sqlite")
+    statements: list[str] = []
+    journal._db.set_trace_callback(statements.append)
+    store = SqliteStore(journal)
+    try:
+        await asyncio.gather(*(store.mark_sending(p.key, at=float(i))
+                               for i, p in enumerate(PLAN[:20])))
+        updates = [s for s in statements if s.startswith("UPDATE")]
+        assert len(updates) == 1
+        await asyncio.gather(*(store.mark_accepted(p.key, f"A{i}", at=100.5 + i)
+                               for i, p in enumerate(PLAN[:20])),
+                             *(store.mark_sending(p.key, at=7.25) for p in PLAN[20:23]))
+        assert len([s for s in statements if s.startswith("UPDATE")]) == 3
+    finally:
+        await store.aclose()
+    journal._db.set_trace_callback(None)
+    requests = {r.key: r for r in journal.requests()}
+    journal.close()
+    for i, p in enumerate(PLAN[:20]):  # each request got its own parameters, exactly
+        assert (requests[p.key].state, requests[p.key].action_id) == (
+            RequestState.ACCEPTED, f"A{i}")
+        assert (requests[p.key].sent_at, requests[p.key].accepted_at) == (float(i), 100.5 + i)
+    assert all(requests[p.key].sent_at == 7.25 for p in PLAN[20:23])
+    assert all(requests[p.key].state is RequestState.PENDING for p in PLAN[23:])
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+async def test_a_refused_mark_among_others_fails_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grouped: bool) -> None:
+    monkeypatch.setattr("mirakl_cancel.journal._GROUPED", grouped)
+    journal = new_journal(tmp_path / "j.sqlite")
+    store = SqliteStore(journal)
+    try:
+        k1, k2, k3, k4 = (p.key for p in PLAN[:4])
+        await store.mark_sending(k1)
+        # One batch: k2 is PENDING, so its ACCEPTED mark is refused; the rest applies,
+        # the grouped statement is undone and the marks are run one by one.
+        results = await asyncio.gather(
+            store.mark_accepted(k1, "A1"), store.mark_accepted(k2, "A2"),
+            store.mark_sending(k3), store.mark_sending(k4), store.mark_done(k1, "SUCCEEDED"),
+            return_exceptions=True)
+        assert isinstance(results[1], JournalError)
+        assert [r for i, r in enumerate(results) if i != 1] == [None] * 4
+        states = [(await store.request(k)).state for k in (k1, k2, k3, k4)]
+        assert states == [RequestState.DONE, RequestState.PENDING, RequestState.SENDING,
+                          RequestState.SENDING]
+        assert (await store.request(k1)).action_id == "A1"
+    finally:
+        await store.aclose()
+    journal.close()
