@@ -396,7 +396,10 @@ class Journal:
         self._full_sync = False
         #: Marks held to be applied together (`grouping`), and the keys they name.
         self._held: dict[_Mark, list[Any]] | None = None
-        self._held_keys: set[str] = set()
+        #: The order in which the held kinds apply, and the kind of each request's last
+        #: held mark.
+        self._kinds: dict[_Mark, int] = {}
+        self._held_keys: dict[str, int] = {}
 
     @classmethod
     def open(cls, path: Path | str) -> Journal:
@@ -741,10 +744,19 @@ class Journal:
         target = _key_target(key)
         held = self._held
         if held is not None:
-            if key in self._held_keys:  # a second mark of one request: keep their order
+            # The kinds apply in the order they were first held: a request's second mark
+            # may be held if its kind applies after its first one's, else the held marks
+            # go first (a request's marks keep their order).
+            kind = self._kinds.get(mark)
+            before = self._held_keys.get(key)
+            if before is not None and kind is not None and kind <= before:
                 self.apply_held()
-            held.setdefault(mark, []).extend((*params, *target))
-            self._held_keys.add(key)
+                kind = None
+            if kind is None:
+                kind = self._kinds[mark] = len(self._kinds)
+                held[mark] = []
+            held[mark].extend((*params, *target))
+            self._held_keys[key] = kind
             return
         if self._in_transaction:  # the writer's batch (the common case): no context manager
             changed = self._db.execute(mark.sql, (*params, *target)).rowcount
@@ -759,8 +771,9 @@ class Journal:
         """Inside a transaction: hold each mark, and apply those of one kind together
         (one statement per kind, `_grouped_sql`) when the block ends or `apply_held` is
         called (before anything that reads the journal). Marks of different requests
-        commute, so only a request's own marks keep their order (a second one applies
-        what is held first). Raises `_Regroup` (roll back, run the marks one by one)
+        commute, so only a request's own marks keep their order (the kinds apply in the
+        order they were first held; a mark that would break it applies what is held
+        first). Raises `_Regroup` (roll back, run the marks one by one)
         when a grouped mark matched fewer requests than it names."""
         assert self._in_transaction and self._held is None
         self._held = {}
@@ -769,6 +782,7 @@ class Journal:
             self.apply_held()
         finally:
             self._held = None
+            self._kinds.clear()
             self._held_keys.clear()
 
     def apply_held(self) -> None:
@@ -789,6 +803,7 @@ class Journal:
                 if changed != count and mark.expected:
                     raise _Regroup
         held.clear()
+        self._kinds.clear()
         self._held_keys.clear()
 
     def _refused(self, key: str, expected: Sequence[RequestState]) -> None:

@@ -355,3 +355,27 @@ async def test_a_refused_mark_among_others_fails_alone(
     finally:
         await store.aclose()
     journal.close()
+
+
+async def test_the_marks_of_one_request_keep_their_order_in_a_grouped_batch(
+        tmp_path: Path) -> None:
+    journal = new_journal(tmp_path / "j.sqlite")
+    statements: list[str] = []
+    store = SqliteStore(journal)
+    try:
+        k1, k2 = PLAN[0].key, PLAN[1].key
+        await store.flush()
+        journal._db.set_trace_callback(statements.append)
+        # One batch: SENDING (k2, k1), back to PENDING (k1), SENDING again (k1): the last
+        # mark's kind applies before the one k1 had just got, so what is held goes first.
+        await asyncio.gather(store.mark_sending(k2), store.mark_sending(k1),
+                             store.mark_not_sent(k1), store.mark_sending(k1, at=9.0),
+                             store.mark_done(k2, "SUCCEEDED"))
+        journal._db.set_trace_callback(None)
+        assert len([s for s in statements if s.startswith("UPDATE")]) == 4
+        first, second = await store.request(k1), await store.request(k2)
+        assert (first.state, first.attempts, first.sent_at) == (RequestState.SENDING, 1, 9.0)
+        assert (second.state, second.outcome) == (RequestState.DONE, "SUCCEEDED")
+    finally:
+        await store.aclose()
+    journal.close()
