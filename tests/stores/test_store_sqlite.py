@@ -334,7 +334,7 @@ async def test_marks_of_one_kind_in_a_batch_are_one_statement(tmp_path: Path) ->
 @pytest.mark.parametrize("grouped", [True, False])
 async def test_a_refused_mark_among_others_fails_alone(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grouped: bool) -> None:
-    monkeypatch.setattr("mirakl_cancel.journal._GROUPED", grouped)
+    monkeypatch.setattr("mirakl_cancel._stores.sqlite._GROUPED", grouped)
     journal = new_journal(tmp_path / "j.sqlite")
     store = SqliteStore(journal)
     try:
