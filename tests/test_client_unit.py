@@ -394,15 +394,20 @@ async def test_poll_guard_applies_to_retries(mocked: aioresponses, clock: Manual
 
 
 async def test_poll_guard_unit() -> None:
-    guard = PollGuard(0.05)
+    clock = ManualClock(start=0.0)
+    guard = PollGuard(60.0, clock=clock)
     assert guard.ready_at("a") == 0.0
-    started = time.monotonic()
     await guard.wait("a")  # never read: no wait
+    await clock.advance(5.0)
     guard.record("a")
     guard.record("a", at=0.0)  # an older read never moves the mark back
-    assert guard.ready_at("a") >= started + 0.05
-    await guard.wait("a")
-    assert time.monotonic() - started >= 0.05 - 0.005
+    assert guard.ready_at("a") == 65.0 and guard.ready_in("a") == 60.0
+    waiting = asyncio.create_task(guard.wait("a"))
+    assert await clock.next_due() == 60.0  # the ceiling, slept on the guard's clock
+    await clock.advance(59.0)
+    assert not waiting.done()
+    await clock.advance(1.0)
+    await waiting
     with pytest.raises(ValueError, match="negative"):
         PollGuard(-1)
 
