@@ -48,7 +48,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import attrs
 
@@ -72,6 +72,7 @@ from .._sending import CancelOutcome, StoredBody
 from .._serde import cancelation_json, loads, request_body, structure_request
 from .._stores.base import (
     FleetJobStore,
+    JobInfo,
     JobStore,
     JournalBusyError,
     JournalError,
@@ -80,7 +81,7 @@ from .._stores.base import (
     PlannedRow,
     RequestState,
 )
-from .._stores.sqlite import Journal, PlanStaging, SqliteStore
+from .._stores.sqlite import JobPlan, Journal, PlanStaging, SqliteStore
 from .._text import printable
 from ..batching import group_by_order
 from ..client import MiraklConnectClient
@@ -709,7 +710,7 @@ class _SignalStop:
         self.run = run
         self.err = err
         self.count = 0
-        self.main: asyncio.Task[bool] | None = None
+        self.main: asyncio.Task[Any] | None = None
         self._installed: list[int] = []
 
     def __call__(self, signum: int) -> None:
@@ -805,13 +806,29 @@ def check_job_paths(options: JobOptions, *, journal_file: bool = True) -> None:
 
 def _open_job(options: JobOptions, err: TextIO,
               out: TextIO) -> tuple[Journal | None, bool, int]:
-    """Open (or create) the job's journal; returns (journal, resumed, exit code if not)."""
+    """Open (or create) the job's journal, with its whole plan; returns (journal, resumed,
+    exit code if not). (`run_job` sends while the plan is journaled: `_start_job`.)"""
+    journal, resumed, code, plan = _start_job(options, err, out)
+    if plan is not None:
+        try:
+            assert journal is not None
+            journal.finish_plan(plan)
+        finally:
+            plan.staging.close()
+    return journal, resumed, code
+
+
+def _start_job(options: JobOptions, err: TextIO,
+               out: TextIO) -> tuple[Journal | None, bool, int, JobPlan | None]:
+    """Open (or create) the job's journal; returns (journal, resumed, exit code if not,
+    the rest of its plan if it is not all journaled yet: the caller journals it, then
+    closes its staging file)."""
     path = options.input_path
     try:
         check_job_paths(options)
     except ValueError as exc:
         print(f"error: {exc}", file=err)
-        return None, False, EXIT_BAD_INPUT
+        return None, False, EXIT_BAD_INPUT, None
     assert path is not None
     journal_path = options.journal_path or default_journal_path(path)
     existing = journal_path.exists() and not options.dry_run
@@ -821,7 +838,7 @@ def _open_job(options: JobOptions, err: TextIO,
             journal = Journal.open(journal_path)
         except (JournalBusyError, JournalError) as exc:
             print(f"error: {exc}", file=err)
-            return None, False, EXIT_BAD_INPUT
+            return None, False, EXIT_BAD_INPUT, None
         job = journal.job()
         if job is not None:
             digest = _sha256(path)
@@ -845,17 +862,25 @@ def _open_job(options: JobOptions, err: TextIO,
                     print(f"error: {problem}", file=err)
                 print(f"error: refusing to resume {journal_path}: use --force to resume its "
                       "plan anyway, or --journal NEW_PATH to start a new job", file=err)
-                return None, False, EXIT_BAD_INPUT
+                return None, False, EXIT_BAD_INPUT, None
             for problem in problems:
                 print(f"warning: {problem} (--force: resuming the journal's plan)", file=err)
             if not options.quiet:
                 counts = journal.counts()
                 summary = ", ".join(f"{n} {s.value}" for s, n in counts.items() if n)
                 print(f"resuming {journal_path} ({summary})", file=err)
-            return journal, True, EXIT_OK
+            plan = None
+            if not job.plan_complete:
+                plan = _plan_on(journal, job, options, digest, err)
+                if plan is None:
+                    journal.close()
+                    return None, False, EXIT_BAD_INPUT, None
+            return journal, True, EXIT_OK, plan
     # A new job: check the input first, streaming it into a staging file (bounded memory);
     # nothing is sent, and no journal created, unless it is clean.
-    with PlanStaging() as staging:
+    staging = PlanStaging()
+    plan = None
+    try:
         try:
             kind = _stage_input(path, options, staging, err)
         except InputError as exc:
@@ -864,26 +889,62 @@ def _open_job(options: JobOptions, err: TextIO,
         if kind is None:
             if journal is not None:
                 journal.close()
-            return None, False, EXIT_BAD_INPUT
+            return None, False, EXIT_BAD_INPUT, None
         if options.dry_run:
             print_dry_run(staging, options.max_lines_per_request, out)
-            return None, False, EXIT_OK
+            return None, False, EXIT_OK, None
         if journal is None:
             try:
                 journal = Journal.open(journal_path)
             except (JournalBusyError, JournalError) as exc:
                 print(f"error: {exc}", file=err)
-                return None, False, EXIT_BAD_INPUT
-        requests = journal.create_job_from_staging(
+                return None, False, EXIT_BAD_INPUT, None
+        # The reading options too: a job stopped before its plan is complete is planned
+        # on from its input read the same way (`_plan_on`).
+        plan = journal.start_plan(
             staging, input_path=str(path.resolve()), input_sha256=_sha256(path),
             input_format=kind.value, base_url=options.base_url,
             max_lines=options.max_lines_per_request,
             options={"max_lines_per_request": options.max_lines_per_request,
-                     "skip_invalid": options.skip_invalid})
-        rows = staging.valid_rows
+                     "skip_invalid": options.skip_invalid, "encoding": options.encoding,
+                     "decimal_comma": options.decimal_comma})
+    finally:
+        if plan is None or plan.complete:
+            staging.close()
+    assert plan is not None
     if not options.quiet:
-        print(f"journal: {journal_path} ({requests} request(s) for {rows} row(s))", file=err)
-    return journal, False, EXIT_OK
+        print(f"journal: {journal_path} ({plan.total} request(s) for {staging.valid_rows} "
+              "row(s))", file=err)
+    return journal, False, EXIT_OK, None if plan.complete else plan
+
+
+def _plan_on(journal: Journal, job: JobInfo, options: JobOptions, digest: str,
+             err: TextIO) -> JobPlan | None:
+    """The rest of the plan of a job stopped before its plan was complete (None, having
+    said why, if it cannot be made): its input checked again with the options the job
+    was created with, so the same file (by its digest) plans the same requests; those
+    already journaled are skipped (`Journal.continue_plan` checks they match)."""
+    path = options.input_path
+    assert path is not None
+    if job.input_sha256 != digest:
+        print(f"error: the journal's plan is not complete and {path} changed: the rest of "
+              "it cannot be planned; use --journal NEW_PATH to start a new job", file=err)
+        return None
+    saved = job.options
+    again = attrs.evolve(options, input_format=job.input_format,
+                         encoding=saved.get("encoding"),
+                         decimal_comma=saved.get("decimal_comma"),
+                         skip_invalid=bool(saved.get("skip_invalid")))
+    if not options.quiet:
+        print(f"checking {path} again to journal the rest of the job's plan", file=err)
+    staging = PlanStaging()
+    try:
+        if _stage_input(path, again, staging, err) is not None:
+            return journal.continue_plan(staging, saved.get("max_lines_per_request"))
+    except (InputError, JournalError) as exc:
+        print(f"error: {exc}", file=err)
+    staging.close()
+    return None
 
 
 def _stage_input(path: Path, options: JobOptions, staging: PlanStaging,
@@ -1003,20 +1064,31 @@ async def _finish(store: JobStore, options: JobOptions, counts: JobCounts, out: 
 
 async def _run_async(options: JobOptions, auth: Auth, journal: Journal, resumed: bool,
                      out: TextIO, err: TextIO, log_handler: ProgressLogHandler | None,
-                     *, resume: bool = True) -> int:
+                     *, resume: bool = True, plan: JobPlan | None = None) -> int:
+    """The job over `journal`; `plan`: the rest of its plan, journaled while it sends."""
     store = SqliteStore(journal)
+    planning = store.plan_rest(plan) if plan is not None and not plan.complete else None
     try:
         return await _run_with_store(options, auth, store, resumed, out, err, log_handler,
-                                     resume=resume)
+                                     resume=resume, planning=planning,
+                                     total=None if plan is None else plan.total)
     finally:
+        if planning is not None and not planning.done():
+            planning.cancel()
+            await asyncio.gather(planning, return_exceptions=True)
         await store.aclose()
 
 
 async def _run_with_store(options: JobOptions, auth: Auth, store: JobStore, resumed: bool,
                           out: TextIO, err: TextIO, log_handler: ProgressLogHandler | None,
-                          *, resume: bool = True, shared: SharedStore | None = None) -> int:
+                          *, resume: bool = True, shared: SharedStore | None = None,
+                          planning: asyncio.Task[None] | None = None,
+                          total: int | None = None) -> int:
+    """The job over `store`. `planning`: the task journaling the rest of its plan (of
+    `total` requests in all), awaited before the report."""
     started = time.monotonic()
-    total = sum((await store.counts()).values())
+    if total is None:
+        total = sum((await store.counts()).values())
     progress = Progress(total, err, enabled=not options.quiet, tty=options.progress_tty,
                         interval=options.progress_interval)
     if log_handler is not None:
@@ -1045,6 +1117,8 @@ async def _run_with_store(options: JobOptions, auth: Auth, store: JobStore, resu
                 interrupted = True
             finally:
                 await progress.stop()  # a no-op if the run already stopped it
+            if planning is not None and not await _planned(planning, stopper, options, err):
+                interrupted = True
     finally:
         stopper.remove()
         if log_handler is not None:
@@ -1060,6 +1134,25 @@ async def _run_with_store(options: JobOptions, auth: Auth, store: JobStore, resu
     await store.flush()  # what this run saw is on disk before it is reported
     return await _finish(store, options, counts, out, err,
                          await _closing_notes(run, store, interrupted, counts))
+
+
+async def _planned(planning: asyncio.Task[None], stopper: _SignalStop, options: JobOptions,
+                   err: TextIO) -> bool:
+    """Wait for the rest of the plan to be journaled (the report lists every row); after
+    a stop, the signal again aborts it. False if it is not complete (a resume plans on)."""
+    if not planning.done():
+        if not options.quiet:
+            print("journaling the rest of the plan before the report (send the signal "
+                  "again to skip it: a resume plans it)", file=err, flush=True)
+        stopper.main = planning
+    try:
+        await planning
+    except asyncio.CancelledError:
+        return False
+    except JournalError as exc:
+        print(f"error: the rest of the plan could not be journaled: {exc}", file=err)
+        return False
+    return True
 
 
 async def _closing_notes(run: _Run, store: JobStore, interrupted: bool,
@@ -1095,15 +1188,18 @@ def run_job(options: JobOptions, auth: Auth | None, *, out: TextIO | None = None
     """Check, plan, journal, send, track and report; returns the process exit code."""
     out = out or sys.stdout
     err = err or sys.stderr
-    journal, resumed, code = _open_job(options, err, out)
+    journal, resumed, code, plan = _start_job(options, err, out)
     if journal is None:
         return code
     try:
         if auth is None:
             return _missing_credentials(err)
-        return asyncio.run(_run_async(options, auth, journal, resumed, out, err, log_handler))
+        return asyncio.run(_run_async(options, auth, journal, resumed, out, err, log_handler,
+                                      plan=plan))
     finally:
         journal.close()
+        if plan is not None:
+            plan.staging.close()
 
 
 def reconcile_job(options: JobOptions, auth: Auth | None, *, out: TextIO | None = None,

@@ -113,6 +113,10 @@ class JobInfo:
     base_url: str
     created_at: str
     options: dict[str, Any]
+    #: Whether every request of the plan is recorded. A new job's requests are journaled
+    #: in chunks while the first ones are sent; a job stopped before the last chunk is
+    #: planned on (from the same input) when it is resumed.
+    plan_complete: bool = True
 
 
 @attrs.frozen

@@ -37,13 +37,19 @@ Schema 3 is compact: a request's body is stored once, deflated against a fixed
 dictionary (about 30 bytes for a one-line cancel instead of 175); an input row is
 integers only (its order line, product and quantity are read back from its request's
 body), except for a skipped invalid row, which keeps what the report shows. A request's
-key (``ORDER#ROW,ROW``) is not stored: it is its order id and row numbers. Journals of
-versions 1 and 2 are migrated in place on open.
+key (``ORDER#ROW,ROW``) is not stored: it is its order id and row numbers.
+
+Schema 4 journals a plan in chunks: a new job's record and its first requests are
+committed first, so sending starts while the rest of the file's requests are still being
+written (`JobPlan`); ``job.plan_complete`` says whether the last chunk is in. A job
+stopped before it is planned on when resumed, from the same input. Journals of versions
+1 to 3 are migrated in place on open (their plans are complete).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import itertools
@@ -82,6 +88,7 @@ from .base import (
 __all__ = [
     "SCHEMA_VERSION",
     "JobInfo",
+    "JobPlan",
     "Journal",
     "JournalBusyError",
     "JournalError",
@@ -97,9 +104,9 @@ __all__ = [
 
 logger = logging.getLogger("mirakl_cancel")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Versions this one opens, migrating them in place.
-_MIGRATABLE = (1, 2)
+_MIGRATABLE = (1, 2, 3)
 #: Columns version 2 added to version 1: (name, SQL type). Nullable, so old rows stay valid.
 _V2_REQUEST_COLUMNS = (
     ("reconcile_verdict", "TEXT"),
@@ -117,7 +124,8 @@ CREATE TABLE IF NOT EXISTS job (
     input_format    TEXT NOT NULL,
     base_url        TEXT NOT NULL,
     created_at      TEXT NOT NULL,
-    options         TEXT NOT NULL DEFAULT '{}'
+    options         TEXT NOT NULL DEFAULT '{}',
+    plan_complete   INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS requests (
     seq             INTEGER PRIMARY KEY,
@@ -345,40 +353,49 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
     `seq`. Bodies and row fields are copied as they are (a text body reads as is; row
     fields present win over the body's), so every row, state and time survives: a job
     begun by an older mirakl-cancel is resumed, reconciled and reported by this one.
+    3 → 4 adds `job.plan_complete`, 1 for them all: older versions journaled a whole
+    plan in one transaction.
     """
     db.execute("BEGIN IMMEDIATE")
     try:
-        if version == 1:
-            present = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
-            for name, kind in _V2_REQUEST_COLUMNS:
-                if name not in present:
-                    db.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
-        db.execute("ALTER TABLE requests RENAME TO requests_v2")
-        db.execute("ALTER TABLE rows RENAME TO rows_v2")
-        db.execute("DROP INDEX IF EXISTS requests_state")
-        db.execute("DROP INDEX IF EXISTS requests_action")
-        db.execute("DROP INDEX IF EXISTS rows_request")
-        for statement in _SCHEMA.split(";"):
-            if "CREATE TABLE IF NOT EXISTS job" not in statement and statement.strip():
-                db.execute(statement)
-        db.execute(
-            "INSERT INTO requests (" + _REQUEST_COLUMNS + ") SELECT seq, order_id, "
-            "replace(replace(replace(rows, '[', ''), ']', ''), ' ', ''), body, state, "
-            "attempts, action_id, sent_at, accepted_at, poll_started_at, last_polled_at, "
-            "finished_at, outcome, status, errors, resendable, reconcile_verdict, "
-            "reconcile_reason, reconcile_adjustments, reconciled_at FROM requests_v2")
-        db.execute(
-            "INSERT INTO rows (row_number, line_number, request, order_id, order_line_id, "
-            "product_id, quantity, errors) SELECT r.row_number, r.line_number, q.seq, "
-            "r.order_id, r.order_line_id, r.product_id, r.quantity, r.errors "
-            "FROM rows_v2 r LEFT JOIN requests_v2 q ON q.key = r.request_key")
-        db.execute("DROP TABLE rows_v2")
-        db.execute("DROP TABLE requests_v2")
+        if version < 3:
+            _rebuild_compact(db, version)
+        db.execute("ALTER TABLE job ADD COLUMN plan_complete INTEGER NOT NULL DEFAULT 1")
         db.execute("UPDATE job SET schema_version = ?", (SCHEMA_VERSION,))
     except BaseException:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def _rebuild_compact(db: sqlite3.Connection, version: int) -> None:
+    """Versions 1 and 2 to 3's compact tables (`_migrate`), inside its transaction."""
+    if version == 1:
+        present = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+        for name, kind in _V2_REQUEST_COLUMNS:
+            if name not in present:
+                db.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
+    db.execute("ALTER TABLE requests RENAME TO requests_v2")
+    db.execute("ALTER TABLE rows RENAME TO rows_v2")
+    db.execute("DROP INDEX IF EXISTS requests_state")
+    db.execute("DROP INDEX IF EXISTS requests_action")
+    db.execute("DROP INDEX IF EXISTS rows_request")
+    for statement in _SCHEMA.split(";"):
+        if "CREATE TABLE IF NOT EXISTS job" not in statement and statement.strip():
+            db.execute(statement)
+    db.execute(
+        "INSERT INTO requests (" + _REQUEST_COLUMNS + ") SELECT seq, order_id, "
+        "replace(replace(replace(rows, '[', ''), ']', ''), ' ', ''), body, state, "
+        "attempts, action_id, sent_at, accepted_at, poll_started_at, last_polled_at, "
+        "finished_at, outcome, status, errors, resendable, reconcile_verdict, "
+        "reconcile_reason, reconcile_adjustments, reconciled_at FROM requests_v2")
+    db.execute(
+        "INSERT INTO rows (row_number, line_number, request, order_id, order_line_id, "
+        "product_id, quantity, errors) SELECT r.row_number, r.line_number, q.seq, "
+        "r.order_id, r.order_line_id, r.product_id, r.quantity, r.errors "
+        "FROM rows_v2 r LEFT JOIN requests_v2 q ON q.key = r.request_key")
+    db.execute("DROP TABLE rows_v2")
+    db.execute("DROP TABLE requests_v2")
 
 
 class Journal:
@@ -501,23 +518,25 @@ class Journal:
     def job(self) -> JobInfo | None:
         """The job this journal records, or None if it is new (or creation never finished)."""
         row = self._db.execute(
-            "SELECT input_path, input_sha256, input_format, base_url, created_at, options "
-            "FROM job").fetchone()
+            "SELECT input_path, input_sha256, input_format, base_url, created_at, options, "
+            "plan_complete FROM job").fetchone()
         if row is None:
             return None
         return JobInfo(input_path=row[0], input_sha256=row[1], input_format=row[2],
-                       base_url=row[3], created_at=row[4], options=json.loads(row[5]))
+                       base_url=row[3], created_at=row[4], options=json.loads(row[5]),
+                       plan_complete=bool(row[6]))
 
     def _insert_job(self, db: sqlite3.Connection, *, input_path: str, input_sha256: str,
-                    input_format: str, base_url: str, options: dict[str, Any] | None) -> None:
+                    input_format: str, base_url: str, options: dict[str, Any] | None,
+                    plan_complete: bool = True) -> None:
         if db.execute("SELECT 1 FROM job").fetchone() is not None:
             raise JournalError(f"journal {self.path} already holds a job")
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         db.execute(
             "INSERT INTO job (id, schema_version, input_path, input_sha256, input_format, "
-            "base_url, created_at, options) VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
+            "base_url, created_at, options, plan_complete) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
             (SCHEMA_VERSION, input_path, input_sha256, input_format, base_url, created,
-             json.dumps(options or {}, sort_keys=True)))
+             json.dumps(options or {}, sort_keys=True), int(plan_complete)))
 
     def set_base_url(self, base_url: str) -> None:
         """Point the job at another API root. Only for a job none of whose requests ever
@@ -564,63 +583,99 @@ class Journal:
                                 input_sha256: str, input_format: str, base_url: str,
                                 max_lines: int | None,
                                 options: dict[str, Any] | None = None) -> int:
-        """Record the plan `staging` makes, streamed in chunks, in one transaction (a crash
-        leaves all or nothing). Returns the number of requests."""
+        """Record the whole plan `staging` makes, streamed in chunks, in one transaction
+        (a crash leaves all or nothing). Returns the number of requests. (The CLI's job
+        journals it chunk by chunk instead, sending as it goes: `start_plan`.)"""
+        with self.transaction(durable=True):
+            plan = self.start_plan(staging, input_path=input_path, input_sha256=input_sha256,
+                                   input_format=input_format, base_url=base_url,
+                                   max_lines=max_lines, options=options)
+            self.finish_plan(plan)
+        return plan.total
+
+    def start_plan(self, staging: PlanStaging, *, input_path: str, input_sha256: str,
+                   input_format: str, base_url: str, max_lines: int | None,
+                   options: dict[str, Any] | None = None, first: int | None = None,
+                   ) -> JobPlan:
+        """Record a new job, its invalid rows and the first `first` requests of the plan
+        `staging` makes, in one durable transaction; the rest is journaled by `plan_chunk`
+        (the plan is marked complete with its last chunk).
+
+        Why in chunks: the plan of a million-row file takes seconds to write, and its
+        first requests can be sent meanwhile. Each chunk is committed before any of its
+        requests can be read, so a request's plan row is on disk before its SENDING mark
+        (which is durable: its flush carries every earlier commit)."""
         if max_lines is not None and max_lines < 1:
             raise ValueError("max_lines must be at least 1")
         staging.finish()
-        # Orders listed together: the valid rows' records are copied by one statement
-        # (their requests numbered by SQL as `groups` makes them); only bodies need Python.
-        copied = staging.contiguous
-        if copied:
-            self._db.execute("ATTACH DATABASE ? AS staging", (staging.file,))
-        seq = 0
-        try:
-            with self.transaction(durable=True) as db:
-                self._insert_job(db, input_path=input_path, input_sha256=input_sha256,
-                                 input_format=input_format, base_url=base_url,
-                                 options=options)
-                if copied:
-                    db.execute(
-                        "INSERT INTO rows (row_number, line_number, request) SELECT row_number, "
-                        "line_number, SUM(start) OVER (ORDER BY row_number) - 1 FROM (SELECT "
-                        "row_number, line_number, (ROW_NUMBER() OVER (PARTITION BY order_id "
-                        "ORDER BY row_number) - 1) % ? = 0 AS start FROM staging.valid)",
-                        (max_lines or staging.valid_rows + 1,))
-                seq = self._insert_requests(db, staging, max_lines, rows=not copied)
-                self._insert_invalid(db, staging)
-        finally:
-            if copied:
-                self._db.execute("DETACH DATABASE staging")
-        return seq
+        plan = JobPlan(staging, max_lines, staging.request_count(max_lines))
+        with self.transaction(durable=True) as db:
+            self._insert_job(db, input_path=input_path, input_sha256=input_sha256,
+                             input_format=input_format, base_url=base_url, options=options,
+                             plan_complete=False)
+            self._insert_invalid(db, staging)
+            self.plan_chunk(plan, _FIRST_PLAN_CHUNK if first is None else first)
+        return plan
 
-    @staticmethod
-    def _insert_requests(db: sqlite3.Connection, staging: PlanStaging, max_lines: int | None,
-                         *, rows: bool) -> int:
-        """The requests of `staging`'s plan (and, with `rows`, their rows' records)."""
-        seq = 0
+    def continue_plan(self, staging: PlanStaging, max_lines: int | None) -> JobPlan:
+        """The rest of the plan of a job stopped before its plan was complete, from its
+        input staged again (the same file, checked with the same options): the requests
+        already journaled are skipped, after checking the last of them is the plan's
+        request at that place. JournalError if the input does not plan the same way."""
+        staging.finish()
+        plan = JobPlan(staging, max_lines, staging.request_count(max_lines))
+        planned, last_seq = self._db.execute(
+            "SELECT COUNT(*), MAX(seq) FROM requests").fetchone()
+        mismatch = JournalError(
+            f"journal {self.path}: its input no longer makes the plan the journal began "
+            "(the journal's requests differ from it): cannot plan the rest of the job")
+        if (planned and last_seq != planned - 1) or planned > plan.total:
+            raise mismatch
+        skipped = collections.deque(itertools.islice(plan.groups, planned), maxlen=1)
+        if skipped:
+            last = skipped[0]
+            [(order_id, rows)] = self._db.execute(
+                "SELECT order_id, rows FROM requests WHERE seq = ?", (planned - 1,))
+            if (order_id, rows) != (last[0][0], ",".join([str(r[1]) for r in last])):
+                raise mismatch
+        plan.planned = planned
+        return plan
+
+    def plan_chunk(self, plan: JobPlan, limit: int) -> bool:
+        """Journal the next `limit` requests of `plan` and their rows in one transaction;
+        the last chunk also marks the plan complete. Returns whether it is."""
+        if plan.broken:  # its groups and its count no longer agree: never guess
+            raise JournalError("the job's plan failed earlier: nothing more is planned")
+        plan.broken = True  # until this chunk is in
+        seq = plan.planned
         requests: list[tuple[Any, ...]] = []
         records: list[tuple[Any, ...]] = []
-
-        def flush() -> None:
+        for group in itertools.islice(plan.groups, min(limit, plan.total - seq)):
+            requests.append((seq, group[0][0], ",".join([str(r[1]) for r in group]),
+                             encode_body('{"cancelations":[' + ",".join([r[3] for r in group])
+                                         + "]}")))
+            records.extend([(r[1], r[2], seq) for r in group])
+            seq += 1
+        complete = seq >= plan.total
+        if (complete and next(plan.groups, None) is not None) or (
+                not complete and len(requests) < limit):
+            raise JournalError("the staged plan does not have the requests it counted")
+        with self.transaction() as db:
             db.executemany("INSERT INTO requests (seq, order_id, rows, body) "
                            "VALUES (?, ?, ?, ?)", requests)
             db.executemany("INSERT INTO rows (row_number, line_number, request) "
                            "VALUES (?, ?, ?)", records)
-            requests.clear()
-            records.clear()
+            if complete:
+                db.execute("UPDATE job SET plan_complete = 1")
+        plan.planned = seq
+        plan.complete = complete
+        plan.broken = False
+        return complete
 
-        for group in staging.groups(max_lines):
-            requests.append((seq, group[0][0], ",".join([str(r[1]) for r in group]),
-                             encode_body('{"cancelations":[' + ",".join([r[3] for r in group])
-                                         + "]}")))
-            if rows:
-                records.extend([(r[1], r[2], seq) for r in group])
-            seq += 1
-            if len(requests) >= _STAGE_CHUNK:
-                flush()
-        flush()
-        return seq
+    def finish_plan(self, plan: JobPlan) -> None:
+        """Journal the rest of `plan` (a chunk per transaction, unless inside one)."""
+        while not plan.complete:
+            self.plan_chunk(plan, _PLAN_CHUNK)
 
     @staticmethod
     def _insert_invalid(db: sqlite3.Connection, staging: PlanStaging) -> None:
@@ -922,6 +977,10 @@ class Journal:
 
 #: Rows written to the staging file per `executemany`.
 _STAGE_CHUNK = 5000
+#: Requests a new job journals before its first is sent, then per chunk (one writer
+#: transaction between the marks, ~20 µs a request: the marks wait at most ~50 ms).
+_FIRST_PLAN_CHUNK = 1000
+_PLAN_CHUNK = 2500
 #: Most lines of one run (or duplicates in all) that staging keeps in memory to find
 #: identical rows as they come.
 _RUN_MEMORY = 10_000
@@ -958,7 +1017,8 @@ class PlanStaging:
         self._dir = tempfile.TemporaryDirectory(prefix="mirakl-cancel-plan-")
         #: The staging file (a journal copies from it directly, see `create_job_from_staging`).
         self.file = str(Path(self._dir.name) / "plan.sqlite")
-        self._db = sqlite3.connect(self.file, isolation_level=None)
+        # Checked on one thread, then read by the journal's writer thread (`JobPlan`).
+        self._db = sqlite3.connect(self.file, isolation_level=None, check_same_thread=False)
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "temp_store=FILE",
                        "cache_size=-16384"):
             self._db.execute(f"PRAGMA {pragma}")
@@ -1121,6 +1181,23 @@ class PlanStaging:
         self.close()
 
 
+class JobPlan:
+    """A new job's plan while it is journaled chunk by chunk (`Journal.start_plan`): where
+    its requests come from (the staging file, kept open until the plan is complete), how
+    many it has, and how many of them the journal holds."""
+
+    def __init__(self, staging: PlanStaging, max_lines: int | None, total: int) -> None:
+        self.staging = staging
+        #: Requests in the whole plan, and those journaled so far (seq 0 to planned - 1).
+        self.total = total
+        self.planned = 0
+        self.complete = False
+        #: A chunk failed after reading its groups: the plan cannot go on.
+        self.broken = False
+        #: The plan's requests, as `PlanStaging.groups` makes them, read as journaled.
+        self.groups = staging.groups(max_lines)
+
+
 def _staged(rows: list[tuple[Any, ...]]) -> StagedRequest:
     totals: dict[str, Decimal] = {}
     for row in rows:
@@ -1202,6 +1279,9 @@ class SqliteStore(JobStore):
         #: Transactions committed, and how many of them were durable (fsync'd).
         self.commits = 0
         self.durable_commits = 0
+        #: While a plan is journaled in the background (`plan_rest`): set, then replaced,
+        #: as each chunk is in; None once it is complete (or failed).
+        self._planned: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._work, name="mirakl-cancel-journal",
                                         daemon=True)
         self._thread.start()
@@ -1328,15 +1408,21 @@ class SqliteStore(JobStore):
 
     async def requests(self, *states: RequestState, orders: Collection[str] | None = None,
                        bodies: bool = True) -> AsyncIterator[JournalRequest]:
+        """(While a plan is being journaled, the end of what is planned is not the end:
+        it waits for the next chunk, and ends only once the plan is complete.)"""
         after = -1
         while True:
+            planning = self._planned  # taken before the read: a chunk after it wakes us
             batch: list[JournalRequest] = await self._call(
                 "requests_after", after, _CHUNK, states, orders, bodies=bodies)
             for request in batch:
                 yield request
+            if batch:
+                after = batch[-1].seq
             if len(batch) < _CHUNK:
-                return
-            after = batch[-1].seq
+                if planning is None:
+                    return
+                await planning.wait()
 
     async def rows(self) -> AsyncIterator[JournalRow]:
         after = 0
@@ -1347,6 +1433,30 @@ class SqliteStore(JobStore):
             if len(batch) < _CHUNK:
                 return
             after = batch[-1].row_number
+
+    # --- planning ---------------------------------------------------------------------
+
+    def plan_rest(self, plan: JobPlan) -> asyncio.Task[None]:
+        """Journal the rest of `plan` in the background, a chunk per writer transaction
+        (marks run between them), while the first requests are sent: `requests()` waits
+        for each chunk instead of ending at the last one planned. The task fails if a
+        chunk does (then `requests()` ends where the plan stopped)."""
+        self._planned = asyncio.Event()
+        return asyncio.ensure_future(self._plan_rest(plan))
+
+    async def _plan_rest(self, plan: JobPlan) -> None:
+        try:
+            while not plan.complete:
+                await self._call("plan_chunk", plan, _PLAN_CHUNK)
+                self._chunk_planned(more=not plan.complete)
+        finally:
+            self._chunk_planned(more=False)
+
+    def _chunk_planned(self, *, more: bool) -> None:
+        event = self._planned
+        self._planned = asyncio.Event() if more and event is not None else None
+        if event is not None:
+            event.set()
 
     # --- marks ------------------------------------------------------------------------
 
