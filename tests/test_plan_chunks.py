@@ -277,8 +277,8 @@ _STOPPING = textwrap.dedent("""
 """)
 
 
-def _stopped_run(sim: ThreadedSimulator, tmp_path: Path,
-                 signum: int) -> tuple[Path, Path, int, list[str], subprocess.CompletedProcess[str]]:
+def _stopped_run(sim: ThreadedSimulator, tmp_path: Path, signum: int
+                 ) -> tuple[Path, Path, int, list[str], subprocess.CompletedProcess[str]]:
     orders = sim.generate_orders(60, (1, 3), wrong_state_ratio=0)
     source = tmp_path / "lines.csv"
     n_rows = write_csv(source, orders)
@@ -313,6 +313,9 @@ def test_sigkill_while_planning_then_resume_sends_every_request_once(
     complete, counts = _plan_state(source)
     assert not complete  # killed mid-plan, some requests already sent
     assert counts[RequestState.PENDING] < sum(counts.values())
+    partial = cli("report", "--journal", str(source.with_name(source.name + ".journal.sqlite")),
+                  env=env_for(sim))
+    assert "rows planned so far" in partial.stderr, partial.stderr
 
     result = cli(*args, env=env_for(sim))
     assert result.returncode in (0, 1), result.stderr

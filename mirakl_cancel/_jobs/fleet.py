@@ -179,9 +179,14 @@ def report_job(report_path: Path | None, *, dsn: str | None = None, name: str | 
         print(f"error: {exc}", file=err)
         return EXIT_BAD_INPUT
     try:
-        if opened.job() is None:
+        job = opened.job()
+        if job is None:
             print(f"error: {journal} holds no job", file=err)
             return EXIT_BAD_INPUT
+        if not job.plan_complete:
+            print("warning: the job stopped before its whole plan was journaled: this report "
+                  "has the rows planned so far (running the job again plans the rest)",
+                  file=err)
         return asyncio.run(_journal_report(opened, report_path, out, err))
     finally:
         opened.close()
