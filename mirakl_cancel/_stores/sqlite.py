@@ -643,23 +643,37 @@ class Journal:
 
     def plan_chunk(self, plan: JobPlan, limit: int) -> bool:
         """Journal the next `limit` requests of `plan` and their rows in one transaction;
-        the last chunk also marks the plan complete. Returns whether it is."""
+        the last chunk also marks the plan complete. Returns whether it is.
+
+        If the transaction of the chunk before did not commit (a store's batch that was
+        rolled back, then run again), that chunk is journaled again first: the plan has
+        no gap, whatever happened to the transaction around it."""
         if plan.broken:  # its groups and its count no longer agree: never guess
             raise JournalError("the job's plan failed earlier: nothing more is planned")
-        plan.broken = True  # until this chunk is in
-        seq = plan.planned
-        requests: list[tuple[Any, ...]] = []
-        records: list[tuple[Any, ...]] = []
-        for group in itertools.islice(plan.groups, min(limit, plan.total - seq)):
-            requests.append((seq, group[0][0], ",".join([str(r[1]) for r in group]),
-                             encode_body('{"cancelations":[' + ",".join([r[3] for r in group])
-                                         + "]}")))
-            records.extend([(r[1], r[2], seq) for r in group])
-            seq += 1
-        complete = seq >= plan.total
-        if (complete and next(plan.groups, None) is not None) or (
-                not complete and len(requests) < limit):
-            raise JournalError("the staged plan does not have the requests it counted")
+        (top,) = self._db.execute("SELECT MAX(seq) FROM requests").fetchone()
+        journaled = 0 if top is None else top + 1
+        if journaled != plan.planned:
+            if plan.last is None or plan.last[0] != journaled:
+                plan.broken = True
+                raise JournalError(f"journal {self.path}: the plan's requests are not the "
+                                   "ones it journaled: nothing more is planned")
+            _, requests, records, complete = plan.last
+        else:
+            plan.broken = True  # until the chunk is read whole
+            seq = journaled
+            requests, records = [], []
+            for group in itertools.islice(plan.groups, min(limit, plan.total - seq)):
+                requests.append((seq, group[0][0], ",".join([str(r[1]) for r in group]),
+                                 encode_body('{"cancelations":['
+                                             + ",".join([r[3] for r in group]) + "]}")))
+                records.extend([(r[1], r[2], seq) for r in group])
+                seq += 1
+            complete = seq >= plan.total
+            if (complete and next(plan.groups, None) is not None) or (
+                    not complete and len(requests) < limit):
+                raise JournalError("the staged plan does not have the requests it counted")
+            plan.broken = False
+            plan.last = (journaled, requests, records, complete)
         with self.transaction() as db:
             db.executemany("INSERT INTO requests (seq, order_id, rows, body) "
                            "VALUES (?, ?, ?, ?)", requests)
@@ -667,9 +681,8 @@ class Journal:
                            "VALUES (?, ?, ?)", records)
             if complete:
                 db.execute("UPDATE job SET plan_complete = 1")
-        plan.planned = seq
+        plan.planned = journaled + len(requests)
         plan.complete = complete
-        plan.broken = False
         return complete
 
     def finish_plan(self, plan: JobPlan) -> None:
@@ -1194,6 +1207,9 @@ class JobPlan:
         self.complete = False
         #: A chunk failed after reading its groups: the plan cannot go on.
         self.broken = False
+        #: The last chunk as written (first seq, request and row records, complete), to
+        #: write again if its transaction did not commit (`Journal.plan_chunk`).
+        self.last: tuple[int, list[tuple[Any, ...]], list[tuple[Any, ...]], bool] | None = None
         #: The plan's requests, as `PlanStaging.groups` makes them, read as journaled.
         self.groups = staging.groups(max_lines)
 

@@ -125,6 +125,35 @@ def test_a_partial_plan_is_continued_from_the_same_input(tmp_path: Path) -> None
         assert len(journal.requests()) == 20
 
 
+def test_a_chunk_rolled_back_is_journaled_again(tmp_path: Path) -> None:
+    """A store's batch may be rolled back and run again (or fail): the chunk in it is
+    written again, not skipped, so the plan has no gap."""
+    source = tmp_path / "in.csv"
+    _input(source, 20)
+    with _staged(source) as staging, Journal.open(tmp_path / "whole.sqlite") as whole:
+        whole.create_job_from_staging(staging, input_path="in.csv", input_sha256="x",
+                                      input_format="csv", base_url="u", max_lines=None)
+        expected = _contents(whole)
+    with _staged(source) as staging, Journal.open(tmp_path / "j.sqlite") as journal:
+        plan = _new(journal, staging, first=2)
+        def failing_batch(size: int) -> None:
+            with journal.transaction():
+                journal.plan_chunk(plan, size)
+                raise RuntimeError("the batch around it failed")
+
+        for size in (3, 40):  # the last chunk too
+            with pytest.raises(RuntimeError):
+                failing_batch(size)
+            journal.plan_chunk(plan, size)
+        assert plan.complete and _contents(journal) == expected
+        assert journal.job().plan_complete  # type: ignore[union-attr]
+        # A journal that lost more than the last chunk is not guessed at.
+        journal._db.execute("DELETE FROM requests WHERE seq > 5")
+        plan.complete = False
+        with pytest.raises(JournalError, match="not the ones it journaled"):
+            journal.plan_chunk(plan, 3)
+
+
 def test_a_failed_chunk_stops_the_plan(tmp_path: Path) -> None:
     source = tmp_path / "in.csv"
     _input(source, 10)
