@@ -840,22 +840,31 @@ def _plain_csv_row(names: list[str]) -> Callable[[list[str], int, int], CheckedL
         for tax in taxes:
             if cells[tax].strip():
                 return None
-        amount, shipping_amount = Decimal(price_text), Decimal(shipping_text)
         count = int(units)
+        price_json, shipping_json = _plain_json(price_text), _plain_json(shipping_text)
+        # The total as `str(price + shipping)` writes it. A plain amount plus a zero is
+        # that amount (same digits, same exponent, written the same way: at most 6
+        # decimals), so most rows need no Decimal at all.
+        if shipping_json == "0":
+            total = price_json
+        elif price_json == "0":
+            total = shipping_json
+        else:
+            total = str(Decimal(price_text) + Decimal(shipping_text))
         return make(CheckedLine, (row, line, order_id, plain_cancelation_json(
-            count, code, _plain_json(price_text, amount),
-            _plain_json(shipping_text, shipping_amount), money, line_id or None,
-            product_id or None), count, str(amount + shipping_amount), money))
+            count, code, price_json, shipping_json, money, line_id or None,
+            product_id or None), count, total, money))
 
     return check
 
 
-def _plain_json(text: str, amount: Decimal) -> str:
-    """How `cancelation_json` writes `amount` (`format(amount, "f")`), read from `text`
-    (which `_PLAIN_AMOUNT` matched) when it has no leading zero to drop."""
+def _plain_json(text: str) -> str:
+    """How `cancelation_json` writes the amount `text` (which `_PLAIN_AMOUNT` matched):
+    `format(Decimal(text), "f")`, which is `text` itself unless it has a leading zero to
+    drop."""
     if text[0] != "0" or len(text) == 1 or text[1] == ".":
         return text
-    return format(amount, "f")
+    return format(Decimal(text), "f")
 
 
 def _peek_rows(lines: Iterable[str], delimiter: str,

@@ -377,3 +377,19 @@ def test_sigint_while_planning_journals_the_plan_before_the_report(
     stats = sim.stats_snapshot()
     assert stats["duplicate_posts"] == 0 and set(stats["posts_per_order"].values()) == {1}
     assert len(stats["posts_per_order"]) == 60
+
+
+@pytest.mark.parametrize("price", ["0", "00", "0.000000", "0.000001", "012.50", "10.00",
+                                   "123456789012.123456", "7"])
+@pytest.mark.parametrize("shipping", ["0", "000", "0.00", "4.99", "05"])
+def test_the_fast_check_totals_as_decimal_does(price: str, shipping: str) -> None:
+    """The fast check's total skips Decimal when an amount is zero: it must still be
+    `str(price + shipping)` exactly."""
+    from decimal import Decimal
+
+    from mirakl_cancel._jobs.input import _plain_csv_row
+
+    check = _plain_csv_row(HEADER)
+    checked = check(["O1", "L1", "1", "OUT_OF_STOCK", price, "EUR", shipping], 1, 2)
+    assert checked is not None
+    assert checked.total == str(Decimal(price) + Decimal(shipping))
