@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -387,3 +388,27 @@ def test_parse_error_body_tolerates_odd_shapes(odd: dict[str, Any]) -> None:
     assert body.code == "X"
     assert body.extensions == {}
     assert all(dict(item.extensions) == {} for item in body.errors)
+
+
+def test_request_body_is_the_generic_writer_s_bytes() -> None:
+    # request_body writes a CancelRequest line by line (cancelation_json); the generic
+    # unstructure-and-encode path gives the same bytes, and still serves subclasses.
+    from mirakl_cancel._serde import converter, dumps
+
+    class Tagged(CancelRequest):
+        pass
+
+    rnd = random.Random(7)
+    for _ in range(200):
+        lines = [minimal_line(
+            quantity=rnd.randint(0, 9), reason=rnd.choice(list(CancelReason)),
+            order_line_id=rnd.choice(["L\u00e9", 'L"1', "L-9"]),
+            product_id=rnd.choice([None, "P-\u30d7"]),
+            shipping_price=eur(rnd.choice(["0", "4.50", "1E+2"])),
+            taxes=[Tax("VAT", eur(rnd.choice(["0.10", "1E+2", "7"])))] * rnd.randint(0, 2),
+            shipping_taxes=[Tax("S", eur("1E-7"))] * rnd.randint(0, 1))
+            for _ in range(rnd.randint(1, 3))]
+        request = CancelRequest("O", lines)
+        generic = dumps(converter.unstructure(request)).encode()
+        assert request_body(request) == generic
+        assert request_body(Tagged("O", lines)) == generic

@@ -77,6 +77,10 @@ class StaticToken:
         """The token given at construction."""
         return self._token
 
+    def cached_token(self) -> str:
+        """`token()` without awaiting (the transport's fast path)."""
+        return self._token
+
     def invalidate(self, token: str) -> bool:
         """A static token cannot be renewed: a 401 is final."""
         return False
@@ -176,6 +180,11 @@ class ClientCredentials:
         if self._token is not None and self._clock.monotonic() < self._expires_at:
             return self._token
         return None
+
+    def cached_token(self) -> str | None:
+        """The cached token if it is valid now, else None (then `token()` fetches one):
+        the transport's fast path, without awaiting."""
+        return self._valid()
 
     async def token(self, session: aiohttp.ClientSession) -> str:
         """The cached token, or a new one when it is missing or about to expire."""

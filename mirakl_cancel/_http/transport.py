@@ -122,9 +122,9 @@ class TransportStats:
     token_refreshes: int = 0
 
 
-@attrs.frozen
-class Response:
-    """A successful answer: its status and parsed JSON body."""
+class Response(NamedTuple):
+    """A successful answer: its status and parsed JSON body (a tuple: one per request,
+    on the hot path, where a frozen attrs class costs several times more to make)."""
 
     status: int
     data: Any
@@ -259,8 +259,20 @@ class Transport:
 
     def url(self, *segments: str) -> URL:
         """The URL of a route, each segment encoded as exactly one path segment."""
-        path = "/".join(encode_segment(segment) for segment in segments)
+        path = "/".join([encode_segment(segment) for segment in segments])
         return self._base.with_path(f"{self._base_path}/{path}", encoded=True)
+
+    def route(self, before: Sequence[str], after: Sequence[str] = ()) -> Callable[[str], URL]:
+        """`url(*before, id, *after)` as a function of the id, the fixed segments encoded
+        once (a cancel's URL is built per request: this is a third of the cost)."""
+        base = self._base
+        prefix = "/".join([self._base_path, *map(encode_segment, before), ""])
+        suffix = "".join(["/" + encode_segment(segment) for segment in after])
+
+        def url(segment: str) -> URL:
+            return base.with_path(prefix + encode_segment(segment) + suffix, encoded=True)
+
+        return url
 
     # --- pacing -----------------------------------------------------------------------
 
@@ -425,7 +437,9 @@ class Transport:
         async with self._semaphore:
             if self.fleet is not None or self.rate_limit is not None or self._paused_until:
                 await self._wait_turn()
-            token = await self._token(session)
+            # A token valid now is taken without awaiting (one coroutine less per attempt).
+            cached = getattr(self.auth, "cached_token", None)
+            token = (cached() if cached is not None else None) or await self._token(session)
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json",
                        "User-Agent": USER_AGENT}  # also on a session the caller gave us
             if exchange.body is not None:

@@ -140,6 +140,18 @@ def test_transport_argument_validation() -> None:
         BASE + "/v2/orders/a%2Fb/cancel"
 
 
+@pytest.mark.parametrize("base", [BASE, BASE + "/", BASE + "/api/v%201/"])
+@pytest.mark.parametrize("segment", ["O-1", "a/b", ".", "..", "?x#y", "é", "%2F", " "])
+def test_a_route_builds_the_url_of_its_segments(base: str, segment: str) -> None:
+    # A route encodes its fixed segments once; the URL is the same as url() builds.
+    transport = Transport(base_url=base, auth=StaticToken("t"), retry=NO_RETRY,
+                          timeout=Timeout(), session=None, max_concurrency=1, rate_limit=None)
+    assert transport.route(("v2", "orders"), ("cancel",))(segment) == transport.url(
+        "v2", "orders", segment, "cancel")
+    assert transport.route(("v2", "orders", "actions"))(segment) == transport.url(
+        "v2", "orders", "actions", segment)
+
+
 def test_user_agent_names_the_library() -> None:
     from mirakl_cancel import __version__
 
