@@ -264,6 +264,8 @@ def dumps(value: object) -> str:
 
 #: One decoder for every call: `json.loads(..., parse_float=...)` builds a new one each time.
 _DECODER = json.JSONDecoder(parse_float=Decimal)
+#: Its C scanner: `scan(text, 0)` is (value, end), without `decode()`'s Python frames.
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _INNERMOST = re.compile(r"\[\]|\{\}")
@@ -336,10 +338,21 @@ def loads(text: str | bytes, *, max_depth: int | None = DEFAULT_MAX_JSON_DEPTH) 
     too-long integer): never RecursionError, whatever the input.
     """
     if isinstance(text, (bytes, bytearray)):
-        text = text.decode(json.detect_encoding(text), "surrogatepass")  # as json.loads does
+        # An object whose second byte is not NUL is UTF-8 for `detect_encoding` too (a
+        # BOM does not start with `{`; UTF-16/32 put a NUL in the first two bytes).
+        utf8 = text[:1] == b"{" and text[1:2] != b"\0"
+        text = text.decode("utf-8" if utf8 else json.detect_encoding(text), "surrogatepass")
     if max_depth is not None:
         check_json_depth(text, max_depth)
     try:
+        if text[:1] == "{":  # an answer, mostly: the C scanner without decode()'s frames
+            try:
+                value, end = _SCAN(text, 0)
+            except Exception:  # decode() below raises the usual error
+                pass
+            else:
+                if end == len(text):
+                    return value
         return _DECODER.decode(text)
     except RecursionError:
         raise JSONDepthError("JSON nested too deeply to decode") from None
