@@ -15,12 +15,13 @@ from typing import Any
 
 import aiohttp
 
-from mirakl_cancel import CancelRequest, MiraklConnectClient, StaticToken
+from mirakl_cancel import CancelRequest, MiraklConnectClient, StaticToken, Timeout
 from mirakl_cancel._constants import USER_AGENT
 
 from ._common import body_dict
 
-__all__ = ["RawJob", "httpx_available", "run_httpx", "run_library", "run_raw_aiohttp"]
+__all__ = ["RawJob", "httpx_available", "library_timeout", "run_httpx", "run_library",
+           "run_raw_aiohttp"]
 
 try:  # httpx is optional: only the comparison row needs it.
     import httpx
@@ -54,12 +55,23 @@ async def run_library(base_url: str, token: str, requests: list[CancelRequest],
     return accepted
 
 
-async def run_raw_aiohttp(job: RawJob, concurrency: int) -> int:
-    """A hand-written aiohttp worker pool with the same connection limit."""
+def library_timeout() -> aiohttp.ClientTimeout:
+    """The aiohttp timeouts the library's transport sets by default: a whole-answer
+    deadline and a bound on each wait for data (`sock_read`, re-armed as data arrives)."""
+    defaults = Timeout()
+    return aiohttp.ClientTimeout(total=defaults.answer, sock_connect=defaults.connect,
+                                 sock_read=defaults.read)
+
+
+async def run_raw_aiohttp(job: RawJob, concurrency: int,
+                          timeout: aiohttp.ClientTimeout | None = None) -> int:
+    """A hand-written aiohttp worker pool with the same connection limit (and aiohttp's
+    default timeout, a 5-minute total, unless `timeout` is given)."""
     accepted = 0
     items: Iterator[tuple[str, dict[str, Any]]] = iter(job.items)
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    options: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+    async with aiohttp.ClientSession(connector=connector, **options) as session:
 
         async def worker() -> None:
             nonlocal accepted
