@@ -717,13 +717,21 @@ class Journal:
                        bodies: bool = True) -> list[JournalRequest]:
         """One chunk of `requests()`: up to `limit` requests with `seq > after` (with
         `bodies=False`, each body reads as "": cheaper, for counting)."""
+        return [_request(row) for row in self.request_rows_after(
+            after, limit, states, orders, bodies=bodies)]
+
+    def request_rows_after(self, after: int, limit: int, states: Sequence[RequestState] = (),
+                           orders: Collection[str] | None = None, *,
+                           bodies: bool = True) -> list[tuple[Any, ...]]:
+        """`requests_after` as the stored rows (`_request` makes each a JournalRequest):
+        a SqliteStore's writer reads them, the event loop decodes them, so the writer's
+        thread holds the GIL for as little as it can."""
         where, params = self._where(states, orders)
         columns = _REQUEST_COLUMNS if bodies else _REQUEST_COLUMNS.replace("body", "''")
-        cursor = self._db.execute(
+        return self._db.execute(
             f"SELECT {columns} FROM requests WHERE seq > ?"
             + (f" AND {where}" if where else "") + " ORDER BY seq LIMIT ?",
-            [after, *params, limit])
-        return [_request(row) for row in cursor]
+            [after, *params, limit]).fetchall()
 
     def iter_requests(self, *states: RequestState, orders: Collection[str] | None = None,
                       chunk: int = 1000) -> Iterator[JournalRequest]:
@@ -1252,8 +1260,8 @@ _GROUPABLE = frozenset({
 _GROUPED = sqlite3.sqlite_version_info >= (3, 33, 0)
 #: Most marks in one transaction: bounds the time a batch holds the writer.
 _MAX_BATCH = 2000
-#: Longest a mark nobody waits for (the end of a status read) stays on the loop's side
-#: before it goes to the writer on its own; it usually rides along with the next hand-off.
+#: How long marks nobody waits for (the ends of status reads) are held on the loop's side,
+#: to go to the writer together (`SqliteStore._submit`).
 _LAZY_DELAY = 0.05
 #: Requests or rows read per round trip to the writer.
 _CHUNK = 1000
@@ -1263,8 +1271,8 @@ class SqliteStore(JobStore):
     """A `Journal` as a `JobStore`: one writer thread, group commit.
 
     Every call becomes an operation, queued on the event loop's side; what one turn of
-    the loop queued is handed to the writer as one list (a mark nobody waits for rides
-    along with the next hand-off), so the writer's thread wakes once per hand-off, not
+    the loop queued is handed to the writer as one list (a mark nobody waits for is held
+    apart, to go many at a time), so the writer's thread wakes once per hand-off, not
     once per mark: each wake-up is a handover of the GIL that the loop then waits to
     take back. The writer takes everything handed over (up to `_MAX_BATCH`), runs it in
     order as one transaction, and commits once, with fsync when any operation in it is a
@@ -1288,6 +1296,8 @@ class SqliteStore(JobStore):
         self._queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
         #: Operations queued on the loop's side since the last hand-off to the writer.
         self._pending: list[_Op] = []
+        #: Marks nobody waits for, held apart to go together (`_submit`).
+        self._lazy: list[_Op] = []
         self._handing_off = False
         self._lazy_timer: asyncio.TimerHandle | None = None
         self._failed: BaseException | None = None
@@ -1376,27 +1386,48 @@ class SqliteStore(JobStore):
     def _submit(self, name: str, *args: Any, durable: bool = False, guards: bool = False,
                 wait: bool = True, **kwargs: Any) -> asyncio.Future[Any] | None:
         """Queue `name` on the event loop's side; the queued operations go to the writer
-        together, once per turn of the loop (`_hand_off`). One that nobody waits for
-        (`wait=False`) waits up to `_LAZY_DELAY` to ride along with the next hand-off."""
+        together, once per turn of the loop (`_hand_off`).
+
+        One that nobody waits for (`wait=False`: the end of a status read) is held apart
+        for up to `_LAZY_DELAY`, so that many of them go as one statement instead of one
+        more statement in each batch. It commutes with what is queued after it: it only
+        notes a read's end on an ACCEPTED request, so, applied later, it either changes
+        nothing (the request moved on) or is older than a later read's start, which a
+        resume counts as a read just now (the safe side). Anything that is not a mark (a
+        read, a flush) takes the held ones along first, so that it sees them."""
         if self._closed:
             raise JournalError(f"journal {self.journal.path} is closed")
         future = self._loop.create_future() if wait else None
-        self._pending.append(_Op(name, args, kwargs, durable=durable, guards=guards,
-                                 future=future))
-        if wait:
-            if not self._handing_off:
-                self._handing_off = True
-                self._loop.call_soon(self._hand_off)
-        elif not self._handing_off and self._lazy_timer is None:
-            self._lazy_timer = self._loop.call_later(_LAZY_DELAY, self._hand_off)
+        op = _Op(name, args, kwargs, durable=durable, guards=guards, future=future)
+        if not wait:
+            self._lazy.append(op)
+            if self._lazy_timer is None:
+                self._lazy_timer = self._loop.call_later(_LAZY_DELAY, self._release_lazy)
+            return None
+        if self._lazy and name not in _GROUPABLE:
+            self._take_lazy()
+        self._pending.append(op)
+        if not self._handing_off:
+            self._handing_off = True
+            self._loop.call_soon(self._hand_off)
         return future
+
+    def _take_lazy(self) -> None:
+        """The held marks join the queue (see `_submit`: they commute with it)."""
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
+        self._pending += self._lazy
+        self._lazy = []
+
+    def _release_lazy(self) -> None:
+        self._lazy_timer = None
+        self._take_lazy()
+        self._hand_off()
 
     def _hand_off(self) -> None:
         """Give the writer everything queued since the last hand-off, as one list."""
         self._handing_off = False
-        if self._lazy_timer is not None:
-            self._lazy_timer.cancel()
-            self._lazy_timer = None
         if self._pending:
             handed, self._pending = self._pending, []
             self._queue.put(handed)
@@ -1429,12 +1460,13 @@ class SqliteStore(JobStore):
         after = -1
         while True:
             planning = self._planned  # taken before the read: a chunk after it wakes us
-            batch: list[JournalRequest] = await self._call(
-                "requests_after", after, _CHUNK, states, orders, bodies=bodies)
-            for request in batch:
-                yield request
+            # Decoded here, one at a time, not by the writer (see `request_rows_after`).
+            batch: list[tuple[Any, ...]] = await self._call(
+                "request_rows_after", after, _CHUNK, states, orders, bodies=bodies)
+            for row in batch:
+                yield _request(row)
             if batch:
-                after = batch[-1].seq
+                after = batch[-1][0]
             if len(batch) < _CHUNK:
                 if planning is None:
                     return
@@ -1536,6 +1568,7 @@ class SqliteStore(JobStore):
         with contextlib.suppress(Exception):
             await self.flush()
         self._closed = True
+        self._take_lazy()
         self._hand_off()
         self._queue.put(_STOP)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
@@ -1543,7 +1576,8 @@ class SqliteStore(JobStore):
     def close(self) -> None:
         """`aclose` for a caller outside the event loop (after it stopped)."""
         self._closed = True
-        self._hand_off()  # what the loop queued before it stopped
+        self._take_lazy()  # what the loop queued before it stopped
+        self._hand_off()
         self._queue.put(_STOP)
         self._thread.join()
 

@@ -264,12 +264,13 @@ async def test_marks_queued_in_one_turn_of_the_loop_reach_the_writer_together(
         before = store.commits
         await asyncio.gather(*(store.mark_sending(p.key) for p in PLAN))
         assert store.commits == before + 1
-        # A mark nobody waits for waits to ride along with the next hand-off...
+        # A mark nobody waits for is held apart (not one more statement in each batch)...
         store.note_polled(PLAN[0].key, at=5.0)
         assert store.commits == before + 1
         await store.mark_accepted(PLAN[1].key, "A2")
         assert store.commits == before + 2
-        # ...or goes on its own after a short delay.
+        assert len(store._lazy) == 1
+        # ...and goes with the others held after a short delay.
         handed = asyncio.Event()
         hand_off = store._hand_off
 
@@ -280,7 +281,7 @@ async def test_marks_queued_in_one_turn_of_the_loop_reach_the_writer_together(
         monkeypatch.setattr(store, "_hand_off", watched)
         store.note_polled(PLAN[2].key, at=6.0)
         await handed.wait()
-        assert store._pending == []
+        assert store._pending == store._lazy == []
     finally:
         await store.aclose()
     assert journal.request(PLAN[1].key).state is RequestState.ACCEPTED
@@ -376,6 +377,22 @@ async def test_the_marks_of_one_request_keep_their_order_in_a_grouped_batch(
         first, second = await store.request(k1), await store.request(k2)
         assert (first.state, first.attempts, first.sent_at) == (RequestState.SENDING, 1, 9.0)
         assert (second.state, second.outcome) == (RequestState.DONE, "SUCCEEDED")
+    finally:
+        await store.aclose()
+    journal.close()
+
+
+async def test_a_read_sees_the_held_marks(tmp_path: Path) -> None:
+    journal = new_journal(tmp_path / "j.sqlite")
+    store = SqliteStore(journal)
+    try:
+        key = PLAN[0].key
+        await store.mark_sending(key)
+        await store.mark_accepted(key, "A1", at=101.0)
+        store.note_polled(key, at=171.0, status="PENDING")
+        assert store._lazy
+        request = await store.request(key)
+        assert (request.last_polled_at, request.status) == (171.0, "PENDING")
     finally:
         await store.aclose()
     journal.close()
