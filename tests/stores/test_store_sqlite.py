@@ -270,6 +270,10 @@ async def test_marks_queued_in_one_turn_of_the_loop_reach_the_writer_together(
         await store.mark_accepted(PLAN[1].key, "A2")
         assert store.commits == before + 2
         assert len(store._lazy) == 1
+        # A read takes the held marks along: it sees them.
+        store.note_polled(PLAN[1].key, at=7.0, status="PENDING")
+        assert (await store.request(PLAN[1].key)).last_polled_at == 7.0
+        assert store._lazy == []
         # ...and goes with the others held after a short delay.
         handed = asyncio.Event()
         hand_off = store._hand_off
@@ -381,18 +385,3 @@ async def test_the_marks_of_one_request_keep_their_order_in_a_grouped_batch(
         await store.aclose()
     journal.close()
 
-
-async def test_a_read_sees_the_held_marks(tmp_path: Path) -> None:
-    journal = new_journal(tmp_path / "j.sqlite")
-    store = SqliteStore(journal)
-    try:
-        key = PLAN[0].key
-        await store.mark_sending(key)
-        await store.mark_accepted(key, "A1", at=101.0)
-        store.note_polled(key, at=171.0, status="PENDING")
-        assert store._lazy
-        request = await store.request(key)
-        assert (request.last_polled_at, request.status) == (171.0, "PENDING")
-    finally:
-        await store.aclose()
-    journal.close()
