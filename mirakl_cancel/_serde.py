@@ -59,6 +59,7 @@ __all__ = [
     "parse_orders_page",
     "plain_cancelation_json",
     "read_bounded",
+    "read_complete",
     "request_body",
     "structure_cancelation",
     "structure_request",
@@ -305,21 +306,31 @@ class AnswerTooLarge(Exception):
     answer's): internal, mapped to a public error by whoever read it."""
 
 
+def read_complete(response: aiohttp.ClientResponse, max_bytes: int) -> bytes | None:
+    """`read_bounded` without awaiting when the whole body is in already (a small
+    answer, mostly: no coroutine, no iterator), else None (then await `read_bounded`).
+    The same limits and errors."""
+    declared = response.content_length
+    if declared is not None and declared > max_bytes:
+        raise AnswerTooLarge(f"the answer declares {declared} bytes, more than the "
+                             f"{max_bytes} allowed")
+    content = response.content
+    if not content.is_eof():
+        return None
+    body = content.read_nowait()
+    if len(body) > max_bytes:
+        raise AnswerTooLarge(f"the answer is larger than the {max_bytes} bytes allowed")
+    return body
+
+
 async def read_bounded(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     """The body of `response`, decompressed, refusing more than `max_bytes` of it.
 
     Read chunk by chunk as it arrives (never `read()` unbounded): the memory an answer
     costs is bounded by the limit, whatever the server declares or sends.
     """
-    declared = response.content_length
-    if declared is not None and declared > max_bytes:
-        raise AnswerTooLarge(f"the answer declares {declared} bytes, more than the "
-                             f"{max_bytes} allowed")
-    content = response.content
-    if content.is_eof():  # all in already (a small answer, mostly): no iterator, no await
-        body = content.read_nowait()
-        if len(body) > max_bytes:
-            raise AnswerTooLarge(f"the answer is larger than the {max_bytes} bytes allowed")
+    body = read_complete(response, max_bytes)
+    if body is not None:
         return body
     chunks: list[bytes] = []
     size = 0

@@ -34,7 +34,7 @@ from .._constants import (
 )
 from .._observe.hooks import Call, Hooks, RateLimitEvent, RequestEvent, ResponseEvent, RetryEvent
 from .._observe.logs import log_context
-from .._serde import AnswerTooLarge, loads, parse_error_body, read_bounded
+from .._serde import AnswerTooLarge, loads, parse_error_body, read_bounded, read_complete
 from ..errors import (
     ApiError,
     ConnectError,
@@ -465,7 +465,9 @@ class Transport:
                 ) as response:
                     status = response.status
                     try:
-                        raw = await read_bounded(response, self.limits.max_body_bytes)
+                        complete = read_complete(response, self.limits.max_body_bytes)
+                        raw = complete if complete is not None else \
+                            await read_bounded(response, self.limits.max_body_bytes)
                     except AnswerTooLarge:
                         response.close()  # do not drain the rest into a pooled connection
                         raise
