@@ -229,29 +229,32 @@ def test_a_schema_3_journal_opens_as_a_complete_plan(tmp_path: Path) -> None:
     db.close()
 
 
+def _started(source: Path) -> tuple[Journal, bool, journal_module.JobPlan, str]:
+    """A job started on `source`, whose plan is not complete yet; and what it said."""
+    err = io.StringIO()
+    journal, resumed, _, plan = _start_job(JobOptions(input_path=source, base_url="u"), err,
+                                           io.StringIO())
+    assert journal is not None and plan is not None
+    return journal, resumed, plan, err.getvalue()
+
+
 def test_a_new_job_returns_the_rest_of_its_plan(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(journal_module, "_FIRST_PLAN_CHUNK", 4)
     source = tmp_path / "in.csv"
     _input(source, 12)
-    err = io.StringIO()
-    journal, resumed, _, plan = _start_job(JobOptions(input_path=source, base_url="u"), err,
-                                           io.StringIO())
-    assert journal is not None and plan is not None and not resumed
+    journal, resumed, plan, said = _started(source)
     try:
-        assert plan.planned == 4 and f"({plan.total} request(s) for 25 row(s))" in \
-            err.getvalue()
+        assert not resumed and plan.planned == 4
+        assert f"({plan.total} request(s) for 25 row(s))" in said
         assert len(journal.requests()) == 4
     finally:
         plan.staging.close()
         journal.close()
     # Resumed before the rest was journaled: the input is checked again, the plan goes on.
-    err = io.StringIO()
-    journal, resumed, _, plan = _start_job(JobOptions(input_path=source, base_url="u"), err,
-                                           io.StringIO())
-    assert journal is not None and plan is not None and resumed
+    journal, resumed, plan, said = _started(source)
     try:
-        assert "checking" in err.getvalue() and plan.planned == 4
+        assert resumed and "checking" in said and plan.planned == 4
         journal.finish_plan(plan)
         assert len(journal.requests()) == plan.total
     finally:
@@ -264,9 +267,7 @@ def test_a_partial_plan_of_a_changed_input_is_refused(tmp_path: Path,
     monkeypatch.setattr(journal_module, "_FIRST_PLAN_CHUNK", 2)
     source = tmp_path / "in.csv"
     _input(source, 6)
-    journal, _, _, plan = _start_job(JobOptions(input_path=source, base_url="u"),
-                                     io.StringIO(), io.StringIO())
-    assert journal is not None and plan is not None
+    journal, _, plan, _ = _started(source)
     plan.staging.close()
     journal.close()
     _input(source, 7)
