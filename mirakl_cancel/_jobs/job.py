@@ -377,8 +377,16 @@ class _Run:
 
     def guard_failed(self, item: JournalRequest, error: BaseException, left: bool) -> None:
         # The journal cannot record sends any more: sending on would be unguarded.
-        self.request_stop(f"stopping: the journal failed ({error})")
+        left_fleet = self._left_fleet()
+        self.request_stop(f"stopping: {left_fleet}" if left_fleet is not None
+                          else f"stopping: the journal failed ({error})")
         self.progress.sends_over += 1
+
+    def _left_fleet(self) -> str | None:
+        """Why this fleet worker no longer takes part in its job (its lease lapsed...),
+        or None (a single-process job, or a worker still in the fleet)."""
+        store = self.store
+        return store.stopped_because if isinstance(store, FleetJobStore) else None
 
     def accepted(self, item: JournalRequest, outcome: CancelOutcome) -> Awaitable[None]:
         # The sender goes on to the next request while the action id is being flushed:
@@ -482,8 +490,15 @@ class _Run:
         ending = ending_of_tracking(result)
         status = result.status.raw_status if result.status else None
         if result.status is not None or isinstance(result.error, NotFoundError):
-            await self.store.mark_done(item.key, ending.outcome.value, status=status,
-                                       errors=ending.texts())
+            try:
+                await self.store.mark_done(item.key, ending.outcome.value, status=status,
+                                           errors=ending.texts())
+            except JournalError as exc:
+                if self._left_fleet() is None:
+                    raise
+                # Another worker took the request over (and records its end): expected.
+                logger.warning("%s: its end is recorded by the worker that took it over "
+                               "(%s)", item.key, exc)
         else:
             # Timed out, or reading failed for good (auth...): the action still exists,
             # so it stays ACCEPTED and a re-run tracks it on.
@@ -1171,6 +1186,17 @@ async def _closing_notes(run: _Run, store: JobStore, interrupted: bool,
         notes.append(f"reconciliation interrupted: {left} cancel(s) stay UNCERTAIN (not "
                      "sent again); settle them later, once their settling window has "
                      f"passed, with{later or ' mirakl-cancel reconcile'}")
+    stopped = run._left_fleet()
+    if stopped is not None:
+        # Its summary counts the whole job, but this worker is no longer part of it: say
+        # that the job is not over, rather than let rows still PENDING look final.
+        states = await store.counts()
+        left = sum(states[s] for s in (RequestState.PENDING, RequestState.SENDING,
+                                       RequestState.ACCEPTED))
+        notes.append(f"the job is not finished: {left} request(s) are not final yet. "
+                     f"This worker stopped ({stopped}); the other workers, or the same "
+                     "command run again, finish them (mirakl-cancel report --job ... "
+                     "shows the whole job at any time)")
     if (interrupted or run.stop_reason) and options.resume_command:
         fixed = " (with the base URL corrected)" if run.unreachable else ""
         notes.append(f"to resume this job, run{fixed}: {options.resume_command}")

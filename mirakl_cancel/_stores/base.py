@@ -312,6 +312,13 @@ class FleetJobStore(JobStore):
     async def end_reconcile_turn(self, *, complete: bool) -> None:
         """This worker's reconciliation ended (`complete`: not interrupted)."""
 
+    @property
+    def stopped_because(self) -> str | None:
+        """Why this worker stopped taking part before the job ended (its lease lapsed,
+        or its marks could not be recorded), or None: then its run ends only with the
+        job, and whatever is not final in the job is so because of this worker's run."""
+        return None
+
 
 #: Where reconciliation leaves an UNCERTAIN request. NOT_APPLIED ends DONE but is *not*
 #: flagged resendable: only an explicit `--resend-unapplied` sends it again.

@@ -357,6 +357,10 @@ class PostgresJobStore(FleetJobStore):
                 return
             self._lease_ok_until = started + self.lease * 0.9
 
+    @property
+    def stopped_because(self) -> str | None:
+        return self._failed
+
     # --- claims -----------------------------------------------------------------------
 
     async def claims(self) -> AsyncIterator[JournalRequest]:

@@ -256,3 +256,48 @@ def test_a_later_fleet_run_resends_what_an_earlier_reconcile_proved_not_applied(
         stats = sim.stats_snapshot()
         assert stats["posts_per_order"] == {o.id: 1 for o in orders}
         assert stats["duplicate_posts"] == stats["poll_violations"] == 0
+
+
+def test_a_worker_that_lost_its_lease_says_the_job_is_not_finished(
+        tmp_path: Path, pg_dsn: str) -> None:
+    """A worker frozen (SIGSTOP) longer than its lease loses its work to a second worker;
+    woken, it sends nothing more, and its summary says the job is not finished instead of
+    passing rows still PENDING off as its result. The second worker finishes the job,
+    each row sent once."""
+    config = SimulatorConfig(time_scale=SCALE, processing_delay=(1.0, 5.0), seed=21)
+    with ThreadedSimulator(config) as sim:
+        orders = sim.generate_orders(150, (1, 1), wrong_state_ratio=0)
+        source = tmp_path / "lines.csv"
+        rows = write_csv(source, orders)
+        env = fleet_env(sim, pg_dsn)
+        args = ["run", str(source), "--job", job_name(tmp_path), "--lease", "2",
+                "--concurrency", "2", "--rate-limit", "25", *poll_flags(SCALE)]
+        first = start([*args, "--report", str(tmp_path / "r0.jsonl")], env,
+                      tmp_path / "w0.log")
+        deadline = time.monotonic() + 60
+        while len(sim.stats.posts_per_order) < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(3)  # past its 2 s lease
+            second = start([*args, "--report", str(tmp_path / "r1.jsonl")], env,
+                           tmp_path / "w1.log")
+            time.sleep(1)  # the second worker has taken the first one's claims over
+        finally:
+            first.send_signal(signal.SIGCONT)
+        codes = wait_all([first, second], tmp_path)
+        logs = [(tmp_path / f"w{n}.log").read_text() for n in range(2)]
+        assert codes[0] == 1, logs[0]
+        assert "the job is not finished" in logs[0], logs[0]
+        assert "This worker stopped (this worker's lease lapsed" in logs[0], logs[0]
+        assert "Traceback" not in logs[0], logs[0]
+        assert codes[1] in (0, 1), logs[1]
+        assert "the job is not finished" not in logs[1]
+        lines = read_report(tmp_path / "r1.jsonl")
+        assert [line["row"] for line in lines] == list(range(1, rows + 1))
+        for line in lines:  # frozen mid-POST: UNCERTAIN, and why
+            assert line["outcome"] == "SUCCEEDED" or DIED_WHILE_SENDING in str(
+                line["errors"]), line
+        stats = sim.stats_snapshot()
+        assert stats["duplicate_posts"] == stats["poll_violations"] == 0
+        assert max(stats["posts_per_order"].values()) == 1
