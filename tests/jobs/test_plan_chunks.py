@@ -315,7 +315,7 @@ def _stopped_run(sim: ThreadedSimulator, tmp_path: Path, signum: int
     report = tmp_path / "report.jsonl"
     args = ["run", str(source), "--report", str(report), "--concurrency", "2",
             *poll_flags(SCALE)]
-    result = subprocess.run([sys.executable, "-c", _STOPPING, str(signum), *args],
+    result = subprocess.run([sys.executable, "-c", _STOPPING, str(int(signum)), *args],
                             env=env_for(sim), capture_output=True, text=True, timeout=60,
                             check=False)
     return source, report, n_rows, args, result
