@@ -490,20 +490,21 @@ class _Run:
         ending = ending_of_tracking(result)
         status = result.status.raw_status if result.status else None
         if result.status is not None or isinstance(result.error, NotFoundError):
-            try:
-                await self.store.mark_done(item.key, ending.outcome.value, status=status,
-                                           errors=ending.texts())
-            except JournalError as exc:
-                if self._left_fleet() is None:
-                    raise
-                # Another worker took the request over (and records its end): expected.
-                logger.warning("%s: its end is recorded by the worker that took it over "
-                               "(%s)", item.key, exc)
+            marked = self.store.mark_done(item.key, ending.outcome.value, status=status,
+                                          errors=ending.texts())
         else:
             # Timed out, or reading failed for good (auth...): the action still exists,
             # so it stays ACCEPTED and a re-run tracks it on.
-            await self.store.mark_tracking_stopped(item.key, ending.outcome.value,
-                                                   ending.texts())
+            marked = self.store.mark_tracking_stopped(item.key, ending.outcome.value,
+                                                      ending.texts())
+        try:
+            await marked
+        except JournalError as exc:
+            if self._left_fleet() is None:
+                raise
+            # Another worker took the request over (and records its end): expected.
+            logger.warning("%s: its end is recorded by the worker that took it over (%s)",
+                           item.key, exc)
 
     async def untracked(self, item: JournalRequest, action_id: str) -> None:
         # The request stays ACCEPTED: a re-run tracks it on.
