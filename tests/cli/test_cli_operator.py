@@ -178,7 +178,9 @@ def test_an_interrupted_run_ends_with_the_command_to_resume(tmp_path: Path) -> N
         env = {k: v for k, v in env_for(sim).items() if "CLIENT" not in k}
         env["MIRAKL_TOKEN_URL"] = sim.token_url
         proc = subprocess.Popen([sys.executable, "-m", "mirakl_cancel.cli", *args,
-                                 "--token", sim.token], env=env, stdout=subprocess.PIPE,
+                                 # "=" form: a random token may start with "-", which
+                                 # argparse would read as the next option.
+                                 f"--token={sim.token}"], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         while len(sim.stats.posts_per_order) < 5 and time.monotonic() < deadline:
