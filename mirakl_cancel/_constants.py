@@ -108,6 +108,14 @@ DEFAULT_LINGER = 0.05
 
 # --- The poll ceiling across processes (_pollstore) -------------------------------------
 
+#: Seconds an abandoned read (no answer: a timeout, a reset, a cancel) counts as later than
+#: the moment we gave up on it: bytes already on their way may still reach the server.
+READ_ABANDON_MARGIN = 2.0
+#: At most this long (seconds) a read waits before looking again at a read of the same
+#: resource that is still in flight elsewhere (whose end, not its start, the next counts
+#: from).
+READ_IN_FLIGHT_RECHECK = 0.5
+
 #: Rows older than this under both readings (wall and monotonic) are deleted: far above
 #: the API's one-minute ceiling, so that no row that still constrains a read is lost.
 POLL_STATE_RETENTION = 600.0

@@ -29,6 +29,7 @@ from mirakl_cancel import (
     PostgresStore,
     RetryPolicy,
     StaticToken,
+    Timeout,
     UncertainDeliveryError,
 )
 from mirakl_cancel._stores.pgtracker import SharedActionTracker
@@ -39,7 +40,10 @@ def client_for(job: dict[str, Any], store: PostgresStore | None) -> MiraklConnec
         auth=StaticToken(job["token"]), base_url=job["base_url"], store=store,
         rate_limit=job.get("rate"), max_concurrency=job.get("concurrency", 8),
         min_poll_interval=job.get("min_interval", 0.06),
-        retry=RetryPolicy(base_delay=0.01, max_delay=0.1, max_attempts=8))
+        retry=RetryPolicy(base_delay=0.01, max_delay=0.1, max_attempts=8),
+        # A read in flight holds its action's slot for the attempt's bound: a worker
+        # killed mid-read frees it after that (scaled with the simulator's time).
+        timeout=Timeout(answer=job.get("answer_timeout", 60.0)))
 
 
 async def cancel(job: dict[str, Any], store: PostgresStore | None) -> dict[str, Any]:

@@ -5,8 +5,8 @@ before. Given a store (`MiraklConnectClient(..., store=store)`), the transport a
 the store's `FleetPacing` before each attempt: the rate limit becomes one schedule for
 every worker with the same API base URL and credential, a 429 pauses all of them, and a
 read of a ceilinged resource (an action's status, the order listing) is reserved on the
-store's clock before it leaves. The in-process rules stay in force underneath, so a
-process never does worse than alone.
+store's clock right before it leaves, and held as in flight until it ends. The
+in-process rules stay in force underneath, so a process never does worse than alone.
 """
 
 from __future__ import annotations
@@ -39,12 +39,23 @@ class FleetPacing(Protocol):
     async def pause(self, seconds: float) -> None:
         """Hold every worker's requests for `seconds` from now (after a 429)."""
 
-    async def claim_read(self, resource: str, min_interval: float) -> object:
-        """Wait until `resource` may be read fleet-wide, and reserve the read atomically."""
+    async def claim_read(self, resource: str, min_interval: float, hold: float) -> object:
+        """Reserve a read of `resource` fleet-wide if it is allowed now, atomically: the
+        reservation, or None when another worker's read still holds the slot.
 
-    async def end_read(self, claim: object, *, sent: bool) -> None:
-        """The read ended: count it from now (`sent`), or give the reservation back when
-        the request certainly never reached the server (a refused connection)."""
+        Until `end_read`, the reservation counts as a read ending `hold` seconds from
+        now (the attempt's bound): one in flight cannot be overtaken, and a worker killed
+        mid-read frees its slots once that has passed.
+        """
+
+    async def read_ready_in(self, resource: str, min_interval: float) -> tuple[float, bool]:
+        """Seconds until `resource` may be read fleet-wide, and whether a read of it is
+        in flight (its end will bring that forward: look again soon)."""
+
+    async def end_read(self, claim: object, *, sent: bool, answered: bool = True) -> None:
+        """The read ended: count it from now (`sent`; an abandoned one, `answered=False`,
+        from a little later), or give the reservation back when the request certainly
+        never reached the server (a refused connection)."""
 
 
 @runtime_checkable

@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Hashable
 
 from .._clock import SYSTEM_CLOCK, Clock
+from .._constants import API_MIN_INTERVAL, READ_ABANDON_MARGIN, READ_IN_FLIGHT_RECHECK
 from . import pollstore as _pollstore
 
 __all__ = ["PollGuard", "ReadLog", "shared_reads"]
@@ -89,7 +90,13 @@ def shared_reads(scope: Hashable, clock: Clock = SYSTEM_CLOCK) -> ReadLog:
 
 
 class Claim:
-    """A read slot taken before sending; released if the request never left."""
+    """A read slot taken right before sending; finished when the attempt ends, released
+    if the request never left.
+
+    While the read is in flight its time in the log is `at`, the latest moment the server
+    can see it (the attempt's own bound): a concurrent read waits for it to end, and if
+    this process dies mid-read the slot still frees once that bound has passed.
+    """
 
     __slots__ = ("at", "key", "previous", "row", "wall")
 
@@ -97,27 +104,44 @@ class Claim:
         self.key = key
         self.previous = previous
         self.at = at
-        #: Set when the claim is on disk too: our wall time, and the row it replaced.
+        #: Set when the claim is on disk too: the wall time written (its bound, like
+        #: `at`), and the row it replaced.
         self.wall: float | None = None
         self.row: _pollstore.Row | None = None
+
+
+def _recheck(min_interval: float) -> float:
+    """How long a read waits before looking again at a read in flight elsewhere: short
+    against the ceiling, so it leaves soon after the other ends plus the interval."""
+    return max(READ_IN_FLIGHT_RECHECK * min(1.0, min_interval / API_MIN_INTERVAL),
+               _MIN_RECHECK)
+
+
+#: Never spin: even a guard with no interval sleeps this long between looks.
+_MIN_RECHECK = 0.001
 
 
 class PollGuard:
     """Remembers when each action was last read and holds a read back until allowed.
 
     A read counts from the moment its attempt *ended*: the server saw the request no
-    later than that, so spacing the next send from there keeps the server-side interval
-    at least `min_interval` whatever the network latency was. A read that never left
-    (no connection could be made) does not count: it is released.
+    later than that (an abandoned one, `READ_ABANDON_MARGIN` later), so spacing the next
+    send from there keeps the server-side interval at least `min_interval` whatever the
+    network latency was. While a read is in flight it counts as ending at its attempt's
+    bound (`claim`'s `hold`): a read that left late (after a long wait for a connection
+    or a rate-limit slot) or answers slowly cannot be overtaken by the next. A read that
+    never left (no connection could be made) does not count: it is released.
     """
 
-    __slots__ = ("_clock", "_log", "min_interval")
+    __slots__ = ("_clock", "_log", "min_interval", "recheck")
 
     def __init__(self, min_interval: float, log: ReadLog | None = None,
                  clock: Clock | None = None) -> None:
         if min_interval < 0:
             raise ValueError("min_interval must not be negative")
         self.min_interval = min_interval
+        #: Seconds between looks at a read of the same key in flight elsewhere.
+        self.recheck = _recheck(min_interval)
         if clock is None:
             clock = SYSTEM_CLOCK if log is None else log.clock
         if log is not None and log.clock is not clock:
@@ -131,7 +155,8 @@ class PollGuard:
         return self._log.last
 
     def ready_at(self, action_id: str) -> float:
-        """The monotonic time from which `action_id` may be read again."""
+        """The monotonic time from which `action_id` may be read again (a read in
+        flight counts as ending at its bound)."""
         last = self._log.last.get(action_id)
         return 0.0 if last is None else last + self.min_interval
 
@@ -139,40 +164,75 @@ class PollGuard:
         """Seconds until `action_id` may be read again (0.0 when it may be now)."""
         return max(0.0, self.ready_at(action_id) - self._clock.monotonic())
 
-    async def wait(self, action_id: str) -> None:
-        """Sleep until `action_id` may be read again (no wait for a fresh one).
+    def _delay(self, action_id: str, now: float) -> float:
+        """Seconds to wait before looking again whether `action_id` may be read: the
+        time left, or a short recheck while a read of it is in flight (its end will
+        bring the slot forward)."""
+        last = self._log.last.get(action_id)
+        if last is None:
+            return 0.0
+        delay = last + self.min_interval - now
+        if last > now:  # in flight (its time is its bound): look again soon
+            return min(delay, self.recheck)
+        return delay
 
-        This knows the reads of this process; `acquire` also asks the other processes'.
-        """
+    async def wait(self, action_id: str) -> None:
+        """Sleep until this process's reads allow reading `action_id` (no wait for a
+        fresh one). `try_claim` also asks the other processes'."""
         while True:
-            delay = self.ready_at(action_id) - self._clock.monotonic()
+            delay = self._delay(action_id, self._clock.monotonic())
             if delay <= 0:
                 return
             await self._clock.sleep(delay)
 
-    async def acquire(self, action_id: str) -> Claim:
-        """Wait until `action_id` may be read, by this process and by the others of the
-        machine, and take the slot (in memory and on disk at once)."""
+    def try_claim(self, action_id: str, hold: float) -> Claim | float:
+        """Take the slot of `action_id` now if every read of this machine allows it, in
+        memory and on disk at once: the claim, or the seconds to wait before trying
+        again. Call it right before the request leaves, with no await in between, and
+        `hold` = the longest the attempt can take (see `Claim`)."""
+        now = self._clock.monotonic()
+        delay = self._delay(action_id, now)
+        if delay > 0:
+            return delay
         log = self._log
-        while True:
-            await self.wait(action_id)
-            store = log.store
-            if store is None:
-                return self.claim(action_id)
-            now, wall = self._clock.monotonic(), self._clock.wall()
+        store = log.store
+        row: _pollstore.Row | None = None
+        wall = self._clock.wall()
+        if store is not None:
             try:
                 delay, last, row = store.try_claim(log.name, action_id, self.min_interval,
-                                                   now, wall)
+                                                   now, wall, hold)
             except sqlite3.Error as exc:
                 log.fail(exc)
-                return self.claim(action_id)
-            if delay > 0:
-                assert last is not None
-                log.record(action_id, last)  # another process read it: wait for that
-                continue
-            claim = self.claim(action_id)
-            claim.wall, claim.row = wall, row
-            return claim
+                store = None
+            else:
+                if delay > 0:
+                    assert last is not None
+                    log.record(action_id, last)  # another process read it: wait for that
+                    return min(delay, self.recheck) if last >= now else delay
+        claim = Claim(action_id, log.last.get(action_id), now + hold)
+        log.last[action_id] = claim.at
+        if store is not None:  # the row written is the claim's, times included
+            claim.wall, claim.row = wall + hold, row
+        return claim
+
+    def finish(self, claim: Claim, *, answered: bool) -> None:
+        """The read of `claim` ended: it counts from now (an abandoned one, from a little
+        later: `READ_ABANDON_MARGIN`), in place of its in-flight bound."""
+        now = self._clock.monotonic()
+        end = now if answered else now + READ_ABANDON_MARGIN
+        log = self._log
+        if log.last.get(claim.key) == claim.at:
+            log.last[claim.key] = end
+        else:
+            log.record(claim.key, end)
+        store = log.store
+        if store is not None and claim.wall is not None:
+            try:
+                store.finish(log.name, claim.key, (claim.wall, claim.at), now - end, now,
+                             self._clock.wall())
+            except sqlite3.Error as exc:
+                log.fail(exc)
 
     def record(self, action_id: str, at: float | None = None) -> None:
         """Note that a read of `action_id` ended at monotonic time `at` (default now).
@@ -193,13 +253,6 @@ class PollGuard:
     def record_ago(self, action_id: str, seconds_ago: float) -> None:
         """Note a read that ended `seconds_ago` seconds ago (negative: taken as now)."""
         self.record(action_id, self._clock.monotonic() - max(0.0, seconds_ago))
-
-    def claim(self, action_id: str) -> Claim:
-        """Mark `action_id` as being read now (call right after `wait`, with no await
-        in between, so that a concurrent read of it waits too)."""
-        claim = Claim(action_id, self._log.last.get(action_id), self._clock.monotonic())
-        self._log.record(action_id, claim.at)
-        return claim
 
     def release(self, claim: Claim) -> None:
         """Undo a claim whose request certainly never reached the server."""

@@ -8,7 +8,10 @@ cache directory (`MIRAKL_CANCEL_CACHE_DIR`, else `$XDG_CACHE_HOME/mirakl-cancel`
 
 - the scope names the API base URL and a hash of the credential, never the secret;
 - a claim is checked and written in one `BEGIN IMMEDIATE` transaction, so two
-  processes cannot both take the same slot;
+  processes cannot both take the same slot; while the read is in flight its row holds
+  the latest moment the server can see it (the attempt's bound), then its end: a read
+  cannot be overtaken by another process's, and one whose process died frees its slot
+  once that bound has passed;
 - each row keeps the wall time *and* the boot id with the monotonic time: on the same
   boot the monotonic time is used, exact whatever the wall clock did since (a step
   forward an hour cannot make an old read look old); across a reboot only the wall
@@ -127,10 +130,20 @@ class PollStore:
                                  (scope, key)).fetchone()
         return None if found is None else (found[0], found[1], found[2])
 
+    def _raw(self, row: Row, now_mono: float, now_wall: float) -> float:
+        """A stored read as a monotonic time of this process, future included (a read
+        in flight is stored at its bound)."""
+        wall, boot, mono = row
+        if boot is not None and boot == self._boot:
+            return mono
+        return now_mono - (now_wall - wall)
+
     def try_claim(self, scope: str, key: str, interval: float, now_mono: float,
-                  now_wall: float) -> tuple[float, float | None, Row | None]:
+                  now_wall: float, hold: float = 0.0) -> tuple[float, float | None, Row | None]:
         """Take the read slot of `key` if the last read (by any process) allows it.
 
+        The row written is the read in flight: its times are `hold` seconds from now,
+        the latest the server can see it; `finish` puts its end in their place.
         Returns (seconds still to wait, last read as a local monotonic time, the row
         replaced): a wait of 0.0 means the slot is ours and written.
         """
@@ -139,18 +152,35 @@ class PollStore:
             last = None if previous is None else self._local(previous, now_mono, now_wall)
             if last is not None and last + interval > now_mono:
                 return last + interval - now_mono, last, previous
-            self._write(scope, key, (now_wall, self._boot, now_mono))
+            self._write(scope, key, (now_wall + hold, self._boot, now_mono + hold))
         return 0.0, last, previous
 
     def record(self, scope: str, key: str, ago: float, now_mono: float,
                now_wall: float) -> None:
-        """Note that a read of `key` ended `ago` seconds ago, unless a later one is
-        already on record."""
-        mono, wall = now_mono - ago, now_wall - ago
+        """Note that a read of `key` ended `ago` seconds ago, unless a later one (or
+        one in flight) is already on record."""
         with self._transaction():
-            found = self._row(scope, key)
-            if found is None or self._local(found, now_mono, now_wall) <= mono:
-                self._write(scope, key, (wall, self._boot, mono))
+            self._record(scope, key, ago, now_mono, now_wall)
+
+    def _record(self, scope: str, key: str, ago: float, now_mono: float,
+                now_wall: float) -> None:
+        mono, wall = now_mono - ago, now_wall - ago
+        found = self._row(scope, key)
+        if found is None or self._raw(found, now_mono, now_wall) <= mono:
+            self._write(scope, key, (wall, self._boot, mono))
+
+    def finish(self, scope: str, key: str, claimed: tuple[float, float], ago: float,
+               now_mono: float, now_wall: float) -> None:
+        """Our read of `key`, claimed as (wall, mono), ended `ago` seconds ago (negative:
+        it counts as later than now): its end replaces its in-flight bound if the row is
+        still ours, else it is recorded like any read."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "UPDATE reads SET wall = ?, boot = ?, mono = ? WHERE scope = ? AND key = ? "
+                "AND wall = ? AND mono = ?", (now_wall - ago, self._boot, now_mono - ago,
+                                              scope, key, claimed[0], claimed[1]))
+            if not cursor.rowcount:
+                self._record(scope, key, ago, now_mono, now_wall)
 
     def release(self, scope: str, key: str, claimed: tuple[float, float],
                 previous: Row | None) -> None:

@@ -30,6 +30,7 @@ from .._constants import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_JSON_DEPTH,
     DEFAULT_READ_TIMEOUT,
+    READ_ABANDON_MARGIN,
     USER_AGENT,
 )
 from .._observe.hooks import Call, Hooks, RateLimitEvent, RequestEvent, ResponseEvent, RetryEvent
@@ -48,7 +49,7 @@ from ..errors import (
 from .auth import Auth, credential_identity
 from .net import Network, current_network
 from .pacing import FleetPacing
-from .pollguard import PollGuard, shared_reads
+from .pollguard import Claim, PollGuard, shared_reads
 from .retry import (
     Attempt,
     Decision,
@@ -220,6 +221,10 @@ class Transport:
         # count. A timeout while connecting is ConnectionTimeoutError: not sent.
         self._client_timeout = aiohttp.ClientTimeout(
             total=timeout.answer, sock_connect=timeout.connect, sock_read=timeout.read)
+        #: How long a read in flight holds its slot at most: the attempt's own bound
+        #: (aiohttp's total starts as the slot is taken), plus what may still be on the
+        #: wire after it. A process killed mid-read frees its slots after that.
+        self._read_hold = timeout.answer + READ_ABANDON_MARGIN
         self._paused_until = 0.0
         self._next_slot = 0.0
         #: Spacing of reads of one action (the API's once-a-minute ceiling), shared by
@@ -401,35 +406,88 @@ class Transport:
 
     async def _read_attempt(self, exchange: _Exchange, poll_key: str,
                             guard: PollGuard) -> Response:
-        """An attempt at a read of a ceilinged resource: it waits for the slot and claims
-        it before sending (in memory and on disk, at once), so that a concurrent read of
-        the same key, in this process or another, waits too."""
-        claim = await guard.acquire(poll_key)
+        """An attempt at a read of a ceilinged resource. Its slot is taken right before
+        it leaves, after every other wait (`_take_slot`), in memory, on disk and in the
+        fleet at once, and it is held as in flight until the attempt ends: a concurrent
+        read of the same key, in this process or another, waits for its end, not only
+        its start."""
         fleet = self.fleet
-        reservation: object = None
-        try:
-            if fleet is not None:
-                # The fleet's reservation too (on the store's clock), before the read
-                # leaves; a failure here sent nothing (the claim is released).
-                reservation = await fleet.claim_read(
-                    f"{'action' if guard is self.poll_guard else 'list'}:{poll_key}",
-                    guard.min_interval)
-            response = await self._attempt(exchange)
-        except BaseException as exc:
-            never_sent = _never_sent(exc)
-            if never_sent:
-                guard.release(claim)  # nothing reached the server: not a read
-            else:
-                guard.record(poll_key)
-            if reservation is not None and fleet is not None:
-                await fleet.end_read(reservation, sent=not never_sent)
-            raise
-        guard.record(poll_key)
-        if reservation is not None and fleet is not None:
-            await fleet.end_read(reservation, sent=True)
-        return response
+        resource = "" if fleet is None else \
+            f"{'action' if guard is self.poll_guard else 'list'}:{poll_key}"
+        while True:
+            await guard.wait(poll_key)  # this process's reads: no slot taken yet
+            slot = _ReadSlot(guard, poll_key, resource)
+            try:
+                response = await self._attempt(exchange, slot)
+            except _SlotTaken as taken:
+                await self._wait_for_slot(slot, taken)
+                continue
+            except BaseException as exc:
+                await self._end_read(slot, exc)
+                raise
+            await self._end_read(slot, None)
+            return response
 
-    async def _attempt(self, exchange: _Exchange) -> Response:
+    async def _take_slot(self, slot: _ReadSlot) -> None:
+        """Take the read slot of `slot` now, or raise _SlotTaken (nothing sent)."""
+        guard = slot.guard
+        claim = guard.try_claim(slot.key, self._read_hold)
+        if not isinstance(claim, Claim):
+            raise _SlotTaken(claim)
+        fleet = self.fleet
+        if fleet is not None:
+            # The fleet's reservation too (on the store's clock); a failure here sent
+            # nothing, so the claim is given back.
+            asked = self._monotonic()
+            try:
+                reservation = await fleet.claim_read(slot.resource, guard.min_interval,
+                                                     self._read_hold)
+            except BaseException:
+                guard.release(claim)
+                raise
+            if reservation is None:
+                guard.release(claim)
+                raise _SlotTaken(0.0, fleet=True)
+            if self._monotonic() - asked > READ_ABANDON_MARGIN / 2:
+                # The answer came late (a stalled store, a frozen process): the bound the
+                # reservation counts on started when the store granted it, so a read
+                # leaving now might outlive it. Nothing was sent: give both back, again.
+                await fleet.end_read(reservation, sent=False)
+                guard.release(claim)
+                raise _SlotTaken(0.0)
+            slot.reservation = reservation
+        slot.claim = claim
+
+    async def _wait_for_slot(self, slot: _ReadSlot, taken: _SlotTaken) -> None:
+        """Sleep until the slot another read holds may be free (outside the concurrency
+        limit: nothing is held while waiting)."""
+        delay = taken.delay
+        if taken.fleet and self.fleet is not None:
+            left, in_flight = await self.fleet.read_ready_in(slot.resource,
+                                                             slot.guard.min_interval)
+            # A read in flight elsewhere is looked at again soon: its end will bring the
+            # slot forward. At least a little: the row may be newer than the query saw.
+            delay = min(left, slot.guard.recheck) if in_flight else left
+            delay = max(delay, _FLEET_RECHECK_FLOOR)
+        await self.clock.sleep(delay)
+
+    async def _end_read(self, slot: _ReadSlot, exc: BaseException | None) -> None:
+        """Count the read from its end, or give its slot back if it never left."""
+        claim = slot.claim
+        if claim is None:
+            return  # it failed before taking its slot: nothing to end
+        sent = exc is None or not _never_sent(exc)
+        # Answered: the server saw it before we got its answer. Otherwise (a timeout, a
+        # reset, a cancel) its bytes may still be on their way.
+        answered = exc is None or (isinstance(exc, _Failed) and exc.attempt.status is not None)
+        if sent:
+            slot.guard.finish(claim, answered=answered)
+        else:
+            slot.guard.release(claim)  # nothing reached the server: not a read
+        if slot.reservation is not None and self.fleet is not None:
+            await self.fleet.end_read(slot.reservation, sent=sent, answered=answered)
+
+    async def _attempt(self, exchange: _Exchange, slot: _ReadSlot | None = None) -> Response:
         """One attempt: wait for a slot, get a token, send, read the whole answer.
         Any failure is a `_Failed` saying how (a long 429 pause: RateLimitError)."""
         session = self.session
@@ -444,6 +502,8 @@ class Transport:
                        "User-Agent": USER_AGENT}  # also on a session the caller gave us
             if exchange.body is not None:
                 headers["Content-Type"] = "application/json"
+            if slot is not None:  # a ceilinged read: its slot, after every other wait
+                await self._take_slot(slot)
             network = self.network
             proxy, proxy_headers = network.route(url, headers)
             self.stats.requests += 1
@@ -557,6 +617,37 @@ class Transport:
 
     def _loads(self, raw: bytes) -> Any:
         return loads(raw, max_depth=self.limits.max_json_depth)
+
+
+class _ReadSlot:
+    """The read slot of one attempt at a ceilinged resource (`Transport._read_attempt`):
+    taken right before the attempt leaves, ended when it does."""
+
+    __slots__ = ("claim", "guard", "key", "reservation", "resource")
+
+    def __init__(self, guard: PollGuard, key: str, resource: str) -> None:
+        self.guard = guard
+        self.key = key
+        #: The fleet's name of the resource ("" without a fleet).
+        self.resource = resource
+        self.claim: Claim | None = None
+        self.reservation: object = None
+
+
+class _SlotTaken(Exception):
+    """Internal: the read slot was not free when the attempt was about to leave (another
+    read holds it); nothing was sent. `delay`: seconds to wait (this machine's reads);
+    `fleet`: the fleet refused it (ask it how long)."""
+
+    def __init__(self, delay: float, *, fleet: bool = False) -> None:
+        super().__init__(delay)
+        self.delay = delay
+        self.fleet = fleet
+
+
+#: A fleet read refused is tried again after at least this long (seconds): the row it
+#: lost to may be newer than the query that said how long to wait.
+_FLEET_RECHECK_FLOOR = 0.01
 
 
 class _Exchange(NamedTuple):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .._constants import DEFAULT_STORE_TIMEOUT
+from .._constants import DEFAULT_STORE_TIMEOUT, READ_ABANDON_MARGIN
 from .._http.pacing import FleetPacing, fleet_key
 from ..errors import RateLimitError, StoreError
 
@@ -394,50 +394,61 @@ class _PgPacing:
             "clock_timestamp() + make_interval(secs => %s)) WHERE key = %s",
             (float(seconds), self.key))
 
-    async def claim_read(self, resource: str, min_interval: float) -> object:
+    async def claim_read(self, resource: str, min_interval: float, hold: float) -> object:
         self._claims += 1
         if self._claims % _SWEEP_EVERY == 0:
             await self._sweep(min_interval)
-        params = {"key": self.key, "resource": resource, "interval": float(min_interval)}
-        while True:
-            # Granted only if the latest read of the resource, by any worker, ended at
-            # least min_interval ago on the database's clock; the row lock makes the
-            # check and the reservation one step.
-            row = await self._store.fetchone(
-                "reserving a read",
-                """INSERT INTO mirakl_cancel_reads AS r (key, resource, last_read)
-                VALUES (%(key)s, %(resource)s, clock_timestamp())
-                ON CONFLICT (key, resource) DO UPDATE
-                SET last_read = EXCLUDED.last_read, previous = r.last_read
-                WHERE r.last_read <= EXCLUDED.last_read - make_interval(secs => %(interval)s)
-                RETURNING r.last_read, r.previous""", params)
-            if row is not None:
-                return _ReadClaim(resource, row[0], row[1])
-            row = await self._store.fetchone(
-                "reading a read reservation",
-                """SELECT extract(epoch FROM last_read + make_interval(secs => %(interval)s)
-                                             - clock_timestamp())::float8
-                FROM mirakl_cancel_reads WHERE key = %(key)s AND resource = %(resource)s""",
-                params)
-            # At least a little: the row we lost to may be newer than this statement saw.
-            await asyncio.sleep(max(0.0 if row is None else float(row[0]), 0.01))
+        # Granted only if the latest read of the resource, by any worker, ended at least
+        # min_interval ago on the database's clock (one in flight is stored at its bound,
+        # in the future); the row lock makes the check and the reservation one step.
+        row = await self._store.fetchone(
+            "reserving a read",
+            """WITH now AS (SELECT clock_timestamp() AS t)
+            INSERT INTO mirakl_cancel_reads AS r (key, resource, last_read)
+            SELECT %(key)s, %(resource)s, now.t + make_interval(secs => %(hold)s) FROM now
+            ON CONFLICT (key, resource) DO UPDATE
+            SET last_read = EXCLUDED.last_read, previous = r.last_read
+            WHERE r.last_read <= EXCLUDED.last_read
+                                 - make_interval(secs => %(hold)s + %(interval)s)
+            RETURNING r.last_read, r.previous""",
+            {"key": self.key, "resource": resource, "interval": float(min_interval),
+             "hold": float(hold)})
+        return None if row is None else _ReadClaim(resource, row[0], row[1])
 
-    async def end_read(self, claim: object, *, sent: bool) -> None:
+    async def read_ready_in(self, resource: str, min_interval: float) -> tuple[float, bool]:
+        row = await self._store.fetchone(
+            "reading a read reservation",
+            """SELECT extract(epoch FROM last_read + make_interval(secs => %(interval)s)
+                                         - clock_timestamp())::float8,
+                      last_read > clock_timestamp()
+            FROM mirakl_cancel_reads WHERE key = %(key)s AND resource = %(resource)s""",
+            {"key": self.key, "resource": resource, "interval": float(min_interval)})
+        return (0.0, False) if row is None else (float(row[0]), bool(row[1]))
+
+    async def end_read(self, claim: object, *, sent: bool, answered: bool = True) -> None:
         assert isinstance(claim, _ReadClaim)
         try:
-            await self._end_read(claim, sent)
+            await self._end_read(claim, sent, answered)
         except StoreError as exc:
-            # The reservation made before the read stands (it counts from the read's
-            # start): a failure here must not turn an answer we hold into an error.
+            # The reservation made before the read stands (it counts as ending at the
+            # attempt's bound): a failure here must not turn an answer we hold into an
+            # error.
             logger.warning("the end of a read was not recorded: %s", exc)
 
-    async def _end_read(self, claim: _ReadClaim, sent: bool) -> None:
+    async def _end_read(self, claim: _ReadClaim, sent: bool, answered: bool) -> None:
         if sent:
-            # Count the read from its end: the server saw it no later than that.
+            # Count the read from its end, in place of its bound: the server saw it no
+            # later than that (an abandoned one's bytes may still be on their way). A row
+            # no longer ours (the read outlived its bound) keeps the later of the two.
             await self._store.fetchone(
                 "recording a read",
-                "UPDATE mirakl_cancel_reads SET last_read = GREATEST(last_read, "
-                "clock_timestamp()) WHERE key = %s AND resource = %s", (self.key, claim.resource))
+                """UPDATE mirakl_cancel_reads SET last_read = CASE WHEN last_read = %(ours)s
+                    THEN clock_timestamp() + make_interval(secs => %(margin)s)
+                    ELSE GREATEST(last_read, clock_timestamp()
+                                             + make_interval(secs => %(margin)s)) END
+                WHERE key = %(key)s AND resource = %(resource)s""",
+                {"ours": claim.ours, "margin": 0.0 if answered else READ_ABANDON_MARGIN,
+                 "key": self.key, "resource": claim.resource})
             return
         # Nothing reached the server: give the reservation back, but only if it is still
         # ours (a later reservation by another worker is a real read and must stand).

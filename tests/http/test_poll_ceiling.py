@@ -25,6 +25,9 @@ from mirakl_cancel import (
     ServerError,
     StaticToken,
 )
+from mirakl_cancel._constants import READ_ABANDON_MARGIN
+from mirakl_cancel._http.pollguard import Claim, PollGuard
+from mirakl_cancel._http.pollstore import PollStore
 from mirakl_cancel.testing import ManualClock
 
 STATUS = {"id": "a1", "status": "PENDING"}
@@ -177,3 +180,80 @@ async def test_reads_are_spaced_from_the_end_of_the_previous_one(clock: ManualCl
         assert c.poll_ready_in("a1") == pytest.approx(60.0)
         await c.get_action_status("a1")
     assert starts[1] - starts[0] >= 70.0
+
+
+async def test_a_read_that_left_late_is_not_overtaken() -> None:
+    """A read counts from when it leaves, not from when it was asked for: one that waited
+    behind a busy client cannot be overtaken by another client's read of the same action
+    (real time, on loopback: the arrivals the server saw are what count)."""
+    arrivals: list[tuple[str, float]] = []
+    loop = asyncio.get_running_loop()
+
+    async def handler(request: web.Request) -> web.Response:
+        key = request.match_info["id"]
+        arrivals.append((key, loop.time()))
+        if key == "slow":
+            await asyncio.sleep(0.6)
+        return web.json_response({**STATUS, "id": key})
+
+    app = web.Application()
+    app.router.add_get("/v2/orders/actions/{id}", handler)
+    interval = 0.3
+    async with serve(app) as url, \
+            MiraklConnectClient(auth=StaticToken("late"), base_url=url, max_concurrency=1,
+                                min_poll_interval=interval) as busy, \
+            MiraklConnectClient(auth=StaticToken("late"), base_url=url,
+                                min_poll_interval=interval) as other:
+        slow = asyncio.create_task(busy.get_action_status("slow"))
+        await asyncio.sleep(0.05)
+        late = asyncio.create_task(busy.get_action_status("a1"))  # behind the slow read
+        await asyncio.sleep(0.1)
+        await other.get_action_status("a1")
+        await asyncio.gather(slow, late)
+    times = [at for key, at in arrivals if key == "a1"]
+    assert len(times) == 2 and times[1] - times[0] >= interval
+
+
+async def test_a_read_in_flight_holds_the_next_until_it_ends(clock: ManualClock) -> None:
+    """While a read is in flight the next one of the same action waits for its end (and
+    looks again now and then), then the interval."""
+    guard = PollGuard(60.0, clock=clock)
+    claim = guard.try_claim("a1", 62.0)
+    assert isinstance(claim, Claim)
+    started = clock.monotonic()
+    # In flight: not free, and looked at again soon rather than after the whole bound.
+    assert guard.try_claim("a1", 62.0) == pytest.approx(guard.recheck)
+    assert guard.ready_in("a1") == pytest.approx(122.0)
+    await clock.sleep(5.0)
+    guard.finish(claim, answered=True)
+    assert guard.ready_in("a1") == pytest.approx(60.0)
+    waiter = asyncio.create_task(guard.wait("a1"))
+    await waiter
+    assert clock.monotonic() - started == pytest.approx(65.0)
+    # An abandoned read counts a little after it was given up.
+    claim = guard.try_claim("a1", 62.0)
+    assert isinstance(claim, Claim)
+    guard.finish(claim, answered=False)
+    assert guard.ready_in("a1") == pytest.approx(60.0 + READ_ABANDON_MARGIN)
+
+
+def test_a_process_that_died_mid_read_holds_the_slot_until_its_bound(tmp_path: Any) -> None:
+    """On disk: a claim never finished counts as a read at its bound (the attempt's own
+    limit), so another process waits that long plus the interval, never less."""
+    store = PollStore(tmp_path / "poll.sqlite3")
+    other = PollStore(tmp_path / "poll.sqlite3")
+    assert store.try_claim("scope", "a1", 60.0, 100.0, 5000.0, hold=62.0)[0] == 0.0
+    # In flight: another process is refused (the row is in its future: "read now").
+    assert other.try_claim("scope", "a1", 60.0, 130.0, 5030.0, hold=62.0)[0] > 0
+    assert other.try_claim("scope", "a1", 60.0, 221.0, 5121.0, hold=62.0)[0] \
+        == pytest.approx(1.0)
+    assert other.try_claim("scope", "a1", 60.0, 222.0, 5122.0, hold=62.0)[0] == 0.0
+    # Our record of a read never replaces another process's read in flight.
+    store.record("scope", "a1", 0.0, 230.0, 5130.0)
+    assert store.try_claim("scope", "a1", 60.0, 290.5, 5190.5)[0] > 0
+    # Finishing our own claim replaces its bound with the end.
+    assert store.try_claim("scope", "b1", 60.0, 100.0, 5000.0, hold=62.0)[0] == 0.0
+    store.finish("scope", "b1", (5062.0, 162.0), 0.0, 101.0, 5001.0)
+    assert other.try_claim("scope", "b1", 60.0, 161.0, 5061.0)[0] == 0.0
+    store.close()
+    other.close()

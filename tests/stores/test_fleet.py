@@ -122,8 +122,9 @@ def test_a_shared_tracker_survives_a_killed_worker(tmp_path: Path, pg_dsn: str) 
     config = SimulatorConfig(time_scale=0.001, processing_delay=(200, 600))
     with ThreadedSimulator(config) as sim:
         action_ids = asyncio.run(send_cancels(sim, pg_dsn, 240))
+        # A read the victim had in flight holds its action for the attempt's bound: 2 s.
         job = {"mode": "track", "dsn": pg_dsn, "base_url": sim.base_url, "token": sim.token,
-               "policy": POLICY, "lease": 1.0, "actions": []}
+               "policy": POLICY, "lease": 1.0, "actions": [], "answer_timeout": 2.0}
         victim = spawn(tmp_path, "victim", {**job, "actions": action_ids})
         assert victim.stdout is not None
         assert json.loads(victim.stdout.readline()) == {"added": len(action_ids)}

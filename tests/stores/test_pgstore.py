@@ -9,6 +9,8 @@ import psycopg
 import pytest
 
 from mirakl_cancel import PostgresStore, RateLimitError, StoreError
+from mirakl_cancel._constants import READ_ABANDON_MARGIN
+from mirakl_cancel._http.pacing import FleetPacing
 from mirakl_cancel._stores.postgres import SCHEMA_VERSION
 
 
@@ -99,17 +101,32 @@ async def test_a_429_pause_holds_every_worker(
         await two.fleet_pacing("k").pace(None, 300.0)
 
 
+async def reserve(pacing: FleetPacing, resource: str, interval: float,
+                  hold: float = 5.0) -> object:
+    """Reserve a read the way the transport does: try, and while refused, wait as told."""
+    while True:
+        claim = await pacing.claim_read(resource, interval, hold)
+        if claim is not None:
+            return claim
+        left, in_flight = await pacing.read_ready_in(resource, interval)
+        await asyncio.sleep(max(min(left, 0.02) if in_flight else left, 0.005))
+
+
 async def test_a_read_is_reserved_for_the_whole_fleet(
         stores: tuple[PostgresStore, PostgresStore], pg_dsn: str) -> None:
     one, two = stores
     loop = asyncio.get_running_loop()
-    claim = await one.fleet_pacing("k").claim_read("action:A", 0.3)
+    claim = await reserve(one.fleet_pacing("k"), "action:A", 0.3)
+    # In flight: the slot is held (for the attempt's bound), whatever the interval.
+    assert await two.fleet_pacing("k").claim_read("action:A", 0.3, 5.0) is None
+    left, in_flight = await two.fleet_pacing("k").read_ready_in("action:A", 0.3)
+    assert in_flight and 5.0 < left <= 5.3
     await asyncio.sleep(0.05)
     await one.fleet_pacing("k").end_read(claim, sent=True)
     ended = loop.time()
-    second = await two.fleet_pacing("k").claim_read("action:A", 0.3)
-    # Counted from the end of the first read, on the database clock.
-    assert loop.time() - ended >= 0.25
+    second = await reserve(two.fleet_pacing("k"), "action:A", 0.3)
+    # Counted from the end of the first read, on the database clock, not from its bound.
+    assert 0.25 <= loop.time() - ended < 2.0
     await two.fleet_pacing("k").end_read(second, sent=True)
     with psycopg.connect(pg_dsn) as conn:
         rows = conn.execute("SELECT resource, last_read > previous + interval '0.3 s' "
@@ -117,19 +134,41 @@ async def test_a_read_is_reserved_for_the_whole_fleet(
     assert rows == [("action:A", True)]
 
 
+async def test_a_read_whose_worker_died_holds_its_slot_until_its_bound(
+        stores: tuple[PostgresStore, PostgresStore]) -> None:
+    one, two = stores
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await reserve(one.fleet_pacing("k"), "action:K", 0.3, hold=0.5)  # never ended
+    await reserve(two.fleet_pacing("k"), "action:K", 0.3)
+    # Its bound (0.5 s), then the interval: the server may have seen it at the bound.
+    assert loop.time() - started >= 0.75
+
+
+async def test_an_abandoned_read_counts_a_little_after_it_was_given_up(
+        stores: tuple[PostgresStore, PostgresStore], pg_dsn: str) -> None:
+    one, _ = stores
+    claim = await reserve(one.fleet_pacing("k"), "action:T", 0.3)
+    await one.fleet_pacing("k").end_read(claim, sent=True, answered=False)
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute("SELECT extract(epoch FROM last_read - clock_timestamp()) "
+                           "FROM mirakl_cancel_reads").fetchone()
+    assert row is not None and READ_ABANDON_MARGIN - 1 < float(row[0]) <= READ_ABANDON_MARGIN
+
+
 async def test_a_read_that_never_left_gives_its_reservation_back(
         stores: tuple[PostgresStore, PostgresStore], pg_dsn: str) -> None:
     one, two = stores
-    first = await one.fleet_pacing("k").claim_read("action:B", 3600)
+    first = await reserve(one.fleet_pacing("k"), "action:B", 3600)
     await one.fleet_pacing("k").end_read(first, sent=False)   # a fresh resource: row gone
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM mirakl_cancel_reads").fetchone() == (0,)
     # Read, then a refused attempt: the earlier read stands.
-    read = await one.fleet_pacing("k").claim_read("action:B", 0)
+    read = await reserve(one.fleet_pacing("k"), "action:B", 0, hold=0)
     await one.fleet_pacing("k").end_read(read, sent=True)
-    refused = await one.fleet_pacing("k").claim_read("action:B", 0)
+    refused = await reserve(one.fleet_pacing("k"), "action:B", 0, hold=0)
     # Meanwhile another worker reads for real: the refused attempt must not undo that.
-    other = await two.fleet_pacing("k").claim_read("action:B", 0)
+    other = await reserve(two.fleet_pacing("k"), "action:B", 0, hold=0)
     await one.fleet_pacing("k").end_read(refused, sent=False)
     with psycopg.connect(pg_dsn) as conn:
         row = conn.execute("SELECT last_read FROM mirakl_cancel_reads").fetchone()
