@@ -10,8 +10,9 @@ cache directory (`MIRAKL_CANCEL_CACHE_DIR`, else `$XDG_CACHE_HOME/mirakl-cancel`
 - a claim is checked and written in one `BEGIN IMMEDIATE` transaction, so two
   processes cannot both take the same slot; while the read is in flight its row holds
   the latest moment the server can see it (the attempt's bound), then its end: a read
-  cannot be overtaken by another process's, and one whose process died frees its slot
-  once that bound has passed;
+  cannot be overtaken by another process's; one whose process died (same boot: its pid
+  is kept while in flight) counts as ended when another process sees it is gone, and
+  across a reboot once its bound has passed;
 - each row keeps the wall time *and* the boot id with the monotonic time: on the same
   boot the monotonic time is used, exact whatever the wall clock did since (a step
   forward an hour cannot make an old read look old); across a reboot only the wall
@@ -35,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .._clock import SYSTEM_CLOCK
-from .._constants import POLL_STATE_LOCK_TIMEOUT, POLL_STATE_RETENTION
+from .._constants import POLL_STATE_LOCK_TIMEOUT, POLL_STATE_RETENTION, READ_ABANDON_MARGIN
 
 __all__ = ["PollStore", "cache_dir", "default_store"]
 
@@ -83,7 +84,12 @@ class PollStore:
             self._db.execute("PRAGMA synchronous=NORMAL")  # a lost last read costs one 429
             self._db.execute("CREATE TABLE IF NOT EXISTS reads (scope TEXT NOT NULL, "
                              "key TEXT NOT NULL, wall REAL NOT NULL, boot TEXT, "
-                             "mono REAL NOT NULL, PRIMARY KEY (scope, key)) WITHOUT ROWID")
+                             "mono REAL NOT NULL, pid INTEGER, PRIMARY KEY (scope, key)) "
+                             "WITHOUT ROWID")
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(reads)")}
+            if "pid" not in columns:  # a file of an earlier version: reads in flight unknown
+                with contextlib.suppress(sqlite3.OperationalError):  # another process did it
+                    self._db.execute("ALTER TABLE reads ADD COLUMN pid INTEGER")
             with self._lock:
                 # The machine's record: its times are the real clock's (a manual clock's
                 # guards never use it, see `pollguard.shared_reads`).
@@ -125,10 +131,22 @@ class PollStore:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def _row(self, scope: str, key: str) -> Row | None:
-        found = self._db.execute("SELECT wall, boot, mono FROM reads WHERE scope = ? AND key = ?",
-                                 (scope, key)).fetchone()
-        return None if found is None else (found[0], found[1], found[2])
+    def _row(self, scope: str, key: str, now_mono: float, now_wall: float) -> Row | None:
+        found = self._db.execute("SELECT wall, boot, mono, pid FROM reads WHERE scope = ? "
+                                 "AND key = ?", (scope, key)).fetchone()
+        if found is None:
+            return None
+        row: Row = (found[0], found[1], found[2])
+        pid = found[3]
+        if pid is not None and row[1] == self._boot and row[1] is not None \
+                and pid != os.getpid() and not _alive(pid):
+            # A read in flight whose process died (SIGKILL mid-read): it reached the
+            # server before the process ended, so before now; a little later for bytes
+            # still on their way. Its end is now known: recorded in place of its bound.
+            if row[2] > now_mono + READ_ABANDON_MARGIN:
+                row = (now_wall + READ_ABANDON_MARGIN, self._boot, now_mono + READ_ABANDON_MARGIN)
+            self._write(scope, key, row)
+        return row
 
     def _raw(self, row: Row, now_mono: float, now_wall: float) -> float:
         """A stored read as a monotonic time of this process, future included (a read
@@ -148,11 +166,13 @@ class PollStore:
         replaced): a wait of 0.0 means the slot is ours and written.
         """
         with self._transaction():
-            previous = self._row(scope, key)
+            previous = self._row(scope, key, now_mono, now_wall)
             last = None if previous is None else self._local(previous, now_mono, now_wall)
             if last is not None and last + interval > now_mono:
                 return last + interval - now_mono, last, previous
-            self._write(scope, key, (now_wall + hold, self._boot, now_mono + hold))
+            # In flight: its bound, and who holds it (a process that dies mid-read
+            # frees its slot as soon as another process sees it is gone).
+            self._write(scope, key, (now_wall + hold, self._boot, now_mono + hold), os.getpid())
         return 0.0, last, previous
 
     def record(self, scope: str, key: str, ago: float, now_mono: float,
@@ -165,7 +185,7 @@ class PollStore:
     def _record(self, scope: str, key: str, ago: float, now_mono: float,
                 now_wall: float) -> None:
         mono, wall = now_mono - ago, now_wall - ago
-        found = self._row(scope, key)
+        found = self._row(scope, key, now_mono, now_wall)
         if found is None or self._raw(found, now_mono, now_wall) <= mono:
             self._write(scope, key, (wall, self._boot, mono))
 
@@ -176,9 +196,9 @@ class PollStore:
         still ours, else it is recorded like any read."""
         with self._transaction():
             cursor = self._db.execute(
-                "UPDATE reads SET wall = ?, boot = ?, mono = ? WHERE scope = ? AND key = ? "
-                "AND wall = ? AND mono = ?", (now_wall - ago, self._boot, now_mono - ago,
-                                              scope, key, claimed[0], claimed[1]))
+                "UPDATE reads SET wall = ?, boot = ?, mono = ?, pid = NULL WHERE scope = ? "
+                "AND key = ? AND wall = ? AND mono = ?",
+                (now_wall - ago, self._boot, now_mono - ago, scope, key, claimed[0], claimed[1]))
             if not cursor.rowcount:
                 self._record(scope, key, ago, now_mono, now_wall)
 
@@ -192,10 +212,12 @@ class PollStore:
             if cursor.rowcount and previous is not None:
                 self._write(scope, key, previous)
 
-    def _write(self, scope: str, key: str, row: Row) -> None:
-        self._db.execute("INSERT INTO reads (scope, key, wall, boot, mono) VALUES (?, ?, ?, ?, ?) "
-                         "ON CONFLICT (scope, key) DO UPDATE SET wall = excluded.wall, "
-                         "boot = excluded.boot, mono = excluded.mono", (scope, key, *row))
+    def _write(self, scope: str, key: str, row: Row, pid: int | None = None) -> None:
+        """Write the read of `key` (`pid`: the process whose read is in flight)."""
+        self._db.execute("INSERT INTO reads (scope, key, wall, boot, mono, pid) "
+                         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, key) DO UPDATE SET "
+                         "wall = excluded.wall, boot = excluded.boot, mono = excluded.mono, "
+                         "pid = excluded.pid", (scope, key, *row, pid))
         self._writes += 1
         if self._writes % _PRUNE_EVERY == 1:
             self._prune(row[0], row[2])
@@ -205,6 +227,18 @@ class PollStore:
         self._db.execute("DELETE FROM reads WHERE wall < ? AND (boot IS NOT ? OR mono < ?)",
                          (now_wall - POLL_STATE_RETENTION, self._boot,
                           now_mono - POLL_STATE_RETENTION))
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists (a zombie, or a pid reused, counts as alive: the
+    read's bound then holds, which is only slower)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # e.g. another user's process: it exists
+    return True
 
 
 _STORES: dict[Path, PollStore | None] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from typing import Any
 
@@ -257,3 +258,45 @@ def test_a_process_that_died_mid_read_holds_the_slot_until_its_bound(tmp_path: A
     assert other.try_claim("scope", "b1", 60.0, 161.0, 5061.0)[0] == 0.0
     store.close()
     other.close()
+
+
+def test_a_read_whose_process_died_counts_as_ended_when_seen_gone(tmp_path: Any) -> None:
+    """Same boot: a claim still in flight whose process is gone (SIGKILL mid-read) reached
+    the server before it died: it counts as ended when another process sees that (plus the
+    margin for bytes on their way), not at its whole bound."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store = PollStore(tmp_path / "poll.sqlite3")
+    assert store.try_claim("scope", "a1", 60.0, 100.0, 5000.0, hold=62.0)[0] == 0.0
+    with sqlite3.connect(tmp_path / "poll.sqlite3") as db:
+        db.execute("UPDATE reads SET pid = ?", (dead.pid,))
+    # Seen gone at 110: it ended by 110 + the margin (a time ahead counts as "now" until
+    # it has passed, so the wait is the interval, then the margin).
+    assert store.try_claim("scope", "a1", 60.0, 110.0, 5010.0, hold=62.0)[0] == 60.0
+    assert store.try_claim("scope", "a1", 60.0, 170.0, 5070.0, hold=62.0)[0] \
+        == pytest.approx(READ_ABANDON_MARGIN)
+    assert store.try_claim("scope", "a1", 60.0, 172.0, 5072.0, hold=62.0)[0] == 0.0
+    store.close()
+
+
+def test_an_earlier_poll_state_file_gains_the_pid_column(tmp_path: Any) -> None:
+    import sqlite3
+    import time
+
+    path = tmp_path / "poll.sqlite3"
+    wall, mono = time.time(), time.monotonic()
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE reads (scope TEXT NOT NULL, key TEXT NOT NULL, wall REAL NOT "
+                   "NULL, boot TEXT, mono REAL NOT NULL, PRIMARY KEY (scope, key)) WITHOUT ROWID")
+        db.execute("INSERT INTO reads VALUES ('scope', 'a1', ?, NULL, ?)", (wall, mono))
+    store = PollStore(path)
+    # The earlier version's read stands; a claim in flight is written with its pid.
+    assert store.try_claim("scope", "a1", 60.0, mono + 30, wall + 30)[0] == pytest.approx(30.0)
+    assert store.try_claim("scope", "a2", 60.0, mono + 30, wall + 30, hold=5.0)[0] == 0.0
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT pid FROM reads WHERE key = 'a2'").fetchone() == (os.getpid(),)
+    store.close()

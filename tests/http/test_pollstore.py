@@ -89,8 +89,10 @@ def test_a_wall_clock_step_forward_does_not_shorten_the_interval(tmp_path: Path)
 def test_a_read_from_another_boot_uses_the_wall_clock_and_a_future_is_now(
         tmp_path: Path) -> None:
     store = PollStore(tmp_path / "s.sqlite3")
-    store._db.execute("INSERT INTO reads VALUES ('scope', 'past', 4990.0, 'other-boot', 1.0)")
-    store._db.execute("INSERT INTO reads VALUES ('scope', 'future', 9e9, 'other-boot', 1.0)")
+    store._db.execute("INSERT INTO reads (scope, key, wall, boot, mono) "
+                      "VALUES ('scope', 'past', 4990.0, 'other-boot', 1.0)")
+    store._db.execute("INSERT INTO reads (scope, key, wall, boot, mono) "
+                      "VALUES ('scope', 'future', 9e9, 'other-boot', 1.0)")
     loaded = store.load("scope", 100.0, 5000.0)
     assert loaded["past"] == pytest.approx(90.0)
     assert loaded["future"] == 100.0  # "just read": a full interval, never more
