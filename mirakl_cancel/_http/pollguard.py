@@ -208,8 +208,10 @@ class PollGuard:
             else:
                 if delay > 0:
                     assert last is not None
-                    log.record(action_id, last)  # another process read it: wait for that
-                    return min(delay, self.recheck) if last >= now else delay
+                    # Another process read it (one in flight reads as "now"): wait for
+                    # that, and look again then.
+                    log.record(action_id, last)
+                    return delay
         claim = Claim(action_id, log.last.get(action_id), now + hold)
         log.last[action_id] = claim.at
         if store is not None:  # the row written is the claim's, times included

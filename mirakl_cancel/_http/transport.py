@@ -462,13 +462,20 @@ class Transport:
         """Sleep until the slot another read holds may be free (outside the concurrency
         limit: nothing is held while waiting)."""
         delay = taken.delay
-        if taken.fleet and self.fleet is not None:
-            left, in_flight = await self.fleet.read_ready_in(slot.resource,
-                                                             slot.guard.min_interval)
-            # A read in flight elsewhere is looked at again soon: its end will bring the
-            # slot forward. At least a little: the row may be newer than the query saw.
-            delay = min(left, slot.guard.recheck) if in_flight else left
-            delay = max(delay, _FLEET_RECHECK_FLOOR)
+        fleet = self.fleet
+        if taken.fleet and fleet is not None:
+            # While another worker's read is in flight, look at the fleet's record again
+            # now and then (a query, not another attempt: no rate-limit slot is spent),
+            # since its end brings the slot forward; then wait out what is left. At least
+            # a little: the row may be newer than the query saw.
+            while True:
+                left, in_flight = await fleet.read_ready_in(slot.resource,
+                                                            slot.guard.min_interval)
+                if not in_flight:
+                    break
+                await self.clock.sleep(max(min(left, slot.guard.recheck),
+                                           _FLEET_RECHECK_FLOOR))
+            delay = max(left, _FLEET_RECHECK_FLOOR)
         await self.clock.sleep(delay)
 
     async def _end_read(self, slot: _ReadSlot, exc: BaseException | None) -> None:
