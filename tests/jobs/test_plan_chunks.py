@@ -290,14 +290,19 @@ _STOPPING = textwrap.dedent("""
     journal_module._FIRST_PLAN_CHUNK = 2
     journal_module._PLAN_CHUNK = 2
     plan_chunk = journal_module.Journal.plan_chunk
-    stopped = []
+    stopped, marked = [], []
 
     def stopping(self, plan, limit):
+        # A chunk runs in the writer's batch, whose marks are not committed yet: the stop
+        # comes at the chunk after the one that first saw a mark, once that batch (its
+        # marks with it) has committed.
         if not stopped:
-            if self._db.execute(
-                    "SELECT COUNT(*) FROM requests WHERE state != 'PENDING'").fetchone()[0]:
+            if marked:
                 stopped.append(plan.planned)
                 os.kill(os.getpid(), int(sys.argv[1]))
+            elif self._db.execute(
+                    "SELECT COUNT(*) FROM requests WHERE state != 'PENDING'").fetchone()[0]:
+                marked.append(plan.planned)
             else:
                 time.sleep(0.1)  # the writer thread: the marks come between chunks
         return plan_chunk(self, plan, limit)
