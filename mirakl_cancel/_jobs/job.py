@@ -467,11 +467,13 @@ class _Run:
             await self.store.mark_poll_started(key)
 
     def _read_ended(self, action_id: str, status: ActionStatus | None) -> None:
+        # A final read needs no "polled" mark: its `mark_done` (in `tracked`) follows and
+        # records the status, one journal write less per request.
+        final = status is not None and status.is_terminal
         key = self.keys.get(action_id)
-        if key is not None:
+        if key is not None and not final:
             self.store.note_polled(key, status=status.raw_status if status else None)
         # Told when the action's next read is due, so a quiet wait can say until when.
-        final = status is not None and status.is_terminal
         self.progress.read_done(
             action_id, None if final else time.time() + self.options.policy.interval)
 
