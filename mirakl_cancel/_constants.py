@@ -87,7 +87,7 @@ DEFAULT_SKEW = 120.0
 
 # --- The file job (CLI) -----------------------------------------------------------------
 
-#: Requests (cancels and reads) in flight at most for `mirakl-cancel run`.
+#: Cancels in flight at most for `mirakl-cancel run`, and as many status reads.
 DEFAULT_JOB_CONCURRENCY = 8
 #: Seconds a silent worker of a fleet job keeps its claims before the others take them
 #: over: long enough for a stalled process (GC, a slow disk) not to lose its work.

@@ -1112,9 +1112,13 @@ async def _run_with_store(options: JobOptions, auth: Auth, store: JobStore, resu
     if log_handler is not None:
         log_handler.progress = progress
     # The transport makes its own session: one connection per request in flight at most,
-    # and aiohttp's hidden resend of idempotent requests turned off.
+    # and aiohttp's hidden resend of idempotent requests turned off. Its limit is the sum
+    # of the engine's `concurrency` senders and the tracker's `concurrency` readers, so
+    # neither kind waits for the other's slots: a cancel holds its slot while its SENDING
+    # mark is flushed (the mark comes after every wait), and that flush must not hold up
+    # a status read, nor reads due together hold up the sends.
     client = MiraklConnectClient(
-        auth=auth, base_url=options.base_url, max_concurrency=options.concurrency,
+        auth=auth, base_url=options.base_url, max_concurrency=2 * options.concurrency,
         rate_limit=options.rate_limit, retry=options.retry, timeout=options.http_timeout,
         min_poll_interval=options.policy.min_interval,
         # v2-listOrders (reconciliation) has the same once-a-minute ceiling as a status read.

@@ -191,7 +191,8 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
                             f"(env {ENV_TOKEN_URL}; default {DEFAULT_TOKEN_URL})")
     group.add_argument("--concurrency", type=_positive_int, default=DEFAULT_JOB_CONCURRENCY,
                        metavar="N",
-                       help="requests in flight at most (default %(default)s)")
+                       help="requests in flight at most, of each kind: N cancels and N "
+                            "status reads (default %(default)s)")
     group.add_argument("--rate-limit", type=_positive_seconds, metavar="RPS",
                        help="requests per second at most (default: no client-side limit)")
     group.add_argument("--min-poll-interval", type=_seconds, default=API_MIN_INTERVAL,
