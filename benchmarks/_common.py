@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -17,10 +18,23 @@ __all__ = [
     "Sizes",
     "body_dict",
     "fmt_ratio",
+    "fresh_cache_dir",
     "load_sim_orders",
     "make_requests",
     "median",
 ]
+
+#: Holds every cache directory `fresh_cache_dir` makes; removed when the benchmarks exit.
+_CACHES = tempfile.TemporaryDirectory(prefix="mirakl-bench-cache-")
+
+
+def fresh_cache_dir() -> str:
+    """A new, empty directory for `MIRAKL_CANCEL_CACHE_DIR`. The poll-state file kept
+    there (the machine-wide record of status reads) would otherwise be the user's own,
+    gathering every run's reads (hundreds of thousands of rows after a few figures):
+    each later process loads them, so whichever side of a comparison ran second would
+    pay for the first, and the user's real record would fill with benchmark actions."""
+    return tempfile.mkdtemp(dir=_CACHES.name)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ._common import Figure, Sizes, fmt_ratio
+from ._common import Figure, Sizes, fmt_ratio, fresh_cache_dir
 from ._measured import Measured, child_pid, usage
 from ._procs import REPO_ROOT, fetch_json, fixed_server
 from ._slowdisk import SlowDisk
@@ -81,18 +81,11 @@ def write_input(path: Path, rows: int, *, lines_per_order: tuple[int, int] = (1,
     return orders
 
 
-#: Where each measured run gets its own empty cache directory (`_env`).
-_CACHES = tempfile.TemporaryDirectory(prefix="mirakl-bench-cache-")
-
-
 def _env(base: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of one measured run. Each run gets its own empty cache directory:
-    the machine-wide poll-state file would otherwise keep every earlier run's reads
-    (hundreds of thousands of rows after a few figures), which each later process loads,
-    so whichever side ran second would pay for the first."""
+    """The environment of one measured run, with its own empty cache directory."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIRAKL_")}
     env.update(MIRAKL_CONNECT_TOKEN=TOKEN, MIRAKL_CONNECT_BASE_URL=base,
-               MIRAKL_CANCEL_CACHE_DIR=tempfile.mkdtemp(dir=_CACHES.name))
+               MIRAKL_CANCEL_CACHE_DIR=fresh_cache_dir())
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", ""))
                                         if p)
     env.update(extra or {})

@@ -35,7 +35,7 @@ from . import (
     fig_tracker,
 )
 from ._clients import httpx_available
-from ._common import Figure, Sizes
+from ._common import Figure, Sizes, fresh_cache_dir
 
 __all__ = ["FIGURES", "main", "render", "write_results"]
 
@@ -158,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(args.only) - set(FIGURES)
     if unknown:
         parser.error(f"unknown figure(s): {sorted(unknown)}")
+    # The figures run in this process (figure 4 reads statuses on the real clock) keep
+    # their poll-state record apart from the user's, and from the measured children's.
+    os.environ["MIRAKL_CANCEL_CACHE_DIR"] = fresh_cache_dir()
     # 429s are expected in figure 5; the library's warnings would drown the output.
     logging.getLogger("mirakl_cancel").setLevel(logging.ERROR)
     sizes = Sizes.quick() if args.quick else Sizes()

@@ -1293,15 +1293,12 @@ class SqliteStore(JobStore):
     Create it inside the running event loop; `aclose()` (or `close()` from outside the
     loop) flushes, stops the writer and gives the journal back to synchronous use.
     `flush_delay` adds that many seconds to each durable commit (tests and benchmarks:
-    a slow disk without touching the disk). `gather`: how long the woken writer waits
-    for more hand-offs before it takes them (`_GATHER`; 0 takes them at once).
+    a slow disk without touching the disk).
     """
 
-    def __init__(self, journal: Journal, *, flush_delay: float = 0.0,
-                 gather: float = _GATHER) -> None:
+    def __init__(self, journal: Journal, *, flush_delay: float = 0.0) -> None:
         self.journal = journal
         self.flush_delay = flush_delay
-        self.gather = gather
         self._loop = asyncio.get_running_loop()
         self._queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
         #: Operations queued on the loop's side since the last hand-off to the writer.
@@ -1332,8 +1329,7 @@ class SqliteStore(JobStore):
             handed = self._queue.get()
             if handed is _STOP:
                 return
-            if self.gather:  # let the next loop turns' hand-offs join this batch
-                time.sleep(self.gather)
+            time.sleep(_GATHER)  # let the next loop turns' hand-offs join this batch
             batch = list(handed)
             while len(batch) < _MAX_BATCH:
                 try:
