@@ -212,6 +212,12 @@ class JobStore(abc.ABC):
     def rows(self) -> AsyncIterator[JournalRow]:
         """Every input row in file order with its request, streamed (for the report)."""
 
+    @abc.abstractmethod
+    async def skipped_rows(self) -> int:
+        """How many input rows no request covers (invalid rows skipped by
+        `--skip-invalid`). With `requests()` (each knows its rows) that is all a count of
+        the rows per outcome needs, without reading every row and its request's body."""
+
     # --- the guarding marks: durable before they resolve ---------------------------------
 
     @abc.abstractmethod

@@ -527,6 +527,12 @@ class PostgresJobStore(FleetJobStore):
                 return
             after = batch[-1][0]
 
+    async def skipped_rows(self) -> int:
+        await self.flush()
+        rows = await self._fetch("counting rows", f"SELECT count(*) FROM {_ROWS} WHERE job = "
+                                 "%(job)s AND request IS NULL", self._params())
+        return int(rows[0][0])
+
     async def rows(self) -> AsyncIterator[JournalRow]:
         await self.flush()
         columns = ", ".join("q." + c for c in _COLUMNS.split(", "))

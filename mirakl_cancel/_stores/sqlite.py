@@ -812,6 +812,12 @@ class Journal:
         """Every input row, in file order, with its request."""
         return list(self.iter_rows())
 
+    def skipped_rows(self) -> int:
+        """How many rows no request covers (skipped invalid rows)."""
+        count: int = self._db.execute(
+            "SELECT COUNT(*) FROM rows WHERE request IS NULL").fetchone()[0]
+        return count
+
     # --- state changes (one commit each, or one per batch under a SqliteStore) --------
 
     def _update(self, key: str, mark: _Mark, params: Sequence[Any], durable: bool) -> None:
@@ -1479,6 +1485,10 @@ class SqliteStore(JobStore):
                 if planning is None:
                     return
                 await planning.wait()
+
+    async def skipped_rows(self) -> int:
+        result: int = await self._call("skipped_rows")
+        return result
 
     async def rows(self) -> AsyncIterator[JournalRow]:
         after = 0

@@ -1,5 +1,5 @@
 """`python -m mirakl_cancel.cli`: the same command as `mirakl-cancel` (tests run it so)."""
 
-from . import main
+from . import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())
