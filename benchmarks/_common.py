@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ __all__ = [
     "load_sim_orders",
     "make_requests",
     "median",
+    "steal_seconds",
 ]
 
 #: Holds every cache directory `fresh_cache_dir` makes; removed when the benchmarks exit.
@@ -35,6 +37,24 @@ def fresh_cache_dir() -> str:
     each later process loads them, so whichever side of a comparison ran second would
     pay for the first, and the user's real record would fill with benchmark actions."""
     return tempfile.mkdtemp(dir=_CACHES.name)
+
+
+def steal_seconds() -> float | None:
+    """CPU time the hypervisor has taken from this machine so far, all cores together
+    (the `steal` column of Linux's /proc/stat), or None where it cannot be read.
+
+    On a virtual machine it is what makes two identical runs differ by a third: a
+    process whose threads wait for a core has a wall time well above its CPU time. The
+    difference over a run says how much of its wall time was not its own."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = handle.readline().split()
+        hertz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    return int(fields[8]) / hertz
 
 
 @dataclass(frozen=True)
