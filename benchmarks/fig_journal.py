@@ -190,22 +190,24 @@ async def run_overhead(sizes: Sizes) -> Figure:
             libs: list[float] = []
             job_cpu: list[float] = []
             lib_cpu: list[float] = []
-            steal: dict[str, dict[float, float | None]] = {"job": {}, "lib": {}}
+            job_steal: list[float | None] = []
+            lib_steal: list[float | None] = []
             size = 0
             for _ in range(sizes.journal_rounds):
                 wall, size = _job(base, source, conc)
                 jobs.append(wall)
                 job_cpu.append(_last_cpu[0])
-                steal["job"][wall] = _last_steal[0]
+                job_steal.append(_last_steal[0])
                 libs.append(_library(base, source, conc))
                 lib_cpu.append(_last_cpu[0])
-                steal["lib"][libs[-1]] = _last_steal[0]
+                lib_steal.append(_last_steal[0])
             job, lib = min(jobs), min(libs)
+            kept_steal = job_steal[jobs.index(job)], lib_steal[libs.index(lib)]
             ratios.append(job / lib)
             rows.append([f"{n:,}", f"{job:.2f} s", f"{lib:.2f} s", fmt_ratio(job / lib),
                          f"{min(job_cpu):.2f} s / {min(lib_cpu):.2f} s "
                          f"({fmt_ratio(min(job_cpu) / min(lib_cpu))})",
-                         f"{_fmt_steal(steal['job'][job])} / {_fmt_steal(steal['lib'][lib])}",
+                         " / ".join(map(_fmt_steal, kept_steal)),
                          f"{size / n:.0f} B"])
     worst = max(ratios)
     return Figure(

@@ -1040,40 +1040,35 @@ async def tally(store: JobStore, report_path: Path | None, counts: JobCounts,
             report_failed = True
             print(f"error: cannot write the report {report_path}: {exc}", file=err)
     if writer is None:
-        # No report to write: the counts come from the requests alone (each knows its
-        # rows) and the rows no request covers, without reading every row and decoding
-        # its request's body (the compact journal keeps a row's fields there). The
-        # outcome of a row is its request's, by the same rule (`row_outcome`).
+        # No report to write: the rows' counts come from the requests (each knows its
+        # rows, and a row's outcome is its request's, `row_outcome`) and the rows no
+        # request covers, without reading every row and decoding its request's body (the
+        # compact journal keeps a row's fields there).
         lines = skipped = await store.skipped_rows()
         if skipped:
             counts.rows_by_outcome[row_outcome(None)[0]] += skipped  # INVALID
-        async for request in store.requests(bodies=False):
-            outcome = row_outcome(request)[0]
-            counts.requests_by_outcome[outcome] += 1
+    else:
+        lines = 0
+        try:
+            async for row in store.rows():
+                line = report_line(row)
+                lines += 1
+                counts.rows_by_outcome[line.outcome] += 1
+                writer.add(line)
+            writer.commit()
+        except OSError as exc:
+            report_failed = True
+            print(f"error: cannot write the report {report_path}: {exc}", file=err)
+            writer.discard()
+        except BaseException:
+            writer.discard()
+            raise
+    async for request in store.requests(bodies=False):
+        outcome = row_outcome(request)[0]
+        counts.requests_by_outcome[outcome] += 1
+        if writer is None:
             counts.rows_by_outcome[outcome] += len(request.rows)
             lines += len(request.rows)
-        return lines, report_failed
-    lines = 0
-    try:
-        async for row in store.rows():
-            line = report_line(row)
-            lines += 1
-            counts.rows_by_outcome[line.outcome] += 1
-            if writer is not None:
-                writer.add(line)
-        if writer is not None:
-            writer.commit()
-    except OSError as exc:
-        report_failed = True
-        print(f"error: cannot write the report {report_path}: {exc}", file=err)
-        if writer is not None:
-            writer.discard()
-    except BaseException:
-        if writer is not None:
-            writer.discard()
-        raise
-    async for request in store.requests(bodies=False):
-        counts.requests_by_outcome[row_outcome(request)[0]] += 1
     return lines, report_failed
 
 

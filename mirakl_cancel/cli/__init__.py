@@ -772,6 +772,11 @@ def _status_command(args: argparse.Namespace) -> int:
         return 130
 
 
+#: Allocations between two collections of the youngest generation, in the command's
+#: own process (`entry`); Python's default is 700.
+_GC_YOUNG = 10_000
+
+
 def entry() -> int:
     """The `mirakl-cancel` command (and `python -m mirakl_cancel.cli`): `main` as a process
     of its own.
@@ -793,11 +798,6 @@ def entry() -> int:
     gc.freeze()
     gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
     return main()
-
-
-#: Allocations between two collections of the youngest generation, in the command's
-#: own process (`entry`); Python's default is 700.
-_GC_YOUNG = 10_000
 
 
 def main(argv: Sequence[str] | None = None) -> int:
