@@ -114,6 +114,7 @@ from .report import (
     ReportWriter,
     check_report_path,
     report_line,
+    request_outcome,
     row_outcome,
     summary_table,
 )
@@ -1040,10 +1041,10 @@ async def tally(store: JobStore, report_path: Path | None, counts: JobCounts,
             report_failed = True
             print(f"error: cannot write the report {report_path}: {exc}", file=err)
     if writer is None:
-        # No report to write: the rows' counts come from the requests (each knows its
-        # rows, and a row's outcome is its request's, `row_outcome`) and the rows no
-        # request covers, without reading every row and decoding its request's body (the
-        # compact journal keeps a row's fields there).
+        # No report to write: the rows' counts come from the store's count of the
+        # requests (each knows its rows, and a row's outcome is its request's,
+        # `request_outcome`) and the rows no request covers, without reading every row
+        # and decoding its request's body (the compact journal keeps a row's fields there).
         lines = skipped = await store.skipped_rows()
         if skipped:
             counts.rows_by_outcome[row_outcome(None)[0]] += skipped  # INVALID
@@ -1063,12 +1064,12 @@ async def tally(store: JobStore, report_path: Path | None, counts: JobCounts,
         except BaseException:
             writer.discard()
             raise
-    async for request in store.requests(bodies=False):
-        outcome = row_outcome(request)[0]
-        counts.requests_by_outcome[outcome] += 1
+    for state, recorded, requests, rows in await store.outcome_counts():
+        outcome = request_outcome(state, recorded)
+        counts.requests_by_outcome[outcome] += requests
         if writer is None:
-            counts.rows_by_outcome[outcome] += len(request.rows)
-            lines += len(request.rows)
+            counts.rows_by_outcome[outcome] += rows
+            lines += rows
     return lines, report_failed
 
 

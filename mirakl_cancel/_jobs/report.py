@@ -32,6 +32,7 @@ __all__ = [
     "check_report_path",
     "report_line",
     "report_lines",
+    "request_outcome",
     "row_outcome",
     "summary_table",
     "write_report",
@@ -75,22 +76,31 @@ class ReportLine:
         return data
 
 
+def request_outcome(state: RequestState, outcome: str | None) -> str:
+    """The outcome a request (and each of its rows) is counted under, from its state and
+    the outcome its journal record keeps: all a count needs (`JobStore.outcome_counts`)."""
+    if state is RequestState.DONE:
+        return outcome or Outcome.ERROR.value
+    if state is RequestState.SENDING or state is RequestState.UNCERTAIN:
+        return Outcome.UNCERTAIN.value
+    if state is RequestState.ACCEPTED:
+        # With an outcome, tracking stopped (TIMED_OUT, ERROR); a re-run tracks on.
+        return outcome or IN_PROGRESS
+    return NOT_SENT
+
+
 def row_outcome(request: JournalRequest | None) -> tuple[str, tuple[str, ...]]:
     """The outcome a row gets from its request's journal record, with the error texts."""
     if request is None:
         return INVALID, ()
     state = request.state
-    if state is RequestState.DONE:
-        return request.outcome or Outcome.ERROR.value, request.errors
+    outcome = request_outcome(state, request.outcome)
     if state is RequestState.SENDING:
-        return Outcome.UNCERTAIN.value, request.errors or (_SENDING_INTERRUPTED,)
-    if state is RequestState.UNCERTAIN:
-        return Outcome.UNCERTAIN.value, request.errors
-    if state is RequestState.ACCEPTED:
-        if request.outcome:  # tracking stopped (TIMED_OUT, ERROR); a re-run tracks on
-            return request.outcome, request.errors
-        return IN_PROGRESS, ()
-    return NOT_SENT, ()
+        return outcome, request.errors or (_SENDING_INTERRUPTED,)
+    if state is RequestState.PENDING or (state is RequestState.ACCEPTED
+                                         and not request.outcome):
+        return outcome, ()  # not sent, or still tracked: nothing went wrong yet
+    return outcome, request.errors
 
 
 def report_line(row: JournalRow) -> ReportLine:

@@ -215,8 +215,14 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def skipped_rows(self) -> int:
         """How many input rows no request covers (invalid rows skipped by
-        `--skip-invalid`). With `requests()` (each knows its rows) that is all a count of
-        the rows per outcome needs, without reading every row and its request's body."""
+        `--skip-invalid`). With `outcome_counts()` that is all a count of the rows per
+        outcome needs, without reading every row and its request's body."""
+
+    @abc.abstractmethod
+    async def outcome_counts(self) -> list[tuple[RequestState, str | None, int, int]]:
+        """(state, outcome, requests, rows) for each pair of state and recorded outcome
+        the requests are in: the closing count of a job, counted by the store (one
+        query, whatever the job's size) instead of every request read back."""
 
     # --- the guarding marks: durable before they resolve ---------------------------------
 

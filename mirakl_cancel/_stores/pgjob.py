@@ -46,7 +46,7 @@ from .base import (
 )
 from .postgres import PostgresStore
 from .sqlite import _REQUEST_COLUMNS as _COLUMNS
-from .sqlite import PlanStaging, _errors, _request, _row_numbers, _texts
+from .sqlite import _ROW_COUNT, PlanStaging, _errors, _request, _row_numbers, _texts
 
 if TYPE_CHECKING:
     import psycopg
@@ -532,6 +532,15 @@ class PostgresJobStore(FleetJobStore):
         rows = await self._fetch("counting rows", f"SELECT count(*) FROM {_ROWS} WHERE job = "
                                  "%(job)s AND request IS NULL", self._params())
         return int(rows[0][0])
+
+    async def outcome_counts(self) -> list[tuple[RequestState, str | None, int, int]]:
+        await self.flush()
+        rows = await self._fetch(
+            "counting outcomes",
+            f"SELECT state, outcome, count(*), sum({_ROW_COUNT}) FROM {_REQUESTS} "
+            "WHERE job = %(job)s GROUP BY state, outcome", self._params(), many=True)
+        return [(RequestState(state), outcome, int(requests), int(count))
+                for state, outcome, requests, count in rows]
 
     async def rows(self) -> AsyncIterator[JournalRow]:
         await self.flush()

@@ -221,6 +221,10 @@ def _row_numbers(text: str) -> tuple[int, ...]:
     return tuple(int(n) for n in text.split(",")) if text else ()
 
 
+#: SQL: how many rows a request covers, from its `rows` text (as `_row_numbers` reads it).
+_ROW_COUNT = ("CASE WHEN rows = '' THEN 0 "
+              "ELSE LENGTH(rows) - LENGTH(REPLACE(rows, ',', '')) + 1 END")
+
 _REQUEST_COLUMNS = ("seq, order_id, rows, body, state, attempts, action_id, sent_at, "
                     "accepted_at, poll_started_at, last_polled_at, finished_at, outcome, "
                     "status, errors, resendable, reconcile_verdict, reconcile_reason, "
@@ -817,6 +821,13 @@ class Journal:
         count: int = self._db.execute(
             "SELECT COUNT(*) FROM rows WHERE request IS NULL").fetchone()[0]
         return count
+
+    def outcome_counts(self) -> list[tuple[RequestState, str | None, int, int]]:
+        """(state, outcome, requests, rows) per pair present; a request's rows are its
+        comma-separated row numbers (`_row_numbers`)."""
+        return [(RequestState(state), outcome, requests, rows) for state, outcome, requests, rows
+                in self._db.execute(f"SELECT state, outcome, COUNT(*), SUM({_ROW_COUNT}) "
+                                    "FROM requests GROUP BY state, outcome")]
 
     # --- state changes (one commit each, or one per batch under a SqliteStore) --------
 
@@ -1488,6 +1499,11 @@ class SqliteStore(JobStore):
 
     async def skipped_rows(self) -> int:
         result: int = await self._call("skipped_rows")
+        return result
+
+    async def outcome_counts(self) -> list[tuple[RequestState, str | None, int, int]]:
+        result: list[tuple[RequestState, str | None, int, int]] = await self._call(
+            "outcome_counts")
         return result
 
     async def rows(self) -> AsyncIterator[JournalRow]:

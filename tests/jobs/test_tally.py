@@ -1,6 +1,7 @@
-"""The closing count of a job: without a report it reads only the requests (each knows
-its rows) and the number of rows no request covers; its figures must be the ones the
-report's row-by-row pass gives, whatever state each request is in."""
+"""The closing count of a job: the store counts the requests per state and outcome (and
+their rows), and without a report that and the number of rows no request covers is all
+it reads; its figures must be the ones the report's row-by-row pass gives, whatever
+state each request is in."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import json
 from pathlib import Path
 
 from mirakl_cancel._jobs.job import JobOptions, _open_job, tally
-from mirakl_cancel._jobs.report import JobCounts
+import pytest
+
+from mirakl_cancel._jobs.report import JobCounts, request_outcome, row_outcome
+from mirakl_cancel._stores.base import JournalRequest, RequestState
 from mirakl_cancel._stores.sqlite import SqliteStore
 
 
@@ -44,6 +48,12 @@ async def test_the_count_without_a_report_is_the_reports(tmp_path: Path) -> None
     store = SqliteStore(journal)
     try:
         assert await store.skipped_rows() == 3
+        counted = {(state, outcome): (requests, rows)
+                   for state, outcome, requests, rows in await store.outcome_counts()}
+        read = [r async for r in store.requests(bodies=False)]
+        assert sum(n for n, _ in counted.values()) == len(read)
+        assert sum(rows for _, rows in counted.values()) == 24 - 3
+        assert counted[(RequestState.DONE, "FAILED")] == (1, len(read[2].rows))
         report = tmp_path / "report.jsonl"
         with_report, without = JobCounts(), JobCounts()
         assert await tally(store, report, with_report, io.StringIO()) == (24, False)
@@ -60,3 +70,27 @@ async def test_the_count_without_a_report_is_the_reports(tmp_path: Path) -> None
     written = [json.loads(text) for text in report.read_text().splitlines()]
     assert len(written) == 24
     assert sum(line["outcome"] == "INVALID" for line in written) == 3
+
+
+@pytest.mark.parametrize(("state", "outcome", "expected"), [
+    (RequestState.PENDING, None, "NOT_SENT"),
+    (RequestState.SENDING, None, "UNCERTAIN"),
+    (RequestState.UNCERTAIN, "UNCERTAIN", "UNCERTAIN"),
+    (RequestState.ACCEPTED, None, "IN_PROGRESS"),
+    (RequestState.ACCEPTED, "TIMED_OUT", "TIMED_OUT"),
+    (RequestState.DONE, "SUCCEEDED", "SUCCEEDED"),
+    (RequestState.DONE, "NOT_APPLIED", "NOT_APPLIED"),
+    (RequestState.DONE, None, "ERROR"),
+])
+def test_a_request_counts_under_the_outcome_its_rows_get(
+        state: RequestState, outcome: str | None, expected: str) -> None:
+    # The count (state and outcome only) and the report's rows (the whole record) agree.
+    request = JournalRequest(key="O1#1", seq=1, order_id="O1", rows=(1,), body="",
+                             state=state, attempts=1, action_id=None, sent_at=None,
+                             accepted_at=None, poll_started_at=None, last_polled_at=None,
+                             finished_at=None, outcome=outcome, status=None,
+                             errors=("why",), resendable=False)
+    assert request_outcome(state, outcome) == expected
+    assert row_outcome(request)[0] == expected
+    texts = row_outcome(request)[1]
+    assert texts == (() if expected in ("NOT_SENT", "IN_PROGRESS") else ("why",))

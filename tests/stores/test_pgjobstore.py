@@ -88,6 +88,7 @@ async def test_the_job_is_created_once_and_joined_with_the_same_file(
     assert rows[0].request is not None and rows[0].request.key == "O1#1"
     assert rows[-1].request is None and rows[-1].errors == ("quantity: missing",)
     assert await one.skipped_rows() == 1  # the closing count's rows no request covers
+    assert await one.outcome_counts() == [(RequestState.PENDING, None, ORDERS, ORDERS)]
     assert (await one.request("O2#2")).body.startswith('{"cancelations":[')
     with pytest.raises(KeyError):
         await one.request("nope#1")
