@@ -9,9 +9,9 @@ import io
 import json
 from pathlib import Path
 
-from mirakl_cancel._jobs.job import JobOptions, _open_job, tally
 import pytest
 
+from mirakl_cancel._jobs.job import JobOptions, _open_job, tally
 from mirakl_cancel._jobs.report import JobCounts, request_outcome, row_outcome
 from mirakl_cancel._stores.base import JournalRequest, RequestState
 from mirakl_cancel._stores.sqlite import SqliteStore
