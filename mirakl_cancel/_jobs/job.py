@@ -1029,9 +1029,9 @@ def _stage_input(path: Path, options: JobOptions, staging: PlanStaging,
 async def tally(store: JobStore, report_path: Path | None, counts: JobCounts,
                 err: TextIO) -> tuple[int, bool]:
     """Count the job's rows and requests per outcome into `counts`, writing each row to
-    the report at `report_path` (streamed from the store, row by row; without a report,
-    only the requests are read). Returns (rows, whether the report could not be written,
-    which is said on `err`)."""
+    the report at `report_path` (streamed from the store, row by row; the requests, and
+    without a report the rows too, are counted by the store: `outcome_counts`). Returns
+    (rows, whether the report could not be written, which is said on `err`)."""
     writer: ReportWriter | None = None
     report_failed = False
     if report_path is not None:
