@@ -203,8 +203,15 @@ def test_three_workers_one_killed_and_restarted_send_each_row_once(
         codes = wait_all(procs, tmp_path)
         logs = {p.name: p.read_text() for p in tmp_path.glob("rec*.log")}
         assert all(code in (0, 1) for code in codes), (codes, logs)
-        assert sum("another worker of the fleet reconciled" in log
-                   for log in logs.values()) == 1, logs
+        # One of them judges the uncertain cancels. The other normally overlaps it and
+        # waits for its turn, then has nothing to do; on a loaded machine it may start
+        # only once the first has finished and left the fleet: it then begins a fleet run
+        # of its own and finds nothing left to reconcile. Never do both judge.
+        judged = [log for log in logs.values() if "verdict(s) on uncertain cancels" in log]
+        assert len(judged) == 1, logs
+        other = next(log for log in logs.values() if log is not judged[0])
+        assert ("another worker of the fleet reconciled" in other
+                or "no uncertain cancel to reconcile" in other), logs
         final = read_report(tmp_path / "final.jsonl")
         assert len(final) == rows
         settled = {str(line["order_id"]): line for line in final}
