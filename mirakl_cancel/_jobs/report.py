@@ -97,9 +97,8 @@ def row_outcome(request: JournalRequest | None) -> tuple[str, tuple[str, ...]]:
     outcome = request_outcome(state, request.outcome)
     if state is RequestState.SENDING:
         return outcome, request.errors or (_SENDING_INTERRUPTED,)
-    if state is RequestState.PENDING or (state is RequestState.ACCEPTED
-                                         and not request.outcome):
-        return outcome, ()  # not sent, or still tracked: nothing went wrong yet
+    if outcome in (NOT_SENT, IN_PROGRESS):
+        return outcome, ()  # nothing went wrong yet (no recorded outcome is either)
     return outcome, request.errors
 
 
