@@ -205,7 +205,7 @@ async def run_overhead(sizes: Sizes) -> Figure:
             kept_steal = job_steal[jobs.index(job)], lib_steal[libs.index(lib)]
             ratios.append(job / lib)
             rows.append([f"{n:,}", f"{job:.2f} s", f"{lib:.2f} s", fmt_ratio(job / lib),
-                         ", ".join(f"{j / b:.2f}" for j, b in zip(jobs, libs)),
+                         ", ".join(f"{j / b:.2f}" for j, b in zip(jobs, libs, strict=True)),
                          f"{min(job_cpu):.2f} s / {min(lib_cpu):.2f} s "
                          f"({fmt_ratio(min(job_cpu) / min(lib_cpu))})",
                          " / ".join(map(_fmt_steal, kept_steal)),
