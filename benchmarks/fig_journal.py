@@ -155,9 +155,12 @@ async def run_slowdisk(sizes: Sizes) -> Figure:
         slow: list[float] = []
         counts = Path(tmp) / "flushes"
         flushes = 0
-        for _ in range(sizes.journal_rounds):  # interleaved: both see the same load
-            fast.append(_job(base, source, conc, disk.env(0.0))[0])
-            slow.append(_job(base, source, conc, disk.env(flush, counts))[0])
+        for number in range(sizes.journal_rounds):  # interleaved: both see the same load
+            for slow_disk in _in_turn(number, False, True):
+                if slow_disk:
+                    slow.append(_job(base, source, conc, disk.env(flush, counts))[0])
+                else:
+                    fast.append(_job(base, source, conc, disk.env(0.0))[0])
             flushes = int(counts.read_text() or 0)
     fast_s, slow_s = min(fast), min(slow)
     ratio = slow_s / fast_s
@@ -171,7 +174,8 @@ async def run_slowdisk(sizes: Sizes) -> Figure:
         met=ratio <= 1.5, header=["disk", "wall (best of rounds)", "ratio"], rows=rows,
         notes=[f"`mirakl-cancel run` of {n:,} one-line requests, concurrency {conc}, answers "
                f"after {latency * 1000:.0f} ms (lean fixed server), status reads "
-               f"{POLL} s apart; {sizes.journal_rounds} interleaved round(s), best kept. "
+               f"{POLL} s apart; {sizes.journal_rounds} interleaved round(s) (the sides take "
+               "turns going first), best kept. "
                f"The slow run made {flushes:,} flushes for {2 * n:,} guarding marks (group "
                "commit: the marks of requests leaving together share one flush)."])
 
@@ -186,21 +190,18 @@ async def run_overhead(sizes: Sizes) -> Figure:
         for n in (sizes.journal_requests, sizes.journal_requests_large):
             source = Path(tmp) / f"in-{n}.csv"
             write_input(source, n)
-            jobs: list[float] = []
-            libs: list[float] = []
-            job_cpu: list[float] = []
-            lib_cpu: list[float] = []
-            job_steal: list[float | None] = []
-            lib_steal: list[float | None] = []
+            #: (wall, CPU, steal) of each run, the job's (True) and the library's (False).
+            runs: dict[bool, list[tuple[float, float, float | None]]] = {True: [], False: []}
             size = 0
-            for _ in range(sizes.journal_rounds):
-                wall, size = _job(base, source, conc)
-                jobs.append(wall)
-                job_cpu.append(_last_cpu[0])
-                job_steal.append(_last_steal[0])
-                libs.append(_library(base, source, conc))
-                lib_cpu.append(_last_cpu[0])
-                lib_steal.append(_last_steal[0])
+            for number in range(sizes.journal_rounds):
+                for journaled in _in_turn(number, True, False):
+                    if journaled:
+                        wall, size = _job(base, source, conc)
+                    else:
+                        wall = _library(base, source, conc)
+                    runs[journaled].append((wall, _last_cpu[0], _last_steal[0]))
+            jobs, job_cpu, job_steal = (list(column) for column in zip(*runs[True], strict=True))
+            libs, lib_cpu, lib_steal = (list(column) for column in zip(*runs[False], strict=True))
             job, lib = min(jobs), min(libs)
             kept_steal = job_steal[jobs.index(job)], lib_steal[libs.index(lib)]
             ratios.append(job / lib)
@@ -223,13 +224,20 @@ async def run_overhead(sizes: Sizes) -> Figure:
         notes=["Both are whole processes on the same file (the library process reads it with "
                "the same reader and groups it with `group_by_order`), concurrency 16, no "
                f"added latency, status reads {POLL} s apart, best of "
-               f"{sizes.journal_rounds} interleaved round(s). *Steal*: the CPU time the "
+               f"{sizes.journal_rounds} interleaved round(s) (the sides take turns going "
+               "first). *Steal*: the CPU time the "
                "hypervisor took from the machine (both cores, /proc/stat) during the run "
                "kept; a job runs two threads and the server a third process on two cores, "
                "so a second of steal costs it wall time that the library, one thread, may "
                "not feel: read the CPU column when steal is high. *Each round's ratio*: the "
-               "job's run over the library's run right after it, round by round: how far "
+               "job's run over the library's run of the same round: how far "
                "the machine moved the figure while it was measured."])
+
+
+def _in_turn(number: int, first: bool, second: bool) -> tuple[bool, bool]:
+    """The two sides of round `number`, the one that goes first taking turns: a drift of
+    the machine within a round (its load, its steal) then weighs on both alike."""
+    return (first, second) if number % 2 == 0 else (second, first)
 
 
 def _fmt_steal(seconds: float | None) -> str:
