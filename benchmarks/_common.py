@@ -78,10 +78,10 @@ class Sizes:
     batching_orders: int = 2_000
     journal_requests: int = 1_500
     journal_requests_large: int = 5_000
-    #: Figures 7 and 8 keep each side's best of this many interleaved runs: the machine's
-    #: steal only ever slows a run, and it hits the two-thread job more than the library;
-    #: with 3, identical trees still ranged 1.02x-1.41x on figure 8 in one afternoon.
-    journal_rounds: int = 5
+    #: Figures 7 and 8 run each side this many times, interleaved, and read the median of
+    #: the rounds' own ratios: with the best of 3 of each side, identical trees ranged
+    #: 1.02x-1.41x on figure 8 in one afternoon.
+    journal_rounds: int = 7
     big_rows: int = 1_000_000
     big_run_seconds: float = 10.0
 
