@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import statistics
@@ -12,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import mirakl_cancel
 from mirakl_cancel import Cancelation, CancelReason, CancelRequest, Money
 
 __all__ = [
@@ -37,6 +39,21 @@ def fresh_cache_dir() -> str:
     each later process loads them, so whichever side of a comparison ran second would
     pay for the first, and the user's real record would fill with benchmark actions."""
     return tempfile.mkdtemp(dir=_CACHES.name)
+
+
+def fresh_bytecode() -> bool:
+    """Compile the library's modules whose cached bytecode is missing or older than their
+    source, as an installed package has them; True if every one compiled (or was fresh).
+
+    Every measured side is a new process that imports the library. Where bytecode is
+    not written on import (`PYTHONDONTWRITEBYTECODE`, as on this machine's image) and the
+    sources changed since it last was (any edit, in a checkout), each process compiles
+    them again: the CLI job, which imports the journal and the job modules on top of the
+    library, then paid ~0.2 s more per run than the library side (import 0.59-0.72 s
+    against 0.42-0.51 s once compiled), a tenth of figure 8's ratio at 1,500 requests.
+    A package a user installs comes compiled, so the figures measure it that way."""
+    package = Path(mirakl_cancel.__file__).parent
+    return bool(compileall.compile_dir(package, quiet=2))
 
 
 def steal_seconds() -> float | None:
@@ -78,6 +95,9 @@ class Sizes:
     batching_orders: int = 2_000
     journal_requests: int = 1_500
     journal_requests_large: int = 5_000
+    #: A third size for figure 8, with `--big` only (it doubles the figure's time): where
+    #: the ratio goes past 5,000 requests.
+    journal_requests_big: int | None = None
     #: Figures 7 and 8 run each side this many times, interleaved, and read the median of
     #: the rounds' own ratios: with the best of 3 of each side, identical trees ranged
     #: 1.02x-1.41x on figure 8 in one afternoon.
@@ -92,6 +112,7 @@ class Sizes:
                    polling_actions=20, polling_scale=0.001, rate_limit_requests=150,
                    batching_lines=500, batching_orders=100, journal_requests=60,
                    journal_requests_large=120, journal_rounds=1, big_rows=5_000,
+                   journal_requests_big=None,
                    big_run_seconds=1.0)
 
 

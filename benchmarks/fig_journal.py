@@ -7,7 +7,8 @@ the library's `cancel_and_track` on the same file) against the lean fixed-answer
    machine's disk and on a disk whose every flush (fsync/fdatasync) takes 10 ms longer:
    an LD_PRELOAD shim (`_slowdisk.py`, compiled here) delays them in the job's process.
 8. **The journal's cost.** The same requests with no added latency: the journaled job
-   against the library alone, at two sizes, to show the ratio does not grow.
+   against the library alone, at two sizes (three with `--big`), to show the ratio does
+   not grow.
 9. **A million rows** (`--big` only): peak memory of `--dry-run` and of `run`, time to
    the first POST, and the journal's size per row.
 """
@@ -192,7 +193,10 @@ async def run_overhead(sizes: Sizes) -> Figure:
     with tempfile.TemporaryDirectory(prefix="fig8-") as tmp, \
             fixed_server(latency=0.0, impl="lean") as server:
         base = f"http://127.0.0.1:{server.info['port']}"
-        for n in (sizes.journal_requests, sizes.journal_requests_large):
+        counts = [sizes.journal_requests, sizes.journal_requests_large]
+        if sizes.journal_requests_big is not None:
+            counts.append(sizes.journal_requests_big)
+        for n in counts:
             source = Path(tmp) / f"in-{n}.csv"
             write_input(source, n)
             #: (wall, CPU, steal) of each run, the job's (True) and the library's (False).
@@ -223,7 +227,8 @@ async def run_overhead(sizes: Sizes) -> Figure:
         number=8, title="Journaled CLI job vs the library",
         result=f"{rows[-1][1]} ({rows[-1][0]} requests, best)",
         baseline=f"library `cancel_and_track`: {rows[-1][2]}", ratio=fmt_ratio(ratios[-1]),
-        goal="≤ 1.30x, not growing", met=worst <= 1.3 and ratios[-1] <= ratios[0] * 1.1,
+        goal="≤ 1.30x, not growing",
+        met=worst <= 1.3 and all(ratio <= ratios[0] * 1.1 for ratio in ratios[1:]),
         header=["requests", "journaled job (best)", "library (best)", "each round's ratio",
                 "ratio (median of rounds)", "best / best", "CPU: job / library (best)",
                 "steal during: job / library", "journal per row (done)"],
@@ -233,8 +238,10 @@ async def run_overhead(sizes: Sizes) -> Figure:
                f"added latency, status reads {POLL} s apart, "
                f"{sizes.journal_rounds} interleaved round(s) (the sides take turns going "
                f"first). {_MEDIAN_NOTE} *Not growing*: the ratio at "
-               f"{sizes.journal_requests_large:,} requests within 1.1x of the one at "
-               f"{sizes.journal_requests:,}. *Steal*: the CPU time the "
+               f"{' and at '.join(f'{n:,}' for n in counts[1:])} requests within 1.1x of "
+               f"the one at {counts[0]:,}"
+               f"{'' if len(counts) > 2 else ' (`--big` adds 10,000 requests)'}. "
+               "*Steal*: the CPU time the "
                "hypervisor took from the machine (both cores, /proc/stat) during the best "
                "runs; a job runs two threads and the server a third process on two cores, "
                "so a second of steal costs it wall time that the library, one thread, may "
