@@ -53,7 +53,6 @@ def test_big_adds_a_third_size_to_figure_8(tmp_path: Path) -> None:
     assert "at 120 and at 240 requests within 1.1x of the one at 60" in block
 
 
-
 def test_fresh_bytecode_compiles_stale_modules() -> None:
     """The figures measure the library as installed, compiled: a module whose cached
     bytecode is missing gets it written (even where imports do not write bytecode), so
