@@ -19,7 +19,14 @@ cache directory (`MIRAKL_CANCEL_CACHE_DIR`, else `$XDG_CACHE_HOME/mirakl-cancel`
   time is left, and one in the future (a clock stepped back) counts as "just read":
   a clock step can make a read wait longer, never come sooner;
 - rows are pruned once old under both readings, so the file stays as small as the
-  last few minutes of reads.
+  last few minutes of reads;
+- it is never flushed (`synchronous=OFF`): its writes are claims made on the event loop,
+  and on a disk whose flush takes 10 ms each of its checkpoints (two flushes, and one
+  more when its log starts over) held every request in flight for 20-30 ms. Little is
+  given up: in WAL mode even `synchronous=NORMAL` flushes no commit, so a power cut
+  loses the last reads either way; what OFF adds is that a power cut in the middle of
+  a checkpoint may corrupt the file, and then the next process sets it aside
+  (`*.corrupt`) and starts a new one (`default_store`).
 
 Any failure of the file (read-only, locked for too long, corrupt) is logged once and
 the process carries on with its in-memory guards: the ceiling then holds per process.
@@ -80,8 +87,9 @@ class PollStore:
         self._db = sqlite3.connect(path, timeout=POLL_STATE_LOCK_TIMEOUT, isolation_level=None,
                                    check_same_thread=False)
         try:
+            # Before the switch to WAL, which a new file makes with a flushed rollback journal.
+            self._db.execute("PRAGMA synchronous=OFF")  # see the module docstring
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # a lost last read costs one 429
             self._db.execute("CREATE TABLE IF NOT EXISTS reads (scope TEXT NOT NULL, "
                              "key TEXT NOT NULL, wall REAL NOT NULL, boot TEXT, "
                              "mono REAL NOT NULL, pid INTEGER, PRIMARY KEY (scope, key)) "
@@ -252,12 +260,29 @@ def default_store() -> PollStore | None:
     with _STORES_LOCK:
         if path not in _STORES:
             try:
-                _STORES[path] = PollStore(path)
+                _STORES[path] = _open(path)
             except (OSError, sqlite3.Error) as exc:
                 logger.warning("cannot keep the polling ceiling across processes in %s (%s): "
                                "it holds within this process only", path, exc)
                 _STORES[path] = None
         return _STORES[path]
+
+
+def _open(path: Path) -> PollStore:
+    """The store at `path`; a corrupt file (a power cut mid-checkpoint, see the module
+    docstring) is set aside, with its log, for a new one."""
+    try:
+        return PollStore(path)
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError):  # locked, read-only...: not corrupt
+            raise
+        logger.warning("the shared poll state %s is damaged (%s): set aside as %s.corrupt, "
+                       "a new one started", path, exc, path.name)
+        for suffix in ("", "-wal", "-shm"):
+            damaged = path.with_name(path.name + suffix)
+            with contextlib.suppress(FileNotFoundError):
+                damaged.replace(path.with_name(path.name + suffix + ".corrupt"))
+        return PollStore(path)
 
 
 def disable(store: PollStore, exc: BaseException) -> None:

@@ -135,3 +135,62 @@ async def test_an_unusable_cache_dir_falls_back_to_memory(
     c.record_poll("a1")
     assert c.poll_ready_in("a1") > 0
     await c.close()
+
+
+FLUSHES = """
+import sys, time
+from pathlib import Path
+from mirakl_cancel._http.pollstore import PollStore
+store = PollStore(Path(sys.argv[1]))
+for i in range(3000):  # a few checkpoints' worth of log
+    mono, wall = time.monotonic(), time.time()
+    store.try_claim("s", f"a{i % 500}", 0.0, mono, wall, hold=1.0)
+    store.finish("s", f"a{i % 500}", (wall + 1.0, mono + 1.0), 0.0, time.monotonic(),
+                 time.time())
+store.close()
+"""
+
+
+def test_the_poll_state_is_never_flushed(tmp_path: Path) -> None:
+    """Its claims run on the event loop: a flush there (a checkpoint's, 2-3 per ~1,000
+    claims) would hold up every request in flight on a slow disk. Counted by the
+    benchmarks' LD_PRELOAD shim around fsync/fdatasync, in a process of its own."""
+    slowdisk = pytest.importorskip("benchmarks._slowdisk")
+    if not slowdisk.SlowDisk.available():
+        pytest.skip("no C compiler for the flush-counting shim")
+    counts = tmp_path / "flushes"
+    with slowdisk.SlowDisk() as disk:
+        env = {**os.environ, **disk.env(0.0, counts)}
+        subprocess.run([sys.executable, "-c", FLUSHES, str(tmp_path / "poll-state.sqlite3")],
+                       env=env, check=True, timeout=120)
+    assert int(counts.read_text()) == 0
+    wal = tmp_path / "poll-state.sqlite3-wal"
+    assert not wal.exists() or wal.stat().st_size < 8 * 1024 * 1024  # still checkpointed
+
+
+def test_a_damaged_poll_state_is_set_aside_for_a_new_one(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = cache_dir() / _pollstore.FILE_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a database, " * 512)  # what a power cut mid-checkpoint may leave
+    path.with_name(path.name + "-wal").write_bytes(b"a stale log")
+    store = _pollstore.default_store()
+    assert store is not None
+    assert "damaged" in caplog.text and "within this process only" not in caplog.text
+    assert path.with_name(path.name + ".corrupt").read_bytes().startswith(b"not a database")
+    # Its log is gone with it (set aside, or removed by SQLite when it gave up on the
+    # file): never replayed into the new one.
+    wal = path.with_name(path.name + "-wal")
+    assert not wal.exists() or b"a stale log" not in wal.read_bytes()
+    mono, wall = time.monotonic(), time.time()
+    assert store.try_claim("s", "a1", 60.0, mono, wall)[0] == 0.0  # the new one works
+    assert store.try_claim("s", "a1", 60.0, mono, wall)[0] > 0
+
+
+def test_a_locked_or_unreachable_poll_state_is_not_taken_for_damage(
+        caplog: pytest.LogCaptureFixture) -> None:
+    path = cache_dir() / _pollstore.FILE_NAME
+    path.mkdir(parents=True)  # cannot be opened as a file: OperationalError, not damage
+    assert _pollstore.default_store() is None
+    assert "within this process only" in caplog.text and "damaged" not in caplog.text
+    assert path.is_dir() and not path.with_name(path.name + ".corrupt").exists()
