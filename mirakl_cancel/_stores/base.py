@@ -298,6 +298,14 @@ class JobStore(abc.ABC):
     async def aclose(self) -> None:
         """Flush and release the store's workers (the store cannot be used afterwards)."""
 
+    @property
+    def failure(self) -> BaseException | None:
+        """Why this store refuses every guarding mark from now on (it failed), or None.
+
+        A SENDING mark made ahead of its POST was durable before a later failure: its
+        sender asks this before it lets the POST go, as a new mark would be refused."""
+        return None
+
 
 class FleetJobStore(JobStore):
     """A job store shared by several worker processes at once (a fleet job).

@@ -1590,6 +1590,10 @@ class SqliteStore(JobStore):
 
     # --- lifetime ---------------------------------------------------------------------
 
+    @property
+    def failure(self) -> BaseException | None:
+        return self._failed
+
     async def flush(self) -> None:
         # An empty durable batch still commits with fsync, after everything before it.
         await self._call("counts", durable=True)

@@ -134,6 +134,8 @@ def test_report_from_a_journal_and_usage_errors(tmp_path: Path) -> None:
                   "--journal", str(tmp_path / "j")], "no --journal"),
                 (["run", str(source), "--store", "postgresql://h/db", "--job", "x",
                   "--resend-uncertain"], "not for a fleet job"),
+                (["run", str(source), "--store", "postgresql://h/db", "--job", "x",
+                  "--mark-ahead"], "--mark-ahead is not for a fleet job"),
                 (["report"], "give --journal PATH")):
             result = cli(*args, env=env)
             assert result.returncode == 2 and message in result.stderr, (args, result.stderr)

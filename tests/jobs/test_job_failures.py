@@ -68,3 +68,37 @@ def test_a_journal_failure_after_acceptance_stops_the_run_and_keeps_the_action_i
     # Never recorded as accepted: a re-run reports it UNCERTAIN, and never resends it.
     assert counts[RequestState.SENDING] == 1
     assert counts[RequestState.PENDING] == 2
+
+
+def test_with_mark_ahead_a_journal_failure_stops_the_run_with_every_post_guarded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--mark-ahead: a mark made ahead may be durable before the journal fails, so one more
+    POST (at most `concurrency`) may leave, each on its own durable SENDING mark; none is
+    sent twice, none is lost (each stays SENDING: UNCERTAIN on a re-run), and what was
+    marked ahead but refused stays PENDING."""
+    config = SimulatorConfig(time_scale=SCALE, processing_delay=(1.0, 5.0), seed=3)
+    with ThreadedSimulator(config) as sim:
+        orders = sim.generate_orders(4, (1, 1), wrong_state_ratio=0)
+        source = tmp_path / "lines.csv"
+        write_csv(source, orders)
+
+        def broken(self: Journal, key: str, action_id: str, at: Any = None) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(Journal, "mark_accepted", broken)
+        ceiling = 60 * SCALE
+        options = JobOptions(input_path=source, base_url=sim.base_url, concurrency=1,
+                             policy=PollPolicy(min_interval=ceiling, interval=ceiling,
+                                               first_delay=ceiling),
+                             quiet=True, mark_ahead=True)
+        thread, codes = _run_in_thread(options, StaticToken(sim.token))
+        assert not thread.is_alive(), "the run hung after a journal failure"
+        assert codes and codes[0] != EXIT_OK
+        stats = sim.stats_snapshot()
+        posts = sum(stats["posts_per_order"].values())
+        assert stats["duplicate_posts"] == 0
+        assert 1 <= posts <= 2  # the first, and at most one marked ahead (concurrency 1)
+    with Journal.open(tmp_path / "lines.csv.journal.sqlite") as journal:
+        counts = journal.counts()
+    assert counts[RequestState.SENDING] == posts
+    assert counts[RequestState.PENDING] == 4 - posts

@@ -199,8 +199,9 @@ def _write_input(path: Path, orders: int) -> None:
             writer.writerow([f"O{i}", f"O{i}-1", 1, "OUT_OF_STOCK", "1.50", "EUR", "0"])
 
 
+@pytest.mark.parametrize("mark_ahead", [False, True], ids=["at-the-post", "ahead"])
 async def test_no_post_leaves_before_its_mark_is_durable_and_no_202_is_forgotten(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mark_ahead: bool) -> None:
     stores: list[GatedStore] = []
 
     def make_store(journal: Journal) -> GatedStore:
@@ -233,7 +234,7 @@ async def test_no_post_leaves_before_its_mark_is_durable_and_no_202_is_forgotten
     async with serve(app) as url:
         options = JobOptions(input_path=source, base_url=url, concurrency=8, quiet=True,
                              policy=PollPolicy(min_interval=0.0, interval=0.01,
-                                               first_delay=0.0))
+                                               first_delay=0.0), mark_ahead=mark_ahead)
         out, err = io.StringIO(), io.StringIO()
         journal, resumed, code = _open_job(options, err, out)
         assert journal is not None, err.getvalue()
