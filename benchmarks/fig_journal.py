@@ -212,7 +212,7 @@ async def run_overhead(sizes: Sizes) -> Figure:
             #: (wall, CPU, steal) of each run, the job's (True) and the library's (False).
             runs: dict[bool, list[tuple[float, float, float | None]]] = {True: [], False: []}
             size = 0
-            for number in range(sizes.journal_rounds):
+            for number in range(sizes.overhead_journal_rounds):
                 for journaled in _in_turn(number, True, False):
                     if journaled:
                         wall, size = _job(base, source, conc)
@@ -247,7 +247,7 @@ async def run_overhead(sizes: Sizes) -> Figure:
         notes=["Both are whole processes on the same file (the library process reads it with "
                "the same reader and groups it with `group_by_order`), concurrency 16, no "
                f"added latency, status reads {POLL} s apart, "
-               f"{sizes.journal_rounds} interleaved round(s) (the sides take turns going "
+               f"{sizes.overhead_journal_rounds} interleaved round(s) (the sides take turns going "
                f"first). {_MEDIAN_NOTE} *Not growing*: the ratio at "
                f"{' and at '.join(f'{n:,}' for n in counts[1:])} requests within 1.1x of "
                f"the one at {counts[0]:,}"
