@@ -359,7 +359,12 @@ class _Run:
         else:
             marked, made = ahead
             try:
-                await marked  # durable by now, most often: flushed during earlier POSTs
+                # Durable by now, most often: flushed during earlier POSTs. Shielded: a
+                # sender cancelled here leaves the mark to `_undo_ahead`, which puts it
+                # back to PENDING once it is made (it never left).
+                await asyncio.shield(marked)
+            except asyncio.CancelledError:
+                raise
             except BaseException:
                 self._marked_ahead.pop(item.key, None)  # never made: nothing to undo
                 raise
@@ -674,9 +679,12 @@ class _Run:
             return
         waits: list[Awaitable[None]] = []
         for key, (marked, _) in self._marked_ahead.items():
-            if isinstance(marked, asyncio.Future) and marked.done() and marked.exception():
+            if (isinstance(marked, asyncio.Future) and marked.done()
+                    and not marked.cancelled() and marked.exception() is not None):
                 continue  # refused, or its batch failed: never made, nothing to undo
-            waits += (marked, self.store.mark_not_sent(key))
+            if not (isinstance(marked, asyncio.Future) and marked.cancelled()):
+                waits.append(marked)  # (cancelled: its mark is applied all the same)
+            waits.append(self.store.mark_not_sent(key))
         self._marked_ahead.clear()
         for result in await asyncio.gather(*waits, return_exceptions=True):
             if isinstance(result, BaseException):  # the journal failed: stays SENDING

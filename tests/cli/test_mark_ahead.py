@@ -8,6 +8,7 @@ clean stop puts them back to PENDING. The tests judge by what the simulator rece
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -162,3 +163,50 @@ async def test_a_request_marked_ahead_is_not_sent_once_the_journal_failed() -> N
                                   first=True, resend=False)
     # Kept, so that the end of the pass puts it back to PENDING (it never left).
     assert list(run._marked_ahead) == ["K"] and run.posts_sent == 0
+
+
+async def test_a_sender_cancelled_while_its_mark_flushes_leaves_it_to_be_undone() -> None:
+    # (A second signal cancels the senders.) The mark is shielded from the cancellation
+    # and stays listed, so that the end of the pass puts the request back to PENDING
+    # once its mark is made, instead of leaving it SENDING (UNCERTAIN on the next run).
+    flushing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    run = _run(_Store(), {"K": (flushing, time.monotonic())})
+    sender = asyncio.create_task(_Run.before_attempt(
+        run, SimpleNamespace(key="K"), first=True, resend=False))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    sender.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sender
+    assert not flushing.cancelled() and list(run._marked_ahead) == ["K"]
+    assert run.posts_sent == 0
+
+
+class _UndoStore:
+    def __init__(self) -> None:
+        self.undone: list[str] = []
+
+    def mark_not_sent(self, key: str) -> Any:
+        self.undone.append(key)
+        return _done()
+
+
+async def test_the_end_of_a_pass_undoes_every_mark_made_ahead_and_not_taken() -> None:
+    loop = asyncio.get_running_loop()
+    made, refused, cancelled = (loop.create_future() for _ in range(3))
+    made.set_result(None)
+    refused.set_exception(JournalError("refused"))
+    cancelled.cancel()  # awaited by someone cancelled: the mark itself may stand
+    store = _UndoStore()
+    run = SimpleNamespace(store=store, _marked_ahead={
+        "made": (made, 0.0), "refused": (refused, 0.0), "cancelled": (cancelled, 0.0)})
+    await _Run._undo_ahead(run)  # type: ignore[arg-type]
+    assert store.undone == ["made", "cancelled"] and run._marked_ahead == {}
+
+
+async def test_undoing_a_cancelled_wait_warns_of_nothing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    cancelled = asyncio.get_running_loop().create_future()
+    cancelled.cancel()
+    run = SimpleNamespace(store=_UndoStore(), _marked_ahead={"K": (cancelled, 0.0)})
+    await _Run._undo_ahead(run)  # type: ignore[arg-type]
+    assert run.store.undone == ["K"] and not caplog.records
