@@ -363,9 +363,7 @@ class _Run:
                 # sender cancelled here leaves the mark to `_undo_ahead`, which puts it
                 # back to PENDING once it is made (it never left).
                 await asyncio.shield(marked)
-            except asyncio.CancelledError:
-                raise
-            except BaseException:
+            except Exception:
                 self._marked_ahead.pop(item.key, None)  # never made: nothing to undo
                 raise
             failure = self.store.failure
@@ -679,11 +677,11 @@ class _Run:
             return
         waits: list[Awaitable[None]] = []
         for key, (marked, _) in self._marked_ahead.items():
-            if (isinstance(marked, asyncio.Future) and marked.done()
-                    and not marked.cancelled() and marked.exception() is not None):
+            if not (isinstance(marked, asyncio.Future) and marked.done()):
+                waits.append(marked)
+            elif not marked.cancelled() and marked.exception() is not None:
                 continue  # refused, or its batch failed: never made, nothing to undo
-            if not (isinstance(marked, asyncio.Future) and marked.cancelled()):
-                waits.append(marked)  # (cancelled: its mark is applied all the same)
+            # Made, being made, or its waiter cancelled (the mark stands): undone after it.
             waits.append(self.store.mark_not_sent(key))
         self._marked_ahead.clear()
         for result in await asyncio.gather(*waits, return_exceptions=True):

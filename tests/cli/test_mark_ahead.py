@@ -195,7 +195,7 @@ async def test_the_end_of_a_pass_undoes_every_mark_made_ahead_and_not_taken() ->
     made, refused, cancelled = (loop.create_future() for _ in range(3))
     made.set_result(None)
     refused.set_exception(JournalError("refused"))
-    cancelled.cancel()  # awaited by someone cancelled: the mark itself may stand
+    cancelled.cancel()  # its waiter was cancelled: the mark itself may stand
     store = _UndoStore()
     run = SimpleNamespace(store=store, _marked_ahead={
         "made": (made, 0.0), "refused": (refused, 0.0), "cancelled": (cancelled, 0.0)})
